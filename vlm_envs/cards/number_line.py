@@ -1,0 +1,140 @@
+"""NumberLine: move the current number to the target, one step of +1 or -1 at a time."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from PIL import Image, ImageDraw
+
+from vlm_envs.core import VLMEnv
+from vlm_envs.rendering import font, to_frame
+
+
+@functools.lru_cache(maxsize=1024)
+def _frame(target: int, current: int, size: tuple[int, int]) -> np.ndarray:
+    image = Image.new("RGB", (300, 300), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((30, 60), f"Target: {target}", font=font(36, bold=True), fill=(0, 0, 0))
+    draw.text((30, 180), f"Current: {current}", font=font(36, bold=True), fill=(0, 0, 0))
+    frame = to_frame(image, size)
+    frame.flags.writeable = False  # cached: callers get copies
+    return frame
+
+
+class NumberLineEnv(VLMEnv):
+    """Move the current number to the target on the line ``0..max_position``.
+
+    ## Description
+    The image shows a target number and a current number; each step adds or subtracts one.
+    Moving closer is free, reaching the target pays +1, and any wasted move (away from the target,
+    or into a wall) costs -1, so the only successful episodes are the shortest paths.
+
+    ## Action Space
+    ``Discrete(2)``; ``action_names = ("-", "+")``.
+
+    | index | name | effect |
+    |---|---|---|
+    | 0 | ``"-"`` | current -= 1 (unless it is 0) |
+    | 1 | ``"+"`` | current += 1 (unless it is ``max_position``) |
+
+    ## Observation Space
+    ``Dict(image=Box(0, 255, (H, W, 3), uint8), text=Text(512))``. The 300x300 image is white with
+    ``Target: g`` and ``Current: p`` in black DejaVu Sans Bold. ``text`` is ``""``: the state is
+    only in the image, as in the paper. ``text_mode="full"`` gives
+    ``"Target number: g. Current number: p"`` for text-only agents.
+
+    ## Starting State
+    Current uniform in ``0..max_position``; target uniform among the *other* positions
+    (``compat=True``: the reference draw, target uniform then moved to ``(target + 1) mod max_position``
+    when it equals the start, which is biased).
+
+    ## Rewards
+    | event | reward |
+    |---|---|
+    | target reached | +1 |
+    | distance not reduced (moved away, or blocked by a wall) | -1 |
+    | moved closer, target not reached | 0 |
+
+    ## Episode End
+    Terminated when the target is reached. Truncated after ``2 * max_position`` steps (and by
+    ``max_episode_steps=300``, which never fires first). ``info["success"]`` is the paper's success:
+    the target was reached with a positive return, i.e. without a single wasted move.
+
+    ## Info
+    ``Target``, ``Current``, ``success``, ``wasted_moves``.
+
+    ## Arguments
+    | argument | default | meaning |
+    |---|---|---|
+    | ``max_position`` | 5 | the line is ``0..max_position`` (at least 1) |
+    | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
+    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
+    | ``compat`` | False | the reference's biased start/target draw |
+
+    ## Version History
+    * v0: RL4VLM's NumberLine, seeded, with an unbiased target draw.
+    """
+
+    prompt_task = "numberline"
+    action_names = ("-", "+")
+
+    def __init__(self, max_position: int = 5, compat: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if int(max_position) < 1:
+            raise ValueError(f"max_position must be at least 1, got {max_position}")
+        self.max_position = int(max_position)
+        self.compat = bool(compat)
+        self.action_space = spaces.Discrete(2)
+        self.current = self.target = self.steps = self.wasted_moves = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        m = self.max_position
+        self.current = int(self.np_random.integers(m + 1))
+        if self.compat:
+            self.target = int(self.np_random.integers(m + 1))
+            if self.target == self.current:
+                self.target = (self.target + 1) % m
+        else:
+            self.target = int(self.np_random.integers(m))
+            self.target += self.target >= self.current  # uniform over the positions != current
+        self.steps = self.wasted_moves = 0
+        obs, info = self._get_obs(), self._get_info()
+        self._after_transition()
+        return obs, info
+
+    def step(self, action: int):
+        action = self._validate_action(action)
+        before = abs(self.current - self.target)
+        move = 1 if action == 1 else -1
+        self.current = min(max(self.current + move, 0), self.max_position)
+        after = abs(self.current - self.target)
+        self.steps += 1
+        terminated = after == 0
+        reward = 1.0 if terminated else (-1.0 if after >= before else 0.0)
+        self.wasted_moves += reward < 0
+        truncated = not terminated and self.steps >= 2 * self.max_position
+        obs, info = self._get_obs(), self._get_info()
+        self._after_transition()
+        return obs, reward, terminated, truncated, info
+
+    def oracle_action(self) -> int:
+        """The shortest path: ``+`` below the target, ``-`` above it."""
+        return 1 if self.current < self.target else 0
+
+    def _get_info(self) -> dict[str, Any]:
+        success = self.current == self.target and self.wasted_moves == 0
+        return {"Target": self.target, "Current": self.current, "success": success, "wasted_moves": self.wasted_moves}
+
+    def _text(self) -> str:
+        return ""
+
+    def _describe(self) -> str:
+        return f"Target number: {self.target}. Current number: {self.current}"
+
+    def _render_frame(self) -> np.ndarray:
+        return _frame(self.target, self.current, self.image_size).copy()

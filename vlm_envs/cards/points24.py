@@ -1,0 +1,98 @@
+"""Points24: combine four cards into a formula that equals 24."""
+
+from __future__ import annotations
+
+from vlm_envs.cards.deck import card_value, deal_distinct, deal_with_replacement
+from vlm_envs.cards.formula_env import FormulaCardEnv
+
+
+class Points24Env(FormulaCardEnv):
+    """Build a formula equal to 24 from the four dealt cards, one token per step.
+
+    ## Description
+    The classic 24 game: four cards, each used exactly once, with ``+ - * /`` and parentheses.
+    J, Q and K count as 10 and A as 1. Arithmetic is exact (fractions), so ``8/(3-8/3)`` is 24.
+    Many hands have no solution (as in the paper); ``info["solvable"]`` says which.
+
+    ## Action Space
+    ``Discrete(17)``; ``action_names`` is the text vocabulary used by prompts and the parser.
+
+    | index | 0..9 | 10 | 11 | 12 | 13 | 14 | 15 | 16 |
+    |---|---|---|---|---|---|---|---|---|
+    | name | ``"1"`` .. ``"10"`` | ``"+"`` | ``"-"`` | ``"*"`` | ``"/"`` | ``"("`` | ``")"`` | ``"="`` |
+
+    ## Observation Space
+    ``Dict(image=Box(0, 255, (H, W, 3), uint8), text=Text(512))``. The 300x300 image shows the four
+    cards and the formula under a ``Formula:`` label. ``text`` is the formula joined with no
+    separator, the prompt's ``{formula}``; ``text_mode="full"`` describes the state in words.
+
+    ## Starting State
+    Four different cards from a shuffled 52-card deck (``compat=True``: four independent draws
+    with replacement, as the reference). ``solvable_only=True`` deals again until the hand has an
+    exact solution.
+
+    ## Rewards
+    | event | reward |
+    |---|---|
+    | a number already used as often as it was dealt (a ``" "`` placeholder is appended) | -1 |
+    | ``=`` with a formula equal to 24 that uses all four cards | +10 |
+    | ``=`` otherwise (wrong value, unused card, malformed formula, division by zero) | -1 |
+    | anything else | 0 |
+
+    ## Episode End
+    Terminated at ``=``. Truncated with -1 when a step starts with a formula longer than 20 tokens
+    (that step's action is ignored, as in the reference), and by ``max_episode_steps=300``.
+    ``info["success"]`` is the paper's success: a ``=`` step that scored +10 with a positive episode
+    return (fewer than 10 invalid-number penalties before it).
+
+    ## Info
+    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``success``.
+
+    ## Arguments
+    | argument | default | meaning |
+    |---|---|---|
+    | ``target_points`` | 24 | the value to reach |
+    | ``treat_face_cards_as_10`` | True | only True is supported (the reference has no prompt or parser for False) |
+    | ``solvable_only`` | False | deal only hands with an exact solution |
+    | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
+    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
+    | ``compat`` | False | reference behaviour: ``eval`` semantics (float ``/``, digit concatenation) via a safe AST walker; cards drawn with replacement |
+    | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
+
+    ## Version History
+    * v0: RL4VLM's Points24 with the fixes of spec envs.md (seeding, exact fractions, distinct cards).
+    """
+
+    prompt_task = "points24"
+    operators = "+-*/()"
+    n_cards = 4
+    max_formula_length = 20
+    card_size = (67, 93)
+    card_positions = ((5, 103), (78, 103), (152, 103), (226, 103))
+    label = ((10, 210), "Formula:")
+    formula_origin = (10.0, 240)
+    font_size = 16
+
+    def __init__(
+        self,
+        target_points: int = 24,
+        treat_face_cards_as_10: bool = True,
+        solvable_only: bool = False,
+        **kwargs,
+    ):
+        if not treat_face_cards_as_10:
+            raise ValueError(
+                "treat_face_cards_as_10=False is not supported: the reference prompts and parser "
+                "only know the numbers 1..10 (spec envs.md E11)"
+            )
+        super().__init__(target_points=target_points, **kwargs)
+        self.solvable_only = bool(solvable_only)
+
+    def _deal(self) -> list[str]:
+        deal = deal_with_replacement if self.compat else deal_distinct
+        while True:
+            cards = deal(self.np_random, self.n_cards)
+            self.numbers = [card_value(code) for code in cards]
+            if not self.solvable_only or self.solution() is not None:
+                return cards

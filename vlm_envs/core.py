@@ -1,0 +1,123 @@
+"""The base class of every vlm_envs environment: image + text observations and the text interface.
+
+An environment subclasses :class:`VLMEnv` and implements
+
+* ``_render_frame() -> np.ndarray``: the current image, ``(H, W, 3)`` uint8;
+* ``_text() -> str``: what the step's prompt needs (``obs["text"]``), e.g. the current formula;
+* ``_describe() -> str``: the whole state in words, for text-only agents (``text_mode="full"``);
+* ``oracle_action()``: the expert's action in the current state.
+
+and sets the class attributes ``prompt_task`` (the template family in :mod:`vlm_envs.text.prompts`)
+and, for a fixed action vocabulary, ``action_names``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import logger
+
+from vlm_envs.rendering import HumanWindow
+from vlm_envs.spaces import observation_space, validate_image_size
+from vlm_envs.text.prompts import Wording, build_prompt, chat_messages
+
+TextMode = Literal["prompt", "full"]
+TEXT_MODES: tuple[str, ...] = ("prompt", "full")
+
+
+class VLMEnv(gym.Env):
+    """Common machinery: observation space, rendering modes, prompts. See the module docstring."""
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array", "human"], "render_fps": 4}
+    prompt_task: str = ""
+    action_names: tuple[str, ...] = ()
+    max_text_length: int = 512
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        image_size: tuple[int, int] = (300, 300),
+        text_mode: TextMode = "prompt",
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
+        self.render_mode = render_mode
+        self.image_size = validate_image_size(image_size)
+        self.text_mode = text_mode
+        self.observation_space = observation_space(self.image_size, self.max_text_length)
+        self._window: HumanWindow | None = None
+        self._has_reset = False
+
+    # -- to implement -------------------------------------------------------------------------
+    def _render_frame(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _text(self) -> str:
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def oracle_action(self) -> Any:
+        """The expert's action in the current state."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._has_reset = True
+
+    def _validate_action(self, action: Any) -> int:
+        """The action as an int, or a clear error for a step before reset or an out-of-range action."""
+        if not self._has_reset:
+            raise RuntimeError("call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space} (names: {self.action_names})")
+        return int(action)
+
+    def _get_obs(self) -> dict[str, Any]:
+        text = self._text() if self.text_mode == "prompt" else self._describe()
+        return {"image": self._render_frame(), "text": text}
+
+    def _after_transition(self) -> None:
+        """Call at the end of ``reset`` and ``step``: gymnasium's human mode renders every frame."""
+        if self.render_mode == "human":
+            self.render()
+
+    def prompt(self, cot: bool = True, wording: Wording = "reference", chat: bool = False) -> str | list[dict]:
+        """The task prompt for the current state (chat messages with an image slot if ``chat``)."""
+        prompt = build_prompt(self.prompt_task, self._text(), cot=cot, wording=wording)
+        return chat_messages(prompt) if chat else prompt
+
+    def describe(self) -> str:
+        """The whole current state in words (the ``text_mode="full"`` observation)."""
+        return self._describe()
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            logger.warn(
+                "You are calling render method without specifying any render mode. "
+                'You can specify the render_mode at initialization, e.g. gym.make(id, render_mode="rgb_array")'
+            )
+            return None
+        frame = self._render_frame()
+        if self.render_mode == "rgb_array":
+            return frame
+        if self._window is None:
+            self._window = HumanWindow(type(self).__name__, self.metadata["render_fps"])
+        self._window.show(frame)
+        return None
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_window"] = None  # a pygame window cannot be pickled or copied
+        return state
