@@ -163,3 +163,10 @@ def test_async_vector_env_matches_sync(env_id):
 def test_step_before_reset_is_a_clear_error(env_id):
     with pytest.raises(RuntimeError, match="reset"):
         gym.make(env_id, disable_env_checker=True).unwrapped.step(0)
+
+
+def test_human_mode_without_pygame_names_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "pygame", None)  # makes `import pygame` fail
+    env = gym.make("gym_cards/NumberLine-v0", render_mode="human")
+    with pytest.raises(gym.error.DependencyNotInstalled, match=r"vlm-envs\[human\]"):
+        env.reset(seed=0)
