@@ -23,5 +23,8 @@ def register(env_id: str, entry_point: str, kwargs: dict | None = None, max_epis
 
 
 def register_envs() -> None:
+    from vlm_envs import alfworld_wrap  # light: names and ids only, the engine loads at make()
+
     for env_id, (entry_point, kwargs) in CARD_ENVS.items():
         register(env_id, entry_point, kwargs)
+    alfworld_wrap.register_envs()

@@ -1,0 +1,150 @@
+"""Reset and step latency of the ALFWorld env on the shipped games (a benchmark, not a test).
+
+::
+
+    python benchmarks/alfworld_latency.py                # markdown table on stdout
+    python benchmarks/alfworld_latency.py --csv out.csv  # and a CSV
+
+Measured on the shipped games with at least ``--min-receptacles`` receptacles (the paper's rooms
+have about 10-30):
+
+* ``reset, first time``: fast-downward translates the PDDL problem (an empty disk cache);
+* ``reset, new to the process``: the translation comes from the on-disk cache;
+* ``reset, played before``: the translation is in memory;
+* ``step``: one step with a random admissible command written as model output (matching,
+  engine, goal progress, schematic image);
+* ``make_vec async``: ``gym.make_vec(..., vectorization_mode="async")`` with
+  ``shared_memory=False``, stepping random admissible commands, autoresets included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("ALFWORLD_DATA", os.path.join(tempfile.gettempdir(), "vlm_envs_alfworld_data"))
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+import vlm_envs  # noqa: E402,F401
+from vlm_envs.alfworld_wrap import register_envs  # noqa: E402
+from vlm_envs.alfworld_wrap.env import ALFWorldEnv  # noqa: E402
+
+register_envs()
+
+
+def _ms(values):
+    values = sorted(values)
+    return {
+        "median_ms": 1000 * statistics.median(values),
+        "p90_ms": 1000 * values[int(0.9 * (len(values) - 1))],
+        "n": len(values),
+    }
+
+
+def single_env(min_receptacles: int, steps_per_game: int, seed: int) -> list[dict]:
+    env = ALFWorldEnv(split="train")
+    games = [env.games[i] for i in range(len(env.games))]
+    for split in ("eval_in_distribution", "eval_out_of_distribution"):
+        games += ALFWorldEnv(split=split).games
+    sizes = {}
+    for g in games:
+        with open(os.path.join(os.path.dirname(g.game_file), "traj_data.json")) as f:
+            sizes[g.game_file] = json.load(f)["num_receptacles"]
+    games = [g for g in games if sizes[g.game_file] >= min_receptacles]
+    from vlm_envs.alfworld_wrap import engine
+
+    os.environ["VLM_ENVS_CACHE"] = tempfile.mkdtemp(prefix="vlm_envs_bench_cache_")  # an empty disk cache
+    env = ALFWorldEnv(game_files=[g.game_file for g in games])
+    rng = np.random.default_rng(seed)
+    cold, disk, warm, steps = [], [], [], []
+    for i in range(len(games)):
+        t = time.perf_counter()
+        obs, info = env.reset(seed=seed + i, options={"game_index": i})
+        cold.append(time.perf_counter() - t)
+        for _ in range(steps_per_game):
+            command = info["admissible_commands"][int(rng.integers(len(info["admissible_commands"])))]
+            t = time.perf_counter()
+            obs, _, term, trunc, info = env.step(json.dumps({"action": command}))
+            steps.append(time.perf_counter() - t)
+            if term or trunc:
+                env.reset(options={"game_index": i})
+    engine._SAS_CACHE.clear()  # as in a new process: only the disk cache is left
+    for i in range(len(games)):
+        t = time.perf_counter()
+        env.reset(seed=seed + i, options={"game_index": i})
+        disk.append(time.perf_counter() - t)
+    for i in range(len(games)):
+        env.reset(options={"game_index": (i + 1) % len(games)})  # switch game, then come back
+        t = time.perf_counter()
+        env.reset(seed=seed + i, options={"game_index": i})
+        warm.append(time.perf_counter() - t)
+    rooms = sorted(sizes[g.game_file] for g in games)
+    label = f"{len(games)} games, {rooms[0]}-{rooms[-1]} receptacles"
+    return [
+        {"setting": "single env", "what": "reset, first time a game is ever loaded (PDDL translation)", "games": label, **_ms(cold)},
+        {"setting": "single env", "what": "reset, game new to the process (disk cache)", "games": label, **_ms(disk)},
+        {"setting": "single env", "what": "reset, game played before in the process", "games": label, **_ms(warm)},
+        {"setting": "single env", "what": "step (random admissible command)", "games": label, **_ms(steps)},
+    ]
+
+
+def vector_env(num_envs: int, steps: int, seed: int) -> list[dict]:
+    envs = gym.make_vec("alfworld/ALFWorld-v0", num_envs=num_envs, vectorization_mode="async",
+                        vector_kwargs={"shared_memory": False})
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    obs, info = envs.reset(seed=seed)
+    reset_s = time.perf_counter() - t
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        commands = info["admissible_commands"]
+        actions = [json.dumps({"action": c[int(rng.integers(len(c)))]}) for c in commands]
+        t = time.perf_counter()
+        obs, _, _, _, info = envs.step(actions)
+        latencies.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    envs.close()
+    label = f"{num_envs} async workers, all shipped train games"
+    return [
+        {"setting": f"make_vec async x{num_envs}", "what": "reset (all workers, cold)", "games": label,
+         "median_ms": 1000 * reset_s, "p90_ms": 1000 * reset_s, "n": 1},
+        {"setting": f"make_vec async x{num_envs}", "what": "step (all workers; autoresets included)", "games": label,
+         **_ms(latencies), "env_steps_per_s": num_envs * steps / total},
+    ]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--min-receptacles", type=int, default=10)
+    parser.add_argument("--steps-per-game", type=int, default=30)
+    parser.add_argument("--vec-envs", type=int, default=2)
+    parser.add_argument("--vec-steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--csv", help="also write the rows to this CSV file")
+    args = parser.parse_args(argv)
+    rows = single_env(args.min_receptacles, args.steps_per_game, args.seed)
+    rows += vector_env(args.vec_envs, args.vec_steps, args.seed)
+    print("| setting | measured | games | median (ms) | p90 (ms) | n | env steps/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        sps = f"{r['env_steps_per_s']:.0f}" if "env_steps_per_s" in r else ""
+        print(f"| {r['setting']} | {r['what']} | {r['games']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['n']} | {sps} |")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["setting", "what", "games", "median_ms", "p90_ms", "n", "env_steps_per_s"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
