@@ -1,0 +1,74 @@
+"""PPO maths with no model in it: GAE, the clipped losses, the LR schedule (spec ppo.md §5, §6, §8)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                next_value: torch.Tensor, final_values: torch.Tensor, gamma: float, gae_lambda: float,
+                bootstrap_on_truncation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns for a (T, N) rollout.
+
+    Step ``t`` of env ``n`` ends its episode if ``terminated`` or ``truncated``. A terminated step
+    has no future value. A truncated step bootstraps from ``final_values[t, n]``, the value of the
+    episode's final observation (or is treated as terminal when ``bootstrap_on_truncation`` is
+    False, as the reference did). Either way no advantage flows across the episode boundary.
+    ``next_value`` (N,) is the value of the observation after the last step.
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        following = next_value if t == steps - 1 else values[t + 1]
+        ended = (terminated[t] | truncated[t]).float()
+        tail = final_values[t] * (truncated[t] & ~terminated[t]).float() if bootstrap_on_truncation else 0.0
+        next_v = following * (1.0 - ended) + tail
+        delta = rewards[t] + gamma * next_v - values[t]
+        last = delta + gamma * gae_lambda * (1.0 - ended) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def action_logprob(token_lp: torch.Tensor, thought_mask: torch.Tensor, action_mask: torch.Tensor,
+                   thought_coef: float) -> torch.Tensor:
+    """log π = λ·Σ thought-token log-probs + Σ action-token log-probs, summed in fp32 (bug T4)."""
+    token_lp = token_lp.float()
+    return thought_coef * (token_lp * thought_mask).sum(-1) + (token_lp * action_mask).sum(-1)
+
+
+def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, policy_valid: torch.Tensor,
+               new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float,
+               ratio_guard: float = 10.0) -> dict[str, torch.Tensor]:
+    """The clipped policy loss (over policy-valid samples only) and the clipped value loss; all inputs (B,)."""
+    valid = policy_valid.bool()
+    log_ratio = (new_logp - old_logp)[valid]
+    ratio = log_ratio.exp()
+    adv = advantages[valid]
+    if valid.any():
+        clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * adv
+        if ratio_guard > 0 and bool((ratio > ratio_guard).any()):
+            policy_loss = -clipped.mean()  # the reference's guard against exploding ratios
+        else:
+            policy_loss = -torch.min(ratio * adv, clipped).mean()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1.0) - log_ratio).mean()
+            clip_frac = ((ratio - 1.0).abs() > clip).float().mean()
+    else:
+        policy_loss = new_logp.sum() * 0.0
+        approx_kl = clip_frac = torch.zeros((), device=new_logp.device)
+    v_clipped = old_values + (new_values - old_values).clamp(-clip, clip)
+    value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    return {"policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clip_frac": clip_frac}
+
+
+def cosine_schedule(num_updates: int, lr: float, end_lr: float):
+    """LambdaLR factor: cosine from ``lr`` to ``end_lr`` over ``num_updates`` steps, then flat (never rises)."""
+
+    def factor(step: int) -> float:
+        progress = min(step / max(num_updates, 1), 1.0)
+        return (end_lr + 0.5 * (lr - end_lr) * (1.0 + math.cos(math.pi * progress))) / lr
+
+    return factor

@@ -1,0 +1,86 @@
+"""Templated chain-of-thought answers in the reference output format (for SFT data and the tokenizer).
+
+Each function turns one step's ``info`` (the env's own fields) and a chosen action name into the
+answer text an SFT'd RL4VLM model gives: a JSON-like object whose last key is ``"action"``
+(spec prompts_and_parsers.md §3). The thoughts follow the *given* action, so an answer whose
+action was deliberately corrupted still reads as one consistent (wrong) decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+_FACE_VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10, "T": 10}
+
+
+def _card_value(code: Any) -> int:
+    """Value of a card given as a code ("HQ"), a rank letter, a number or a (value, face, suit) tuple."""
+    if isinstance(code, (tuple, list)):
+        code = code[0]
+    if isinstance(code, (int, float)):
+        return min(int(code), 10)
+    rank = str(code)[-1] if len(str(code)) >= 2 and str(code)[0] in "HSDC" else str(code)
+    if rank in _FACE_VALUES:
+        return _FACE_VALUES[rank]
+    return min(int(rank), 10)
+
+
+def blackjack_total(cards: Any) -> int:
+    """Blackjack hand total with the soft-ace rule."""
+    if not isinstance(cards, (list, tuple)) or (cards and not isinstance(cards[0], (list, tuple, str))):
+        cards = [cards]
+    values = [_card_value(c) for c in cards]
+    total = sum(values)
+    return total + 10 if 1 in values and total + 10 <= 21 else total
+
+
+def numberline(info: dict, action: str) -> str:
+    current, target = int(info["Current"]), int(info["Target"])
+    verb = "add one to" if action == "+" else "subtract one from"
+    return (
+        f'{{"current number": "{current}", "target number": "{target}", '
+        f'"thoughts": "The current number is {current} and the target number is {target}. '
+        f'I should {verb} the current number.", "action": "{action}"}}'
+    )
+
+
+def blackjack(info: dict, action: str) -> str:
+    player = blackjack_total(info.get("Player Card", []))
+    dealer = blackjack_total(info.get("dealer_upcard", info.get("Dealer Card", 0)))
+    return (
+        f'{{"thoughts": "I have {player} points and the dealer has {dealer} points. '
+        f'I should {action}.", "action": "{action}"}}'
+    )
+
+
+def _points(target: int) -> Callable[[dict, str], str]:
+    def answer(info: dict, action: str) -> str:
+        numbers = ", ".join(str(int(n)) for n in info.get("Numbers", []))
+        formula = "".join(str(x) for x in info.get("Formula", []))
+        if action == "=":
+            thought = f"The current formula {formula} is complete and equals {target}. I should output '='."
+        else:
+            thought = f"The current formula {formula or 'is empty and'} is not complete. I should append '{action}'."
+        return (
+            f'{{"cards": [{numbers}], "current formula": {formula}, '
+            f'"thoughts": "{thought}", "action": "{action}"}}'
+        )
+
+    return answer
+
+
+ANSWERS: dict[str, Callable[[dict, str], str]] = {
+    "numberline": numberline,
+    "blackjack": blackjack,
+    "ezpoints": _points(12),
+    "points24": _points(24),
+}
+
+
+def answer(task: str, info: dict, action: str, cot: bool = True) -> str:
+    """The reference-format answer for ``task`` given the step's ``info`` and the action name."""
+    if not cot:
+        return f'{{"action": "{action}"}}'
+    if task == "alfworld":
+        return f'{{"thoughts": "I should {action}.", "action": "{action}"}}'
+    return ANSWERS[task](info, action)

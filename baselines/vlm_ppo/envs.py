@@ -1,0 +1,62 @@
+"""The trainer's view of the environments: gymnasium's API plus the ``vlm_envs`` text interface.
+
+Vector envs step the raw model text (``vlm_envs.TextActions``) and reset in the same step
+(``AutoresetMode.SAME_STEP``), so the observation after a finished episode is already the next
+episode's first one; the finished step's info and observation are in ``final_info`` / ``final_obs``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import vlm_envs
+from vlm_envs.text import build_prompt, chat_messages, conversation
+
+
+def make_env(cfg) -> gym.Env:
+    """One plain (index-action) env, for SFT data collection."""
+    return gym.make(cfg.env_id, **json.loads(cfg.env_kwargs))
+
+
+def make_vec_env(cfg, num_envs: int) -> gym.vector.VectorEnv:
+    """``num_envs`` envs in a sync vector env, each taking the model's raw text as its action."""
+    wrapper = lambda env: vlm_envs.TextActions(  # noqa: E731
+        env, mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty
+    )
+    return gym.make_vec(
+        cfg.env_id, num_envs, vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        wrappers=[wrapper], **json.loads(cfg.env_kwargs),
+    )
+
+
+def prompt_task(envs) -> str:
+    return envs.get_attr("prompt_task")[0] if hasattr(envs, "get_attr") else envs.unwrapped.prompt_task
+
+
+def full_prompt(cfg, processor, task: str, obs_text: str) -> str:
+    """The model input text for one step: the task prompt (from ``obs["text"]``) in the conversation wrapper."""
+    prompt = build_prompt(task, obs_text, cot=cfg.cot, wording=cfg.prompt_wording)
+    if cfg.conv_template == "chat_template":
+        return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
+    return conversation(prompt, cfg.conv_template)
+
+
+def _item(infos: dict, key: str, i: int, default: Any = None) -> Any:
+    if key in infos and infos.get("_" + key, np.ones(i + 1, bool))[i]:
+        return infos[key][i]
+    return default
+
+
+def step_info(infos: dict, i: int, done: bool, keys=("success", "parse_ok")) -> dict[str, Any]:
+    """The info of env ``i``'s own step (``final_info`` when the episode just ended)."""
+    source = infos["final_info"] if done and "final_info" in infos else infos
+    return {k: _item(source, k, i) for k in keys}
+
+
+def final_obs(infos: dict, i: int) -> dict:
+    return infos["final_obs"][i]

@@ -1,0 +1,206 @@
+"""SFT warm start: oracle data in the reference format, then supervised fine-tuning.
+
+Data format (the one of RL4VLM's released SFT data, LLaVA's conversation JSON)::
+
+    data.json = [{"id": "000012", "image": "images/000012.png",
+                  "conversations": [{"from": "human", "value": "<image>\\n{task prompt}"},
+                                    {"from": "gpt", "value": "{templated CoT answer}"}]}, ...]
+
+A weak-but-formatted start policy comes from ``sft_wrong_state_frac``: a seeded hash of each
+state picks a fixed subset of states whose label is wrong with probability
+``sft_wrong_action_prob`` (per-state corruption: a random fraction of wrong labels spread over all
+states would leave the right action the majority label everywhere, spec models_offline.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from baselines.vlm_ppo import cot
+from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.envs import make_env
+from baselines.vlm_ppo.policy import (
+    ActorCritic,
+    collate,
+    encode_prompts,
+    generate,
+    load_policy,
+    suppressed_token_ids,
+)
+from vlm_envs.text import build_prompt, conversation
+from vlm_envs.text.parsing import find_action_key
+
+IMAGE_PREFIX = "<image>\n"
+
+
+def _unit_hash(*parts) -> float:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def sft_data_dir(cfg: Config) -> Path:
+    return Path(cfg.sft_data or Path(cfg.output_dir) / "sft_data")
+
+
+def generate_sft_data(cfg: Config) -> Path:
+    """Play oracle episodes (with ``sft_explore`` random moves) and write labelled steps as LLaVA JSON + PNGs."""
+    from PIL import Image
+
+    out = sft_data_dir(cfg)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    env = make_env(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    task = env.unwrapped.prompt_task
+    records, episode, n_wrong = [], 0, 0
+    while len(records) < cfg.sft_samples:
+        obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
+        episode += 1
+        done = False
+        while not done and len(records) < cfg.sft_samples:
+            u = env.unwrapped
+            oracle = u.oracle_action()
+            vocab = list(getattr(u, "action_names", []))
+            name = oracle if isinstance(oracle, str) else vocab[oracle]
+            label = name
+            state_key = cot.answer(task, info, name, cfg.cot)  # the state as the CoT reads it
+            if vocab and _unit_hash(cfg.seed, state_key) < cfg.sft_wrong_state_frac and rng.random() < cfg.sft_wrong_action_prob:
+                label = str(rng.choice([a for a in vocab if a != name]))
+                n_wrong += 1
+            idx = f"{len(records):06d}"
+            Image.fromarray(obs["image"]).save(out / "images" / f"{idx}.png")
+            prompt = build_prompt(task, obs["text"], cot=cfg.cot, wording=cfg.prompt_wording)
+            records.append({
+                "id": idx,
+                "image": f"images/{idx}.png",
+                "conversations": [
+                    {"from": "human", "value": IMAGE_PREFIX + prompt},
+                    {"from": "gpt", "value": cot.answer(task, info, label, cfg.cot)},
+                ],
+            })
+            play = oracle
+            if rng.random() < cfg.sft_explore:
+                play = int(rng.integers(len(vocab))) if vocab else oracle
+            obs, _, term, trunc, info = env.step(play)
+            done = term or trunc
+    (out / "data.json").write_text(json.dumps(records, indent=1))
+    (out / "meta.json").write_text(json.dumps({"env_id": cfg.env_id, "samples": len(records), "episodes": episode,
+                                               "wrong_labels": n_wrong, "config": json.loads(to_json(cfg))}, indent=1))
+    print(f"wrote {len(records)} SFT samples ({n_wrong} with a wrong action) from {episode} episodes to {out}")
+    return out
+
+
+def load_sft_data(cfg: Config, processor) -> list[dict]:
+    """Tokenised samples: prompt ids (as at RL time), answer ids + EOS, the uint8 image."""
+    from PIL import Image
+
+    root = sft_data_dir(cfg)
+    records = json.loads((root / "data.json").read_text())
+    tokenizer = processor.tokenizer
+    images: dict[str, np.ndarray] = {}  # identical frames (NumberLine has 30) are kept once
+    prompt_ids: dict[tuple, list[int]] = {}  # prompt ids depend on the text and the image size only
+    samples = []
+    for rec in records:
+        human, gpt = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
+        prompt = human[len(IMAGE_PREFIX):] if human.startswith(IMAGE_PREFIX) else human
+        pixels = np.array(Image.open(root / rec["image"]).convert("RGB"))
+        image = images.setdefault(hashlib.sha1(pixels.tobytes()).hexdigest(), pixels)
+        if cfg.conv_template == "chat_template":
+            from vlm_envs.text import chat_messages
+
+            text = processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
+        else:
+            text = conversation(prompt, cfg.conv_template)
+        key = (text, image.shape)
+        if key not in prompt_ids:
+            prompt_ids[key] = encode_prompts(processor, [text], [image])[0]
+        answer_ids = tokenizer(" " + gpt, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        samples.append({"prompt_ids": prompt_ids[key], "image": image, "answer": gpt, "answer_ids": answer_ids})
+    return samples
+
+
+@torch.no_grad()
+def answer_accuracy(vlm, processor, samples: list[dict], max_new_tokens: int) -> dict[str, float]:
+    """Greedy answers vs. labels: exact match, and match of the CoT part before ``"action"`` (the reading gate)."""
+    suppress = suppressed_token_ids(processor.tokenizer)
+    vlm.eval()
+    exact = prefix = 0
+    for s0 in range(0, len(samples), 32):
+        chunk = samples[s0:s0 + 32]
+        gens = generate(vlm, processor, [s["prompt_ids"] for s in chunk], [s["image"] for s in chunk], greedy=True,
+                        temperature=1.0, max_new_tokens=max_new_tokens, suppress_ids=suppress,
+                        device=next(vlm.parameters()).device)
+        for s, g in zip(chunk, gens):
+            text = processor.tokenizer.decode(g, skip_special_tokens=True).strip()
+            exact += text == s["answer"]
+            k_pred, k_true = find_action_key(text), find_action_key(s["answer"])
+            prefix += k_pred is not None and k_true is not None and text[:k_pred[0]] == s["answer"][:k_true[0]]
+    return {"exact": exact / len(samples), "cot_prefix": prefix / len(samples)}
+
+
+def train_sft(cfg: Config, model_path: str) -> Path:
+    """Fine-tune ``model_path`` on the SFT data (mean token cross-entropy on the answer); save to ``sft_output``."""
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if not (sft_data_dir(cfg) / "data.json").exists():
+        generate_sft_data(cfg)
+    processor, vlm = load_policy(model_path, dtype=cfg.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                 lora_dropout=cfg.lora_dropout, train_vision=cfg.sft_train_vision)
+    if cfg.gradient_checkpointing:
+        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        vlm.enable_input_require_grads()
+    samples = load_sft_data(cfg, processor)
+    rng = random.Random(cfg.seed)
+    held_out = rng.sample(samples, min(64, len(samples)))
+    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer))
+    params = [p for p in vlm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
+    warmup = max(1, int(0.03 * cfg.sft_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.sft_steps, 1.0))))
+    out = Path(cfg.sft_output or Path(cfg.output_dir) / "sft")
+    log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
+    log.write("step,loss,lr,elapsed_s\n")
+    t0 = time.time()
+    vlm.train()
+    bar = tqdm(range(cfg.sft_steps), desc="sft")
+    for step in bar:
+        batch = rng.sample(samples, min(cfg.sft_batch_size, len(samples)))
+        loss = sft_loss(ac, processor, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(f"{step},{loss.item():.6f},{scheduler.get_last_lr()[0]:.3e},{time.time() - t0:.1f}\n")
+    log.close()
+    acc = answer_accuracy(vlm, processor, held_out, cfg.max_new_tokens)
+    print(f"SFT done in {time.time() - t0:.0f}s; greedy answers on {len(held_out)} training samples: "
+          f"exact {acc['exact']:.2f}, CoT (reading) {acc['cot_prefix']:.2f}")
+    vlm = vlm.merge_and_unload() if cfg.lora_r > 0 else vlm
+    vlm.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "sft_metrics.json").write_text(json.dumps({**acc, "seconds": time.time() - t0}))
+    return out
+
+
+def sft_loss(ac: ActorCritic, processor, batch: list[dict]) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens (temperature 1, the same token mask as RL)."""
+    device = next(ac.parameters()).device
+    b = collate(processor, [s["prompt_ids"] for s in batch], [s["image"] for s in batch],
+                [s["answer_ids"] for s in batch], device)
+    token_lp, _, _ = ac(b.inputs, b.prompt_len, b.gen_ids.shape[1], b.gen_ids, 1.0)
+    mask = b.gen_mask.float()
+    return -(token_lp * mask).sum() / mask.sum()

@@ -1,0 +1,308 @@
+"""Tests of the PPO baseline (baselines/vlm_ppo) on the embedded tiny LLaVA, CPU only."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses  # noqa: E402
+from baselines.vlm_ppo.config import Config, field_docs  # noqa: E402
+from baselines.vlm_ppo.policy import (  # noqa: E402
+    ActorCritic,
+    action_boundary,
+    collate,
+    encode_prompts,
+    generate,
+    load_policy,
+    suppressed_token_ids,
+)
+from vlm_envs.text import build_prompt, conversation  # noqa: E402
+
+CARD_ENVS = ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from baselines.vlm_ppo.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    processor, vlm = load_policy(str(tiny_path))
+    return processor, vlm.eval()
+
+
+def _prompts(processor, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    formulas = ["", "10+", "(3+5)*"][:n]
+    texts = [conversation(build_prompt("points24", f)) for f in formulas]
+    images = [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in texts]
+    return encode_prompts(processor, texts, images), images
+
+
+def tiny_config(tmp_path, tiny_path, **overrides) -> Config:
+    base = dict(
+        output_dir=str(tmp_path), model=str(tiny_path), threads=1, num_envs=2, num_steps=2, num_updates=1,
+        ppo_epochs=1, minibatch_size=2, grad_accum_steps=1, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
+        temperature=1.0, max_new_tokens=12, eval_every=0, save_every=1, no_key="last5",
+    )
+    return Config(**{**base, **overrides})
+
+
+# --- model ----------------------------------------------------------------------------------
+def test_saved_tiny_model_reloads_through_auto_classes(tiny_path, tiny):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_path).eval()
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    prompt = conversation(build_prompt("numberline", ""))
+    image = np.zeros((300, 300, 3), np.uint8)
+    enc = processor(text=[prompt], images=[image], return_tensors="pt")
+    n_image = int((enc["input_ids"] == model.config.image_token_id).sum())
+    assert n_image == (96 // 12) ** 2
+    text_ids = processor.tokenizer(prompt.replace("<image>", ""), add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.decode(text_ids) == prompt.replace("<image>", "")
+    with torch.no_grad():
+        a = model(**enc).logits
+        b = tiny[1](**enc).logits
+    assert torch.equal(a, b)
+
+
+def test_generation_logprobs_equal_reevaluation(tiny):
+    processor, vlm = tiny
+    suppress = suppressed_token_ids(processor.tokenizer)
+    assert processor.tokenizer.eos_token_id not in suppress
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") in suppress
+    pids, images = _prompts(processor)
+    torch.manual_seed(0)
+    gens, scores = generate(vlm, processor, pids, images, greedy=False, temperature=0.7, max_new_tokens=20,
+                            suppress_ids=suppress, return_scores=True)
+    ac = ActorCritic(vlm, suppress).eval()
+    batch = collate(processor, pids, images, gens)
+    with torch.no_grad():
+        token_lp, _, _ = ac(batch.inputs, batch.prompt_len, batch.gen_ids.shape[1], batch.gen_ids, 0.7)
+    from_generate = torch.log_softmax(torch.stack(scores, 1).float(), -1)
+    from_generate = from_generate.gather(-1, batch.gen_ids.unsqueeze(-1)).squeeze(-1)
+    mask = batch.gen_mask.bool()
+    assert mask.sum() > 10
+    assert torch.isfinite(token_lp).all()  # padding positions are zeroed, not -inf
+    assert (token_lp - from_generate)[mask].abs().max() < 1e-5
+
+
+def test_value_depends_on_prompt_only(tiny):
+    processor, vlm = tiny
+    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer)).eval()
+    pids, images = _prompts(processor)
+    gens = [[5, 6, 7], [8], [9, 10, 11, 12]]
+    with torch.no_grad():
+        with_gen = collate(processor, pids, images, gens)
+        lp, _, v1 = ac(with_gen.inputs, with_gen.prompt_len, with_gen.gen_ids.shape[1], with_gen.gen_ids, 1.0)
+        bare = collate(processor, pids, images)
+        _, _, v2 = ac(bare.inputs, bare.prompt_len, 0, bare.gen_ids, 1.0)
+    assert torch.allclose(v1, v2, atol=1e-5)
+    assert torch.isfinite(lp).all() and lp[1, 1:].eq(0).all()  # ragged answers: padding scores 0, not -inf
+
+
+# --- the λ boundary ---------------------------------------------------------------------------
+def _boundary_char(tokenizer, ids, k):
+    """(start, end) characters covered by token k, from decoded prefixes."""
+    before = tokenizer.decode(ids[:k], skip_special_tokens=True)
+    upto = tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
+    return len(before), len(upto)
+
+
+@pytest.mark.parametrize("text", [
+    '{"current number": "3", "target number": "1", "thoughts": "I should subtract one.", "action": "-"}',
+    '{"thoughts": "I have 13 points.",\n"action": "hit"}',
+    '{"thoughts": "x"} then  "action" :  "stand"}',
+])
+def test_boundary_found_at_last_action_key(tiny, text):
+    tokenizer = tiny[0].tokenizer
+    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    k = action_boundary(tokenizer, ids)
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    quote = full.lower().rfind('"action"')
+    start, end = _boundary_char(tokenizer, ids, k)
+    assert start <= quote < end  # the boundary token holds the key's opening quote
+    assert full[quote] == '"'
+
+
+def test_boundary_absent_and_repeated(tiny):
+    tokenizer = tiny[0].tokenizer
+    assert action_boundary(tokenizer, tokenizer("I think + is right", add_special_tokens=False)["input_ids"]) is None
+    assert action_boundary(tokenizer, []) is None
+    text = '{"action": "+", "thoughts": "no wait", "action": "-"}'
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    k = action_boundary(tokenizer, ids)
+    start, end = _boundary_char(tokenizer, ids, k)
+    assert start <= text.rfind('"action"') < end
+    assert start > text.find('"action"')
+
+
+def test_boundary_split_across_tokens(tiny):
+    """A non-canonical split (as a sampler can produce) still finds the key through decoded prefixes."""
+    tokenizer = tiny[0].tokenizer
+    pieces = ['{"thoughts": "add one", "ac', 'ti', 'on', '"', ':', ' "+"}']
+    ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    text = "".join(pieces)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] != ids
+    k = action_boundary(tokenizer, ids)
+    start, end = _boundary_char(tokenizer, ids, k)
+    assert start <= text.rfind('"action"') < end
+
+
+def test_action_logprob_scales_thoughts():
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
+    thought = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    action = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    assert action_logprob(lp, thought, action, 0.5).item() == pytest.approx(0.5 * -3.0 - 7.0)
+
+
+# --- GAE, losses, schedule ----------------------------------------------------------------------
+def test_gae_by_hand_with_truncation():
+    gamma, lam = 0.9, 0.5
+    # one env, 4 steps: step 1 terminates, step 3 is truncated (final value 2.0); next value 5.0
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [1.0]])
+    values = torch.tensor([[0.5], [1.0], [0.2], [0.4]])
+    term = torch.tensor([[False], [True], [False], [False]])
+    trunc = torch.tensor([[False], [False], [False], [True]])
+    final = torch.tensor([[0.0], [0.0], [0.0], [2.0]])
+    adv, ret = compute_gae(rewards, values, term, trunc, torch.tensor([5.0]), final, gamma, lam)
+    d3 = 1.0 + 0.9 * 2.0 - 0.4  # bootstrap from the final observation, not from next_value
+    d2 = 0.0 + 0.9 * 0.4 - 0.2
+    d1 = 2.0 - 1.0  # terminal
+    d0 = 1.0 + 0.9 * 1.0 - 0.5
+    expected = [d0 + 0.45 * d1, d1, d2 + 0.45 * d3, d3]
+    assert adv.squeeze(1).tolist() == pytest.approx(expected)
+    assert ret.squeeze(1).tolist() == pytest.approx([e + v for e, v in zip(expected, [0.5, 1.0, 0.2, 0.4])])
+    adv_ref, _ = compute_gae(rewards, values, term, trunc, torch.tensor([5.0]), final, gamma, lam,
+                             bootstrap_on_truncation=False)
+    assert adv_ref[3, 0].item() == pytest.approx(1.0 - 0.4)
+
+
+def test_ppo_losses_mask_and_guard():
+    old = torch.zeros(3)
+    adv = torch.tensor([1.0, -1.0, 5.0])
+    valid = torch.tensor([True, True, False])
+    v = torch.zeros(3)
+    out = ppo_losses(torch.tensor([0.5, 0.0, 9.0]), old, adv, valid, v, v, torch.ones(3), clip=0.1)
+    # sample 2 is policy-invalid; sample 0's ratio e^0.5 is clipped to 1.1
+    assert out["policy_loss"].item() == pytest.approx(-(1.1 * 1.0 - 1.0) / 2)
+    assert out["value_loss"].item() == pytest.approx(0.5)
+    guarded = ppo_losses(torch.tensor([3.0, 0.0, 0.0]), old, adv, valid, v, v, v, clip=0.1, ratio_guard=10.0)
+    assert guarded["policy_loss"].item() == pytest.approx(-(1.1 - 1.0) / 2)
+
+
+def test_lr_schedule_never_rises():
+    f = cosine_schedule(10, 1e-5, 1e-9)
+    lrs = [1e-5 * f(s) for s in range(15)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[10] == pytest.approx(1e-9)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+# --- SFT ----------------------------------------------------------------------------------------
+def test_sft_data_format_and_loss_decreases(tmp_path, tiny_path):
+    import json
+
+    from baselines.vlm_ppo.sft import generate_sft_data, load_sft_data, sft_loss
+
+    cfg = tiny_config(tmp_path, tiny_path, sft_samples=12, sft_wrong_state_frac=1.0, sft_wrong_action_prob=1.0)
+    out = generate_sft_data(cfg)
+    records = json.loads((out / "data.json").read_text())
+    assert len(records) == 12
+    rec = records[0]
+    assert (out / rec["image"]).exists()
+    assert rec["conversations"][0]["from"] == "human" and rec["conversations"][0]["value"].startswith("<image>\n")
+    assert rec["conversations"][1]["from"] == "gpt" and '"action": ' in rec["conversations"][1]["value"]
+    assert json.loads((out / "meta.json").read_text())["wrong_labels"] == 12  # every label corrupted
+    processor, vlm = load_policy(str(tiny_path), train_vision=True)
+    samples = load_sft_data(cfg, processor)
+    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer))
+    optimizer = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=3e-3)
+    batch = samples[:8]
+    with torch.no_grad():
+        before = sft_loss(ac, processor, batch).item()
+    for _ in range(5):
+        loss = sft_loss(ac, processor, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = sft_loss(ac, processor, batch).item()
+    assert after < before - 0.5
+
+
+# --- full PPO runs ------------------------------------------------------------------------------
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("env_id", CARD_ENVS, ids=[e.split("/")[1] for e in CARD_ENVS])
+def test_one_rollout_and_update_changes_the_weights(tmp_path, tiny_path, env_id):
+    from baselines.vlm_ppo.train import train_ppo
+
+    cfg = tiny_config(tmp_path, tiny_path, env_id=env_id)
+    metrics = train_ppo(cfg)
+    assert np.isfinite(metrics["losses/policy_loss"]) and np.isfinite(metrics["losses/value_loss"])
+    before, after = _weights(tiny_path), _weights(tmp_path / "checkpoints" / "update_00000" / "model")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("lm_head" in k for k in changed)  # reached only through the policy loss
+    assert any("language_model" in k for k in changed)
+    assert not any("vision_tower" in k for k in changed)  # frozen by default
+    assert (tmp_path / "metrics.csv").exists()
+
+
+def test_resume_gives_the_same_next_update(tmp_path, tiny_path):
+    from baselines.vlm_ppo.train import train_ppo
+
+    straight = tiny_config(tmp_path / "a", tiny_path, num_updates=2, eval_every=1, eval_episodes=2)
+    train_ppo(straight)
+    resumed_dir = tmp_path / "b"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", resumed_dir / "checkpoints" / "update_00000")
+    (resumed_dir / "checkpoints" / "latest").write_text("update_00000")
+    train_ppo(dataclasses.replace(straight, output_dir=str(resumed_dir), resume=True))
+    a = _weights(tmp_path / "a" / "checkpoints" / "update_00001" / "model")
+    b = _weights(resumed_dir / "checkpoints" / "update_00001" / "model")
+    assert a.keys() == b.keys()
+    first = _weights(tmp_path / "a" / "checkpoints" / "update_00000" / "model")
+    assert any(not torch.equal(a[k], first[k]) for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    va = torch.load(tmp_path / "a" / "checkpoints" / "update_00001" / "value_head.pt")
+    vb = torch.load(resumed_dir / "checkpoints" / "update_00001" / "value_head.pt")
+    assert all(torch.equal(va[k], vb[k]) for k in va)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def test_every_config_field_is_documented_and_in_help():
+    docs = field_docs()
+    fields = [f.name for f in dataclasses.fields(Config)]
+    assert set(fields) == set(docs)
+    out = subprocess.run([sys.executable, "-m", "baselines.vlm_ppo", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for name in fields:
+        assert "--" + name.replace("_", "-") in out
