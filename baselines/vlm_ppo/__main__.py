@@ -61,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(csv.DictReader(open(Path(cfg.output_dir) / "metrics.csv")))
         evals = [r for r in rows if r.get("eval/greedy_success")]
         before, after = evals[0], evals[-1]
-        print(f"\nSFT {t_sft / 60:.1f} min, PPO {(time.time() - t0 - t_sft) / 60:.1f} min")
-        for mode in ("greedy", "sampled"):
-            key = f"eval/{mode}_success"
+        print(f"\nSFT {t_sft / 60:.1f} min (incl. data, vision alignment, reading gate), "
+              f"PPO {(time.time() - t0 - t_sft) / 60:.1f} min")
+        gate = json.loads((sft_dir / "sft_metrics.json").read_text())
+        if "read/all" in gate:
+            print(f"reading gate after SFT: both numbers read right in {gate['read/all']:.2f} of "
+                  f"{gate['read/states']:.0f} held-out states")
+        for mode, key in (("greedy, every start state", "eval/greedy_start_success"),
+                          ("greedy", "eval/greedy_success"), ("sampled", "eval/sampled_success")):
             if before.get(key):
                 print(f"held-out {mode} success: before PPO {float(before[key]):.2f} -> after PPO {float(after[key]):.2f}")
         print(f"curve: {Path(cfg.output_dir) / 'curve.png'}   metrics: {Path(cfg.output_dir) / 'metrics.csv'}")

@@ -116,6 +116,8 @@ class Config:
     """Held-out evaluation every this many updates (and before the first and after the last); 0 turns it off."""
     eval_episodes: int = 50
     """Episodes per held-out evaluation, on fixed seeds ``eval_seed .. eval_seed+eval_episodes-1``."""
+    eval_greedy_episodes: int = 0
+    """Episodes of the greedy evaluation (0: ``eval_episodes``). Greedy answers are cached per observation, so many episodes cost little; ``eval/greedy_start_success`` averages over the distinct start states (exact for NumberLine's 30 when all appear)."""
     eval_seed: int = 100_000
     """First seed of the held-out evaluation episodes (training seeds are drawn far from it)."""
     eval_sampled: bool = True
@@ -150,15 +152,27 @@ class Config:
     """Train the vision tower in SFT (needed for the embedded model, whose tower starts random)."""
     sft_output: str = ""
     """Where the SFT model is saved; default ``output_dir/sft``."""
+    align_steps: int = 0
+    """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the CoT's number fields from mean-pooled image tokens). 0: off."""
+    align_lr: float = 1e-3
+    """Learning rate of the vision alignment stage (constant)."""
+    aux_reading_coef: float = 0.0
+    """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs answers with number fields (NumberLine)."""
 
 
 PRESETS: dict[str, dict[str, object]] = {
     # The offline CPU demo: embedded tiny LLaVA on NumberLine, weak SFT start, then PPO.
+    # Reading first: 100 vision-alignment steps + the auxiliary reading loss in SFT make the greedy
+    # CoT read both numbers right in all 30 states within ~3 min of CPU (docs/training.md). One torch
+    # thread: on the shared 2-core machine two threads were ~15x slower per step under load.
+    # ~10 min of PPO by default; benchmarks/numberline_ppo_cpu.sh runs the 30-minute experiment.
     "cpu-tiny": dict(
-        model="tiny", threads=1, num_envs=16, num_steps=8, num_updates=200, ppo_epochs=2,
+        model="tiny", threads=1, num_envs=16, num_steps=8, num_updates=80, ppo_epochs=2,
         minibatch_size=32, grad_accum_steps=1, lr=3e-4, end_lr=3e-5, max_grad_norm=1.0,
-        temperature=1.0, max_new_tokens=64, eval_every=10, eval_episodes=60, save_every=20,
-        success_window=100, sft_samples=4000, sft_steps=1500, sft_batch_size=32, sft_lr=2e-3,
+        temperature=1.0, max_new_tokens=64, eval_every=10, eval_episodes=60, eval_greedy_episodes=300,
+        save_every=20, success_window=100, time_limit_min=11.0,
+        sft_samples=4000, sft_steps=300, sft_batch_size=32, sft_lr=2e-3,
+        align_steps=100, align_lr=1e-3, aux_reading_coef=1.0,
         sft_wrong_state_frac=0.5, sft_wrong_action_prob=0.75,
     ),
 }

@@ -68,7 +68,8 @@ def plot_curve(csv_path: str | Path, png_path: str | Path, title: str | None = N
         return [p for p in pts if not math.isnan(p[1])]
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, style in (("eval/greedy_success", "held-out, greedy", "o-"),
+    greedy = "eval/greedy_start_success" if series("eval/greedy_start_success") else "eval/greedy_success"
+    for key, label, style in ((greedy, "held-out, greedy" + (" (every start state)" if "start" in greedy else ""), "o-"),
                               ("eval/sampled_success", "held-out, sampled", "s--"),
                               ("charts/train_success", "training episodes (rolling)", "-")):
         pts = series(key)

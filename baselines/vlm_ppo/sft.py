@@ -32,9 +32,11 @@ from baselines.vlm_ppo.policy import (
     collate,
     encode_prompts,
     generate,
+    hidden_size_of,
     load_policy,
     suppressed_token_ids,
 )
+from baselines.vlm_ppo.reading import ReadingHead, num_image_tokens, read_fields, reading_accuracy, reading_loss
 from vlm_envs.text import build_prompt, conversation
 from vlm_envs.text.parsing import find_action_key
 
@@ -105,13 +107,17 @@ def load_sft_data(cfg: Config, processor) -> list[dict]:
     records = json.loads((root / "data.json").read_text())
     tokenizer = processor.tokenizer
     images: dict[str, np.ndarray] = {}  # identical frames (NumberLine has 30) are kept once
+    pixel_values: dict[str, torch.Tensor] = {}
     prompt_ids: dict[tuple, list[int]] = {}  # prompt ids depend on the text and the image size only
     samples = []
     for rec in records:
         human, gpt = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
         prompt = human[len(IMAGE_PREFIX):] if human.startswith(IMAGE_PREFIX) else human
         pixels = np.array(Image.open(root / rec["image"]).convert("RGB"))
-        image = images.setdefault(hashlib.sha1(pixels.tobytes()).hexdigest(), pixels)
+        digest = hashlib.sha1(pixels.tobytes()).hexdigest()
+        image = images.setdefault(digest, pixels)
+        if digest not in pixel_values:  # the preprocessed frame, for the reading objective
+            pixel_values[digest] = processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
         if cfg.conv_template == "chat_template":
             from vlm_envs.text import chat_messages
 
@@ -122,7 +128,8 @@ def load_sft_data(cfg: Config, processor) -> list[dict]:
         if key not in prompt_ids:
             prompt_ids[key] = encode_prompts(processor, [text], [image])[0]
         answer_ids = tokenizer(" " + gpt, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        samples.append({"prompt_ids": prompt_ids[key], "image": image, "answer": gpt, "answer_ids": answer_ids})
+        samples.append({"prompt_ids": prompt_ids[key], "image": image, "answer": gpt, "answer_ids": answer_ids,
+                        "fields": read_fields(gpt), "pixels": pixel_values[digest]})
     return samples
 
 
@@ -145,8 +152,38 @@ def answer_accuracy(vlm, processor, samples: list[dict], max_new_tokens: int) ->
     return {"exact": exact / len(samples), "cot_prefix": prefix / len(samples)}
 
 
+def _reading_batch(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel values and the true number fields of ``batch``."""
+    return torch.stack([s["pixels"] for s in batch]), torch.tensor([s["fields"] for s in batch], dtype=torch.long)
+
+
+def align_vision(cfg: Config, vlm, processor, head: ReadingHead, samples: list[dict], rng: random.Random, log) -> float:
+    """Stage 1 (LLaVA-style alignment, on the reading objective): train only the vision tower, the
+    projector and the reading head for ``align_steps`` steps so the image tokens carry the numbers."""
+    from tqdm.auto import tqdm
+
+    device = next(vlm.parameters()).device
+    params = [p for n, p in vlm.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+    params += list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
+    vlm.train()
+    acc = float("nan")
+    t0 = time.time()
+    bar = tqdm(range(cfg.align_steps), desc="align")
+    for step in bar:
+        pixels, labels = _reading_batch(rng.sample(samples, min(cfg.sft_batch_size, len(samples))))
+        loss, acc = reading_loss(head, vlm, pixels.to(device), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        log.write(f"align{step},{loss.item():.6f},{cfg.align_lr:.3e},{time.time() - t0:.1f},,{loss.item():.6f},{acc:.3f}\n")
+    return acc
+
+
 def train_sft(cfg: Config, model_path: str) -> Path:
-    """Fine-tune ``model_path`` on the SFT data (mean token cross-entropy on the answer); save to ``sft_output``."""
+    """Vision alignment (``align_steps``), then fine-tuning of ``model_path`` on the SFT data (mean token
+    cross-entropy on the answer, plus ``aux_reading_coef`` x the reading loss); reading gate; save."""
     from tqdm.auto import tqdm
 
     if cfg.threads:
@@ -164,35 +201,55 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     rng = random.Random(cfg.seed)
     held_out = rng.sample(samples, min(64, len(samples)))
     ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer))
-    params = [p for p in vlm.parameters() if p.requires_grad]
+    has_fields = any(f >= 0 for s in samples for f in s["fields"])
+    head = ReadingHead(num_image_tokens(vlm.config), hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
+    use_reading = has_fields and (cfg.align_steps > 0 or cfg.aux_reading_coef > 0)
+    out = Path(cfg.output_dir) / "sft" if not cfg.sft_output else Path(cfg.sft_output)
+    log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
+    log.write("step,loss,lr,elapsed_s,lm_loss,reading_loss,reading_acc\n")
+    t0 = time.time()
+    if use_reading and cfg.align_steps > 0:
+        acc = align_vision(cfg, vlm, processor, head, samples, rng, log)
+        print(f"vision alignment: {cfg.align_steps} steps in {time.time() - t0:.0f}s, reading-head accuracy {acc:.2f}")
+    params = [p for p in vlm.parameters() if p.requires_grad] + (list(head.parameters()) if use_reading else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
     warmup = max(1, int(0.03 * cfg.sft_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.sft_steps, 1.0))))
-    out = Path(cfg.sft_output or Path(cfg.output_dir) / "sft")
-    log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
-    log.write("step,loss,lr,elapsed_s\n")
-    t0 = time.time()
     vlm.train()
+    device = next(vlm.parameters()).device
     bar = tqdm(range(cfg.sft_steps), desc="sft")
     for step in bar:
         batch = rng.sample(samples, min(cfg.sft_batch_size, len(samples)))
-        loss = sft_loss(ac, processor, batch)
+        lm_loss = sft_loss(ac, processor, batch)
+        r_loss, r_acc = torch.zeros(()), float("nan")
+        if use_reading and cfg.aux_reading_coef > 0:
+            pixels, labels = _reading_batch(batch)
+            r_loss, r_acc = reading_loss(head, vlm, pixels.to(device), labels)
+        loss = lm_loss + cfg.aux_reading_coef * r_loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(f"{step},{loss.item():.6f},{scheduler.get_last_lr()[0]:.3e},{time.time() - t0:.1f}\n")
+        bar.set_postfix(loss=f"{lm_loss.item():.4f}", read=f"{r_acc:.2f}")
+        log.write(f"{step},{loss.item():.6f},{scheduler.get_last_lr()[0]:.3e},{time.time() - t0:.1f},"
+                  f"{lm_loss.item():.6f},{r_loss.item():.6f},{r_acc:.3f}\n")
     log.close()
+    seconds = time.time() - t0
     acc = answer_accuracy(vlm, processor, held_out, cfg.max_new_tokens)
-    print(f"SFT done in {time.time() - t0:.0f}s; greedy answers on {len(held_out)} training samples: "
-          f"exact {acc['exact']:.2f}, CoT (reading) {acc['cot_prefix']:.2f}")
+    print(f"SFT done in {seconds:.0f}s; greedy answers on {len(held_out)} training samples: "
+          f"exact {acc['exact']:.2f}, CoT prefix {acc['cot_prefix']:.2f}")
+    if has_fields:
+        gate = reading_accuracy(cfg, vlm, processor)
+        acc.update(gate)
+        print("reading gate (greedy CoT fields on {:.0f} held-out states): target {:.2f}, current {:.2f}, both {:.2f}; "
+              "oracle action {:.2f}".format(gate["read/states"], gate["read/target_number"],
+                                            gate["read/current_number"], gate["read/all"], gate["read/oracle_action"]))
     vlm = vlm.merge_and_unload() if cfg.lora_r > 0 else vlm
     vlm.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "sft_metrics.json").write_text(json.dumps({**acc, "seconds": time.time() - t0}))
+    (out / "sft_metrics.json").write_text(json.dumps({**acc, "seconds": seconds}))
     return out
 
 

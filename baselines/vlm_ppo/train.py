@@ -8,6 +8,7 @@ gradients are averaged by accelerate's data parallelism, as in the reference).
 from __future__ import annotations
 
 import collections
+import hashlib
 import pickle
 import random
 import time
@@ -97,34 +98,50 @@ def boundaries_of(tokenizer, gens, no_key: str) -> list[int | None]:
 def evaluate(cfg: Config, vlm, processor, *, greedy: bool, episodes: int | None = None) -> dict[str, float]:
     """Play ``episodes`` episodes on the fixed seeds ``eval_seed + k``; success, return, parse-failure rate.
 
+    Greedy answers are deterministic per observation, so they are decoded once per distinct
+    observation and cached (``eval_greedy_episodes`` can then be large at little cost);
+    ``start_success`` is the mean success over distinct start observations, each counted once
+    (on NumberLine with enough episodes: the exact greedy success over all 30 start states).
     Runs under its own RNG (forked), so evaluating never changes the training run's random stream.
     """
-    episodes = episodes or cfg.eval_episodes
-    width = min(episodes, max(cfg.num_envs, 8))
+    episodes = episodes or ((cfg.eval_greedy_episodes or cfg.eval_episodes) if greedy else cfg.eval_episodes)
+    width = min(episodes, 64 if greedy else max(cfg.num_envs, 8))
     suppress = suppressed_token_ids(processor.tokenizer)
     device = next(vlm.parameters()).device
     was_training = vlm.training
     vlm.eval()
     envs = make_vec_env(cfg, width)
     task = prompt_task(envs)
-    results = []
+    results, start_keys = [], []
+    cache: dict[str, str] = {}  # greedy: observation key -> answer text
+    key_of = lambda text, image: hashlib.sha1(np.ascontiguousarray(image).tobytes() + text.encode()).hexdigest()  # noqa: E731
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.eval_seed)
         for start in range(0, episodes, width):
             obs, _ = envs.reset(seed=[cfg.eval_seed + start + i for i in range(width)])
+            first = [key_of(obs["text"][i], obs["image"][i]) for i in range(width)]
             active = np.ones(width, bool)
             ret, length, parse_fail = np.zeros(width), np.zeros(width), np.zeros(width)
             success = np.zeros(width, bool)
             for _ in range(cfg.eval_max_steps):
                 idx = np.flatnonzero(active)
-                texts = [full_prompt(cfg, processor, task, obs["text"][i]) for i in idx]
-                pids = encode_prompts(processor, texts, [obs["image"][i] for i in idx])
-                gens = generate(vlm, processor, pids, [obs["image"][i] for i in idx], greedy=greedy,
-                                temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                suppress_ids=suppress, device=device)
+                keys = {i: key_of(obs["text"][i], obs["image"][i]) for i in idx}
+                if greedy:  # one decode per distinct observation not seen before
+                    todo = list({keys[i]: i for i in idx if keys[i] not in cache}.values())
+                else:
+                    todo = list(idx)
+                if todo:
+                    texts = [full_prompt(cfg, processor, task, obs["text"][i]) for i in todo]
+                    pids = encode_prompts(processor, texts, [obs["image"][i] for i in todo])
+                    gens = generate(vlm, processor, pids, [obs["image"][i] for i in todo], greedy=greedy,
+                                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                    suppress_ids=suppress, device=device)
+                    fresh = {i: processor.tokenizer.decode(g, skip_special_tokens=True) for i, g in zip(todo, gens)}
+                    if greedy:
+                        cache.update({keys[i]: text for i, text in fresh.items()})
                 answers = [""] * width
-                for i, g in zip(idx, gens):
-                    answers[i] = processor.tokenizer.decode(g, skip_special_tokens=True)
+                for i in idx:
+                    answers[i] = cache[keys[i]] if greedy else fresh[i]
                 obs, rewards, term, trunc, infos = envs.step(answers)
                 for i in idx:
                     done = bool(term[i] or trunc[i])
@@ -139,11 +156,16 @@ def evaluate(cfg: Config, vlm, processor, *, greedy: bool, episodes: int | None 
                     break
             for i in range(min(width, episodes - start)):
                 results.append((success[i], ret[i], length[i], parse_fail[i] / max(length[i], 1)))
+                start_keys.append(first[i])
     envs.close()
     vlm.train(was_training)
     arr = np.asarray(results, dtype=float)
+    per_start = collections.defaultdict(list)
+    for k, r in zip(start_keys, arr[:, 0]):
+        per_start[k].append(r)
     return {"success": arr[:, 0].mean(), "return": arr[:, 1].mean(), "length": arr[:, 2].mean(),
-            "parse_fail": arr[:, 3].mean()}
+            "parse_fail": arr[:, 3].mean(), "start_success": float(np.mean([np.mean(v) for v in per_start.values()])),
+            "starts": float(len(per_start))}
 
 
 # ----------------------------------------------------------------------------------------------
