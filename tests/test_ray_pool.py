@@ -115,3 +115,27 @@ def test_importing_the_pool_does_not_import_ray():
     code = "import sys, vlm_envs.ray_pool, vlm_envs.agent_loop; print([m for m in ('ray', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_trainer_ray_switch_matches_sync(local_ray):
+    """``--vectorization ray`` in the PPO trainer steps exactly like its default sync vector env."""
+    pytest.importorskip("torch")
+    from baselines.vlm_ppo.config import Config
+    from baselines.vlm_ppo.envs import make_vec_env
+
+    envs = {mode: make_vec_env(Config(vectorization=mode), 2) for mode in ("ray", "sync")}
+    results = {mode: [e.reset(seed=5)] for mode, e in envs.items()}
+    for texts in [('"action": "+"', "junk"), ('"action": "-"', '"action": "+"')] * 6:
+        for mode, e in envs.items():
+            results[mode].append(e.step(texts))
+    assert data_equivalence(results["ray"], results["sync"])
+    for e in envs.values():
+        e.close()
+
+
+def test_trainer_rejects_unknown_vectorization():
+    from baselines.vlm_ppo.config import Config
+    from baselines.vlm_ppo.envs import make_vec_env
+
+    with pytest.raises(ValueError, match="vectorization must be one of"):
+        make_vec_env(Config(vectorization="threads"), 2)

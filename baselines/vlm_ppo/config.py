@@ -76,6 +76,8 @@ class Config:
     # --- PPO ---
     num_envs: int = 1
     """Parallel environments per process, each with its own per-step prompt."""
+    vectorization: str = "sync"
+    """How those envs run: ``sync`` (in this process), ``async`` (a subprocess each) or ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``)."""
     num_steps: int = 512
     """Environment steps per env per PPO update (paper NumberLine: 512)."""
     num_updates: int = 29

@@ -22,16 +22,25 @@ def make_env(cfg) -> gym.Env:
     return gym.make(cfg.env_id, **json.loads(cfg.env_kwargs))
 
 
+VECTORIZATIONS = ("sync", "async", "ray")
+
+
 def make_vec_env(cfg, num_envs: int) -> gym.vector.VectorEnv:
-    """``num_envs`` envs in a sync vector env, each taking the model's raw text as its action."""
+    """``num_envs`` envs, each taking the model's raw text as its action, run as ``cfg.vectorization`` says."""
+    if cfg.vectorization not in VECTORIZATIONS:
+        raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {cfg.vectorization!r}")
     wrapper = lambda env: vlm_envs.TextActions(  # noqa: E731
         env, mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty
     )
-    return gym.make_vec(
-        cfg.env_id, num_envs, vectorization_mode="sync",
+    kwargs = dict(
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
         wrappers=[wrapper], **json.loads(cfg.env_kwargs),
     )
+    if cfg.vectorization == "ray":
+        from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
+
+        return make_ray_vec(cfg.env_id, num_envs, **kwargs)
+    return gym.make_vec(cfg.env_id, num_envs, vectorization_mode=cfg.vectorization, **kwargs)
 
 
 def prompt_task(envs) -> str:
