@@ -191,7 +191,7 @@ def main(args: Args) -> dict:
 
         b_obs = obs.reshape((-1, *image_shape))
         b_logprobs, b_actions = logprobs.reshape(-1), actions.reshape(-1)
-        b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
 
         # optimize the policy and value network
         b_inds = np.arange(args.batch_size)

@@ -77,7 +77,7 @@ class Turn:
         return record
 
 
-def _item(infos: dict, key: str, i: int, default: Any = None) -> Any:
+def info_item(infos: dict, key: str, i: int, default: Any = None) -> Any:
     """Sub-env ``i``'s value of ``key`` in a vector env's merged info dict, or ``default``."""
     if key not in infos:
         return default
@@ -165,12 +165,13 @@ def run_agent(
             if image_dir is not None:
                 image = str(image_dir / f"env{i}_ep{episode_ids[i]}_step{step_in_episode[i]}.png")
                 _save_png(images[j], image)
+            action = info_item(step_infos, "action", i, info_item(step_infos, "matched_command", i))
             turns.append(Turn(
                 env_index=i, episode=episode_ids[i], step=step_in_episode[i], prompt=prompts[j], image=image,
-                output=outputs[j], action=_item(step_infos, "action", i, _item(step_infos, "matched_command", i)), parse_ok=bool(_item(step_infos, "parse_ok", i, False)),
-                parse_error=str(_item(step_infos, "parse_error", i, "")), reward=float(rewards[i]),
+                output=outputs[j], action=action, parse_ok=bool(info_item(step_infos, "parse_ok", i, False)),
+                parse_error=str(info_item(step_infos, "parse_error", i, "")), reward=float(rewards[i]),
                 terminated=bool(terminations[i]), truncated=bool(truncations[i]),
-                success=bool(_item(step_infos, "success", i, False)),
+                success=bool(info_item(step_infos, "success", i, False)),
             ))
             step_in_episode[i] += 1
             if done:

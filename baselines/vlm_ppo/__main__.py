@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             sft.generate_sft_data(cfg)
         sft_dir = sft.train_sft(cfg, train.resolve_model(cfg))
         t_sft = time.time() - t0
-        last = train.train_ppo(dataclasses.replace(cfg, model=str(sft_dir)))
+        train.train_ppo(dataclasses.replace(cfg, model=str(sft_dir)))
         import csv
 
         rows = list(csv.DictReader(open(Path(cfg.output_dir) / "metrics.csv")))

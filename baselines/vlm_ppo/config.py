@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import json
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass

@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
 import vlm_envs
+from vlm_envs.agent_loop import info_item
 from vlm_envs.text import build_prompt, chat_messages, conversation
 
 
@@ -55,16 +55,10 @@ def full_prompt(cfg, processor, task: str, obs_text: str) -> str:
     return conversation(prompt, cfg.conv_template)
 
 
-def _item(infos: dict, key: str, i: int, default: Any = None) -> Any:
-    if key in infos and infos.get("_" + key, np.ones(i + 1, bool))[i]:
-        return infos[key][i]
-    return default
-
-
 def step_info(infos: dict, i: int, done: bool, keys=("success", "parse_ok")) -> dict[str, Any]:
     """The info of env ``i``'s own step (``final_info`` when the episode just ended)."""
     source = infos["final_info"] if done and "final_info" in infos else infos
-    return {k: _item(source, k, i) for k in keys}
+    return {k: info_item(source, k, i) for k in keys}
 
 
 def final_obs(infos: dict, i: int) -> dict:
