@@ -37,10 +37,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.error import DependencyNotInstalled
 from PIL import Image
 
 import vlm_envs  # noqa: F401  (registers the ids)
+from vlm_envs.optional import require
 from vlm_envs.registration import CARD_ENVS
 
 PAPER_CNN_RL = {"NumberLine": 87.1, "EZPoints": 0.0, "Points24": 0.0, "Blackjack": 38.8}
@@ -148,13 +148,8 @@ def short_name(env_id: str) -> str:
 
 
 def _require_sb3():
-    try:
-        import stable_baselines3  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as err:
-        raise DependencyNotInstalled(
-            'stable-baselines3 and torch are needed for the CNN baseline; run `pip install "vlm-envs[sb3]"`'
-        ) from err
+    for module in ("stable_baselines3", "torch"):
+        require(module, "sb3", "the CNN baseline")
 
 
 def evaluate_greedy(model, env_id: str, episodes: int, size: int = 84) -> float:

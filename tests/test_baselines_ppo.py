@@ -25,9 +25,10 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     load_policy,
     suppressed_token_ids,
 )
+from vlm_envs.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
 from vlm_envs.text import build_prompt, conversation  # noqa: E402
 
-CARD_ENVS = ["gym_cards/NumberLine-v0", "gym_cards/EZPoints-v0", "gym_cards/Points24-v0", "gym_cards/Blackjack-v0"]
+CARD_ENVS = list(REGISTERED_CARD_ENVS)
 
 
 @pytest.fixture(scope="module", autouse=True)

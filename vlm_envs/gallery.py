@@ -14,11 +14,7 @@ import gymnasium as gym
 from PIL import Image
 
 import vlm_envs  # noqa: F401  (registers the ids)
-
-
-def registered_ids() -> list[str]:
-    """Every id this package registered, in registration order (the card games, then ALFWorld)."""
-    return [spec.id for spec in gym.registry.values() if str(spec.entry_point).startswith("vlm_envs.")]
+from vlm_envs.registration import registered_ids
 
 
 def file_name(env_id: str) -> str:

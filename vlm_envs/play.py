@@ -24,8 +24,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.error import DependencyNotInstalled
 
+from vlm_envs.optional import require
 from vlm_envs.text.prompts import build_prompt
 from vlm_envs.wrappers import TextActions
 
@@ -63,10 +63,7 @@ class PlayApp:
     def __init__(self, env_id: str, seed: int = 0, cot: bool = True, wording: str = "reference", raw: bool = False,
                  on_parse_failure: str = "random", script: Sequence[str] = (), exit_after_script: bool = False,
                  fps: int = 30, **env_kwargs: Any):
-        try:
-            import pygame
-        except ImportError as err:
-            raise DependencyNotInstalled('pygame is not installed; run `pip install "vlm-envs[human]"` to play') from err
+        pygame = require("pygame", "human", "python -m vlm_envs play")
         self.pg = pygame
         self.env = TextActions(gym.make(env_id, **env_kwargs), on_parse_failure=on_parse_failure)
         self.task = self.env.unwrapped.prompt_task

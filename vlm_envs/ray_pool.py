@@ -32,22 +32,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.error import DependencyNotInstalled
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
+from vlm_envs.optional import require
+
 __all__ = ["RayVectorEnv", "make_ray_vec"]
-
-_INSTALL_HINT = 'Ray is not installed; run `pip install "vlm-envs[ray]"` to use RayVectorEnv'
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError as err:
-        raise DependencyNotInstalled(_INSTALL_HINT) from err
-    return ray
-
 
 class _EnvWorker:
     """Holds one or more envs inside a Ray actor; ``step`` applies the autoreset rule where the envs live.
@@ -140,7 +130,9 @@ class RayVectorEnv(VectorEnv):
         ray_init_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        ray = _import_ray()
+        if envs_per_actor < 1:
+            raise ValueError(f"envs_per_actor must be positive, got {envs_per_actor}")
+        ray = require("ray", "ray", "RayVectorEnv")
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
@@ -152,8 +144,6 @@ class RayVectorEnv(VectorEnv):
         options = dict(actor_options or {})
         if num_cpus_per_env is not None:
             options["num_cpus"] = num_cpus_per_env
-        if envs_per_actor < 1:
-            raise ValueError(f"envs_per_actor must be positive, got {envs_per_actor}")
         actor_class = ray.remote(_EnvWorker)
         if options:
             actor_class = actor_class.options(**options)
@@ -176,7 +166,6 @@ class RayVectorEnv(VectorEnv):
 
         self._observations = create_empty_array(observation_space, n=self.num_envs, fn=np.zeros)
         self._env_obs: list[Any] = [None] * self.num_envs
-        self._autoreset_envs = np.zeros(self.num_envs, dtype=np.bool_)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         """Reset every sub-env (or those in ``options["reset_mask"]``); seeds as ``SyncVectorEnv``."""
@@ -207,15 +196,12 @@ class RayVectorEnv(VectorEnv):
             obs, info = results[i]
             self._env_obs[i] = obs
             infos = self._add_info(infos, info, i)
-        self._autoreset_envs[mask] = False
         self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
         return (deepcopy(self._observations) if self.copy else self._observations), infos
 
     def step(self, actions):
         """Step every sub-env (one call per actor, all in flight at once) and batch the results."""
-        per_actor: list[list] = [[] for _ in self.actors]
-        for (a, _), action in zip(self._where, iterate(self.action_space, actions)):
-            per_actor[a].append(action)
+        per_actor = self._per_actor(iterate(self.action_space, actions))
         futures = [actor.step.remote(acts) for actor, acts in zip(self.actors, per_actor)]
         results = [r for rs in self._ray.get(futures) for r in rs]
         rewards = np.zeros(self.num_envs, dtype=np.float64)
@@ -227,7 +213,6 @@ class RayVectorEnv(VectorEnv):
             if final is not None:
                 infos = self._add_info(infos, final, i)
             infos = self._add_info(infos, info, i)
-        self._autoreset_envs = terminations | truncations
         self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
         return (deepcopy(self._observations) if self.copy else self._observations), rewards, terminations, truncations, infos
 
@@ -246,10 +231,15 @@ class RayVectorEnv(VectorEnv):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
             raise ValueError(f"Values must be a list or tuple with length equal to the number of environments. Got {len(values)}.")
+        per_actor = self._per_actor(values)
+        self._ray.get([actor.set_attr.remote(name, vals) for actor, vals in zip(self.actors, per_actor)])
+
+    def _per_actor(self, values) -> list[list]:
+        """One value per sub-env, grouped into one list per actor in slot order."""
         per_actor: list[list] = [[] for _ in self.actors]
         for (a, _), value in zip(self._where, values):
             per_actor[a].append(value)
-        self._ray.get([actor.set_attr.remote(name, vals) for actor, vals in zip(self.actors, per_actor)])
+        return per_actor
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close every sub-env, end the actors, and shut Ray down if this pool started it."""

@@ -22,6 +22,11 @@ def register(env_id: str, entry_point: str, kwargs: dict | None = None, max_epis
     gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs or {}, max_episode_steps=max_episode_steps)
 
 
+def registered_ids() -> list[str]:
+    """Every id this package registered, in registration order (the card games, then ALFWorld)."""
+    return [spec.id for spec in gym.registry.values() if str(spec.entry_point).startswith("vlm_envs.")]
+
+
 def register_envs() -> None:
     from vlm_envs import alfworld_wrap  # light: names and ids only, the engine loads at make()
 

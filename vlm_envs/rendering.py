@@ -10,8 +10,9 @@ import functools
 from importlib import resources
 
 import numpy as np
-from gymnasium.error import DependencyNotInstalled
 from PIL import Image, ImageDraw, ImageFont
+
+from vlm_envs.optional import require
 
 _FONT_FILES = {False: "DejaVuSans.ttf", True: "DejaVuSans-Bold.ttf"}
 
@@ -70,12 +71,7 @@ class HumanWindow:
     """A pygame window that shows RGB frames (``render_mode="human"``); pygame is imported lazily."""
 
     def __init__(self, caption: str, fps: int):
-        try:
-            import pygame
-        except ImportError as err:
-            raise DependencyNotInstalled(
-                'pygame is not installed; run `pip install "vlm-envs[human]"` for render_mode="human"'
-            ) from err
+        pygame = require("pygame", "human", 'render_mode="human"')
         self._pygame = pygame
         self._caption = caption
         self._fps = fps

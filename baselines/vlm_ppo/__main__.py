@@ -11,16 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from vlm_envs.optional import require
+
 
 def _require_train_extra() -> None:
-    missing = []
     for module in ("torch", "transformers", "accelerate", "tqdm"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        sys.exit(f"missing {', '.join(missing)}: install the training extra with  pip install \"vlm-envs[train]\"")
+        require(module, "train", "the PPO baseline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     _require_train_extra()
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     from baselines.vlm_ppo import sft, train
+    from baselines.vlm_ppo.logger import read_metrics
 
     if command == "sft-data":
         sft.generate_sft_data(cfg)
@@ -56,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sft_dir = sft.train_sft(cfg, train.resolve_model(cfg))
         t_sft = time.time() - t0
         train.train_ppo(dataclasses.replace(cfg, model=str(sft_dir)))
-        import csv
-
-        rows = list(csv.DictReader(open(Path(cfg.output_dir) / "metrics.csv")))
+        rows = read_metrics(Path(cfg.output_dir) / "metrics.csv")
         evals = [r for r in rows if r.get("eval/greedy_success")]
         before, after = evals[0], evals[-1]
         print(f"\nSFT {t_sft / 60:.1f} min (incl. data, vision alignment, reading gate), "

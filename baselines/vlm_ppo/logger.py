@@ -53,6 +53,12 @@ class MetricsLogger:
             self.writer.close()
 
 
+def read_metrics(csv_path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.csv`` as dicts of strings (empty cells for metrics not logged that update)."""
+    with open(csv_path) as f:
+        return list(csv.DictReader(f))
+
+
 def plot_curve(csv_path: str | Path, png_path: str | Path, title: str | None = None) -> None:
     """Held-out greedy/sampled success and the rolling training success against env steps."""
     import matplotlib
@@ -60,8 +66,7 @@ def plot_curve(csv_path: str | Path, png_path: str | Path, title: str | None = N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(csv_path)
 
     def series(key):
         pts = [(float(r["env_steps"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]

@@ -239,10 +239,7 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, l
 
     Returns ``(processor, vlm)``. The vision tower is frozen unless ``train_vision`` (bug T9).
     """
-    try:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-    except ImportError as err:  # pragma: no cover
-        raise ImportError('the PPO baseline needs the training extra: pip install "vlm-envs[train]"') from err
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # the train extra (checked by the CLI)
 
     processor = AutoProcessor.from_pretrained(name_or_path)
     processor.tokenizer.padding_side = "left"  # not kept across save/load in transformers v5

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from gymnasium.error import DependencyNotInstalled
-
-INSTALL_HINT = 'ALFWorld needs the "alfworld" extra: pip install "vlm-envs[alfworld]"'
+from vlm_envs.optional import missing_extra
 
 try:  # alfworld writes $ALFWORLD_DATA (default ~/.cache/alfworld) as a side effect of import.
     import fast_downward
@@ -46,7 +44,7 @@ try:  # alfworld writes $ALFWORLD_DATA (default ~/.cache/alfworld) as a side eff
     from textworld.envs.pddl import PddlEnv
     from textworld.envs.pddl import logic as pddl_logic
 except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise DependencyNotInstalled(f"{INSTALL_HINT} ({err})") from err
+    raise missing_extra("alfworld", "ALFWorld", err) from err
 
 
 class _FastTextgen:
@@ -439,4 +437,4 @@ def read_game_file(path: str | os.PathLike) -> dict:
     return data
 
 
-__all__ = ["Engine", "GameError", "INSTALL_HINT", "StepResult", "game_logic", "read_game_file"]
+__all__ = ["Engine", "GameError", "StepResult", "game_logic", "read_game_file"]

@@ -72,7 +72,7 @@ class GameRejected(Exception):
 
 def _alfworld():
     """alfworld's generation data (imported lazily: the generator needs the extra)."""
-    from vlm_envs.alfworld_wrap.engine import INSTALL_HINT  # noqa: F401 - raises DependencyNotInstalled
+    import vlm_envs.alfworld_wrap.engine  # noqa: F401 - raises DependencyNotInstalled without the extra
 
     import alfworld
     import alfworld.gen.constants as constants
