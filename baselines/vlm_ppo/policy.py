@@ -178,34 +178,6 @@ def action_boundary(tokenizer, ids: Sequence[int]) -> int | None:
     return None
 
 
-def split_masks(tokenizer, gen_ids: Sequence[Sequence[int]], l_max: int, no_key: str = "mask"
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thought mask, action mask (B, L_max) and a per-sample ``policy_valid`` flag.
-
-    ``no_key="mask"``: a sample with no action key gets ``policy_valid=False`` (value loss only).
-    ``no_key="last5"``: the reference fallback, the last 5 generated tokens are the action.
-    A sample with no generated token is never policy-valid (bug T22).
-    """
-    b = len(gen_ids)
-    thought = torch.zeros((b, l_max))
-    action = torch.zeros((b, l_max))
-    valid = torch.zeros(b, dtype=torch.bool)
-    for i, ids in enumerate(gen_ids):
-        n = len(ids)
-        if n == 0:
-            continue
-        k = action_boundary(tokenizer, ids)
-        if k is None and no_key == "last5":
-            k = max(n - 5, 0)
-        if k is None:
-            continue
-        thought[i, :k] = 1
-        action[i, k:n] = 1
-        valid[i] = True
-    return thought, action, valid
-
-
-@torch.no_grad()
 def generate(vlm: nn.Module, processor, prompt_ids: Sequence[Sequence[int]], images: Sequence[np.ndarray], *,
              greedy: bool, temperature: float, max_new_tokens: int, suppress_ids: Sequence[int],
              device: torch.device | str = "cpu", return_scores: bool = False):
