@@ -88,7 +88,8 @@ def decode_image(payload: dict[str, Any]) -> np.ndarray:
     if payload["encoding"] == "png":
         from PIL import Image
 
-        image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        image = Image.open(io.BytesIO(data))
+        image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     else:
         image = np.frombuffer(data, dtype=np.uint8)
     return image.reshape(shape).copy()

@@ -82,11 +82,24 @@ def check_env_kwargs(env_id: str, env_kwargs: Any) -> dict[str, Any]:
     if not isinstance(env_kwargs, dict):
         raise TypeError(f"env_kwargs must be a JSON object, got {type(env_kwargs).__name__}")
     creator = load_env_creator(gym.spec(check_env_id(env_id)).entry_point)  # our own registry entry, never client text
-    own = [name for name in inspect.signature(creator).parameters if name not in ("self", "render_mode")]
+    own = [name for name in _constructor_arguments(creator) if name != "render_mode"]
     unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
     if unknown:
         raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
     return dict(env_kwargs)
+
+
+def _constructor_arguments(cls: type) -> list[str]:
+    """The named arguments of ``cls(...)``, following ``**kwargs`` up to the base classes that take them."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in klass.__dict__:
+            continue
+        params = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def check_text_actions(text_actions: Any) -> dict[str, Any] | None:
@@ -118,9 +131,11 @@ class ServedEnv(Environment):
         super().__init__()
         self.env_id = check_env_id(env_id)
         self.session_id = uuid.uuid4().hex[:12]
-        self._config = (check_env_kwargs(env_id, env_kwargs or {}), {})
+        self._defaults = check_env_kwargs(env_id, env_kwargs or {})  # the server's --env-kwargs
+        self._config = (self._defaults, {})
         self._image_encoding = DEFAULT_IMAGE_ENCODING
         self._env: gym.Env | None = self._build(*self._config)
+        self.thread_safe = bool(getattr(self._env.unwrapped, "thread_safe", True))
         self._episode_id: str | None = None
         self._steps = 0
         self._closed = ""
@@ -141,7 +156,7 @@ class ServedEnv(Environment):
         env_id: str | None = None,
         **unknown: Any,
     ) -> StepObservation:
-        """Start an episode; ``env_kwargs``/``text_actions``/``image_encoding`` configure the session."""
+        """Start an episode; ``env_kwargs`` (over the server's defaults), ``text_actions`` and ``image_encoding`` configure the session."""
         self._check_open()
         if unknown:
             raise ValueError(f"unknown reset field(s) {sorted(unknown)}")
@@ -153,11 +168,11 @@ class ServedEnv(Environment):
             raise TypeError(f"options must be a JSON object or null, got {options!r}")
         if image_encoding not in IMAGE_ENCODINGS:
             raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
-        config = (check_env_kwargs(self.env_id, env_kwargs or {}), check_text_actions(text_actions))
+        config = ({**self._defaults, **check_env_kwargs(self.env_id, env_kwargs or {})}, check_text_actions(text_actions))
         if config != self._config:
+            env = self._build(*config)  # first, so that a refused configuration leaves the session as it was
             self._close_env()
-            self._env = self._build(*config)
-            self._config = config
+            self._env, self._config = env, config
         self._image_encoding = image_encoding
         obs, info = self._env.reset(seed=seed, options=options)
         self._episode_id, self._steps = episode_id or uuid.uuid4().hex[:12], 0
@@ -214,6 +229,12 @@ class ServedEnv(Environment):
             self._env = None
 
 
+class SerialServedEnv(ServedEnv):
+    """A :class:`ServedEnv` for envs that are not thread-safe: OpenEnv runs every session on one shared thread."""
+
+    REQUIRES_SINGLE_THREAD_EXECUTOR = True
+
+
 class BearerToken:
     """ASGI middleware: every HTTP request and WebSocket handshake must carry ``Authorization: Bearer <token>``.
 
@@ -253,9 +274,11 @@ def create_app(
     Checks the id and the kwargs, and builds one env first, so a bad configuration fails here
     rather than in the first session.
     """
-    ServedEnv(env_id, env_kwargs).close()
+    probe = ServedEnv(env_id, env_kwargs)
+    session_class = ServedEnv if probe.thread_safe else SerialServedEnv
+    probe.close()
     config = ConcurrencyConfig(max_concurrent_envs=max_sessions, session_timeout=idle_timeout_s)
-    app = create_fastapi_app(functools.partial(ServedEnv, env_id, env_kwargs), StepAction, StepObservation,
+    app = create_fastapi_app(functools.partial(session_class, env_id, env_kwargs), StepAction, StepObservation,
                              concurrency_config=config)
     return BearerToken(app, token) if token else app
 
@@ -268,6 +291,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s
     """
     uvicorn = require("uvicorn", "serve", "the env server")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server can take its port back
     sock.bind((host, port))
     server = uvicorn.Server(uvicorn.Config(app, ws_max_size=MAX_MESSAGE_BYTES, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="vlm-envs-server", daemon=True)
