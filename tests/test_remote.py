@@ -213,8 +213,17 @@ def _load(url: str, env_id: str, sessions: int, steps: int, **env_kwargs) -> Non
             assert_same_step(a, b, f"session {i}, record {t}")
 
 
+@pytest.fixture
+def quick_thread_switches():
+    """Client and server threads share this interpreter here: hand the GIL over sooner (restored after)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    yield
+    sys.setswitchinterval(interval)
+
+
 @pytest.mark.slow
-def test_load_32_sessions_x_200_steps_of_points24(points24_url):
+def test_load_32_sessions_x_200_steps_of_points24(points24_url, quick_thread_switches):
     # 64x64 frames keep the 12,800 steps (remote and local) within CI's budget; the image still
     # crosses the wire at every step. Full-size throughput: benchmarks/serve_throughput.py.
     _load(points24_url, POINTS24, sessions=32, steps=200, image_size=[64, 64])
@@ -336,10 +345,14 @@ def test_idle_sessions_are_closed_and_open_close_cycles_leave_memory_flat():
         idle.close()
         baseline = _live_envs()
 
-        def cycle():
-            env = RemoteEnv(url)
-            env.reset(seed=1)
-            env.close()
+        ws_url = url.replace("http://", "ws://") + "/ws"
+
+        def cycle():  # one session opened, played and closed (a bare OpenEnv client: the server is under test)
+            with websockets_sync.connect(ws_url, max_size=None) as ws:
+                assert _ask(ws, {"type": "reset", "data": {"seed": 1}})["type"] == "observation"
+                ws.send(json.dumps({"type": "close"}))
+                with pytest.raises(Exception):  # the server ends the session and closes the connection
+                    ws.recv(timeout=30)
 
         for _ in range(100):
             cycle()
