@@ -80,6 +80,21 @@ def measure(mode: str, env_id: str, n: int, steps: int, warmup: int, url: str | 
             "steps_per_s": n * steps / elapsed}
 
 
+def frame_sizes(env_id: str) -> str:
+    """What one reset frame costs on the wire in each encoding (base64 included) and to encode + decode."""
+    from vlm_envs.remote.codec import IMAGE_ENCODINGS, decode_image, encode_image
+
+    image = gym.make(env_id).reset(seed=0)[0]["image"]
+    parts = []
+    for encoding in IMAGE_ENCODINGS:
+        start = time.perf_counter()
+        for _ in range(20):
+            payload = encode_image(image, encoding)
+            decode_image(payload)
+        parts.append(f"{encoding}: {len(payload['data']) / 1024:.0f} KiB, {(time.perf_counter() - start) / 20 * 1e3:.2f} ms encode+decode")
+    return f"one {image.shape[1]}x{image.shape[0]} frame: " + "; ".join(parts)
+
+
 def start_server(env_id: str, max_sessions: int) -> tuple[subprocess.Popen, str]:
     """``python -m vlm_envs serve`` on a free loopback port; returns the process and its URL once it answers."""
     with socket.socket() as sock:
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             server.terminate()
             server.wait(timeout=30)
     print(f"{args.env}, {args.steps} vector steps per row, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(frame_sizes(args.env))
     print(f"| {'mode':<11} | {'envs':>4} | {'p50 ms':>8} | {'p99 ms':>8} | {'env steps/s':>11} |")
     print(f"|{'-' * 13}|{'-' * 6}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
     for r in rows:

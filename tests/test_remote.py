@@ -478,3 +478,20 @@ def test_bearer_token_is_required():
             assert env.reset(seed=0)[0]["image"].shape == (300, 300, 3)
         finally:
             env.close()
+
+
+def test_any_openenv_client_can_play(points24_url):
+    """OpenEnv's own generic client (what OpenEnv-consuming trainers use) speaks to the server as is."""
+    from openenv.core.generic_client import GenericEnvClient
+
+    from vlm_envs.remote.codec import decode_image, decode_value
+
+    local = local_env(POINTS24)
+    local_obs, _ = local.reset(seed=9)
+    with GenericEnvClient(base_url=points24_url).sync() as env:
+        answer = env.reset(seed=9).observation
+        assert np.array_equal(decode_image(answer["image"]), local_obs["image"])
+        result = env.step({"text": '{"action": "8"}'})
+        obs, reward, terminated, truncated, info = local.step('{"action": "8"}')
+        assert np.array_equal(decode_image(result.observation["image"]), obs["image"])
+        assert (result.reward, result.done, decode_value(result.observation["info"])) == (reward, terminated or truncated, info)
