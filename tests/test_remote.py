@@ -365,14 +365,25 @@ def test_idle_sessions_are_closed_and_open_close_cycles_leave_memory_flat():
         assert growth < 25, f"RSS grew {growth:.1f} MB over 900 open/close cycles"
 
 
+def _retry(make, error: type[BaseException], seconds: float = 10.0):
+    """``make()``, retried while it raises ``error`` (the server frees a closed session's slot asynchronously)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return make()
+        except error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_sessions_past_max_sessions_are_refused_clearly():
     with serve_in_thread(create_app(POINTS24, max_sessions=2)) as url:
         first, second = RemoteEnv(url), RemoteEnv(url)
         with pytest.raises(SessionRefused, match="full"):
             RemoteEnv(url)
         first.close()
-        time.sleep(0.2)
-        third = RemoteEnv(url)  # a freed slot is reusable
+        third = _retry(lambda: RemoteEnv(url), SessionRefused)  # a freed slot is reusable
         for env in (second, third):
             env.reset(seed=0)
             env.close()
