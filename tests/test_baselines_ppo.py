@@ -25,11 +25,8 @@ CARD_ENVS = list(REGISTERED_CARD_ENVS)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _threads(one_torch_thread):
+    """One torch thread for every test here."""
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,8 @@ GREEDY = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _threads(one_torch_thread):
+    """One torch thread for every test here."""
 
 
 @pytest.fixture(scope="module")

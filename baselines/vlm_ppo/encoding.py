@@ -128,6 +128,11 @@ class Encoder:
             return self.processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
         return conversation(prompt, self.conv_template)
 
+    @property
+    def adds_special_tokens(self) -> bool:
+        """A chat template writes its own BOS; the LLaVA conversation strings rely on the tokenizer's."""
+        return self.conv_template != "chat_template"
+
     def answer_ids(self, prompt_text: str, answer: str) -> list[int]:
         """Target tokens of ``answer`` exactly as they follow ``prompt_text`` in context, plus the stop token.
 
@@ -172,11 +177,12 @@ class Encoder:
     def _encode_one(self, text: str, image: np.ndarray) -> Encoded:
         if self.image_mode == "reference":
             expanded = text.replace(LLAVA_IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOLDER * self.reference_tokens)
-            ids = self.tokenizer(expanded, return_tensors="pt")["input_ids"][0]
+            ids = self.tokenizer(expanded, return_tensors="pt", add_special_tokens=self.adds_special_tokens)["input_ids"][0]
             return Encoded(ids, {}, {"pixel_values": self.reference_pixels(image)})
         from PIL import Image
 
-        out = self.processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
+        out = self.processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt",
+                             add_special_tokens=self.adds_special_tokens)
         ids = out["input_ids"][0]
         per_token, image_inputs = {}, {}
         for key, value in out.items():

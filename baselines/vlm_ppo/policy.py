@@ -79,7 +79,10 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
 def suppressed_token_ids(tokenizer, stop_ids: Sequence[int] = ()) -> list[int]:
     """Special tokens the policy may never emit (image, pad, bos, unk, ...); stop tokens stay allowed."""
     keep = set(stop_ids) | {tokenizer.eos_token_id}
-    return sorted({i for i in tokenizer.all_special_ids if i not in keep})
+    # all_special_ids lists only the named roles; chat markers (<|im_start|>, <start_of_turn>, ...)
+    # are flagged special only in added_tokens_decoder.
+    added = {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    return sorted((set(tokenizer.all_special_ids) | added) - keep)
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, suppress_ids: torch.Tensor,

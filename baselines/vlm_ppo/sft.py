@@ -139,7 +139,6 @@ def align_vision(cfg: Config, vlm, head: ReadingHead, samples: list[dict], rng: 
     projector and the reading head for ``align_steps`` steps so the image tokens carry the numbers."""
     from tqdm.auto import tqdm
 
-    device = next(vlm.parameters()).device
     params = vision_path_parameters(vlm) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
     vlm.train()
@@ -198,7 +197,6 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.sft_steps, 1.0))))
     vlm.train()
-    device = next(vlm.parameters()).device
     bar = tqdm(range(cfg.sft_steps), desc="sft")
     for step in bar:
         batch = rng.sample(samples, min(cfg.sft_batch_size, len(samples)))

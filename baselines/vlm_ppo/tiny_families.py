@@ -219,16 +219,19 @@ GEMMA3_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of
 
 @functools.lru_cache(maxsize=4)
 def _metaspace_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from baselines.vlm_ppo.tiny import training_corpus
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    # Sentencepiece style: a word's leading space becomes "▁" and belongs to the word, so pieces
-    # like '▁"' and '",' exist and a JSON key's quote can share a token with what precedes it.
+    # Sentencepiece style: a word's leading space becomes "▁" and belongs to the word. Quotes with
+    # the space before and the punctuation after them are pieces of their own, as in the Llama and
+    # Gemma vocabularies: '{"action": "hit"}' -> ▁{ " action ": ▁" hit "}, so the opening quote of
+    # a JSON key shares its token with the space before it, never with the key.
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+        pre_tokenizers.Split(Regex('▁?"[,:}]*'), behavior="isolated"),
     ])
     bpe.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme="first")])
     byte_pieces = [f"<0x{value:02X}>" for value in range(256)]
@@ -438,89 +441,72 @@ def _qwen_processor(sizes: TinySizes, patch_size: int, template: str):
     return PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
-def _qwen_token_ids(tokenizer) -> dict:
-    return {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in QWEN_NAMED_TOKENS.items()}
+def _qwen(sizes: TinySizes, config_name: str, vision: dict, *, patch_size=14, template=QWEN2_VL_CHAT_TEMPLATE,
+          mrope_section=(2, 3, 3), rope=None, text=None):
+    """A Qwen-VL family: shared tokenizer, processor, M-RoPE text config and generation ids."""
+    import transformers
 
-
-def _qwen_text(sizes: TinySizes, tokenizer, mrope_section, **extra) -> dict:
+    processor = _qwen_processor(sizes, patch_size, template)
+    tokenizer = processor.tokenizer
     head_dim = sizes.hidden_size // sizes.heads
     if 2 * sum(mrope_section) != head_dim:
         raise ValueError(f"hidden_size/heads must be {2 * sum(mrope_section)} for the tiny Qwen M-RoPE sections")
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section, **extra}
-    return {**_text_widths(sizes, tokenizer), "rope_parameters": rope}
-
-
-def _qwen_ids(tokenizer) -> dict:
+    rope_parameters = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": list(mrope_section), **(rope or {})}
+    config = getattr(transformers, config_name)(
+        text_config={**_text_widths(sizes, tokenizer), "rope_parameters": rope_parameters, **(text or {})},
+        vision_config={
+            "depth": sizes.vision_layers,
+            "num_heads": sizes.vision_heads,
+            "patch_size": patch_size,
+            "initializer_range": sizes.initializer_range,
+            **vision,
+        },
+        **{f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in QWEN_NAMED_TOKENS.items()},
+    )
     end_of_text = tokenizer.pad_token_id  # Qwen-VL-Instruct stops at <|im_end|> or <|endoftext|>
-    return {"pad_token_id": end_of_text, "bos_token_id": end_of_text, "eos_token_id": [tokenizer.eos_token_id, end_of_text]}
+    ids = {"pad_token_id": end_of_text, "bos_token_id": end_of_text, "eos_token_id": [tokenizer.eos_token_id, end_of_text]}
+    return processor, config, ids
+
+
+def _qwen_vision_widths(sizes: TinySizes) -> dict:
+    """Qwen2.5-VL and Qwen3-VL towers: own width, merger projecting to the text width."""
+    return {
+        "hidden_size": sizes.vision_hidden_size,
+        "intermediate_size": 2 * sizes.vision_hidden_size,
+        "out_hidden_size": sizes.hidden_size,
+    }
 
 
 def _qwen2_vl(sizes: TinySizes):
-    from transformers import Qwen2VLConfig
-
-    processor = _qwen_processor(sizes, 14, QWEN2_VL_CHAT_TEMPLATE)
-    tokenizer = processor.tokenizer
-    config = Qwen2VLConfig(
-        text_config=_qwen_text(sizes, tokenizer, [2, 3, 3]),
-        vision_config={
-            "depth": sizes.vision_layers,
-            "embed_dim": sizes.vision_hidden_size,
-            "hidden_size": sizes.hidden_size,
-            "mlp_ratio": 2,
-            "num_heads": sizes.vision_heads,
-            "patch_size": 14,
-            "initializer_range": sizes.initializer_range,
-        },
-        **_qwen_token_ids(tokenizer),
-    )
-    return processor, config, _qwen_ids(tokenizer)
+    vision = {"embed_dim": sizes.vision_hidden_size, "hidden_size": sizes.hidden_size, "mlp_ratio": 2}
+    return _qwen(sizes, "Qwen2VLConfig", vision)
 
 
 def _qwen2_5_vl(sizes: TinySizes):
-    from transformers import Qwen2_5_VLConfig
-
-    processor = _qwen_processor(sizes, 14, QWEN2_VL_CHAT_TEMPLATE)
-    tokenizer = processor.tokenizer
-    config = Qwen2_5_VLConfig(
-        text_config=_qwen_text(sizes, tokenizer, [2, 3, 3]),
-        vision_config={
-            "depth": sizes.vision_layers,
-            "hidden_size": sizes.vision_hidden_size,
-            "intermediate_size": 2 * sizes.vision_hidden_size,
-            "out_hidden_size": sizes.hidden_size,
-            "num_heads": sizes.vision_heads,
-            "patch_size": 14,
-            "window_size": 56,  # 2x2 merged tokens per window, so windowing is exercised
-            "fullatt_block_indexes": [sizes.vision_layers - 1],
-            "initializer_range": sizes.initializer_range,
-        },
-        **_qwen_token_ids(tokenizer),
-    )
-    return processor, config, _qwen_ids(tokenizer)
+    vision = {
+        **_qwen_vision_widths(sizes),
+        "window_size": 56,  # 2x2 merged tokens per window, so windowing is exercised
+        "fullatt_block_indexes": [sizes.vision_layers - 1],
+    }
+    return _qwen(sizes, "Qwen2_5_VLConfig", vision)
 
 
 def _qwen3_vl(sizes: TinySizes):
-    from transformers import Qwen3VLConfig
-
-    processor = _qwen_processor(sizes, 16, QWEN3_VL_CHAT_TEMPLATE)
-    tokenizer = processor.tokenizer
-    text = _qwen_text(sizes, tokenizer, [4, 2, 2], mrope_interleaved=True)
-    config = Qwen3VLConfig(
-        text_config={**text, "head_dim": sizes.hidden_size // sizes.heads},
-        vision_config={
-            "depth": sizes.vision_layers,
-            "hidden_size": sizes.vision_hidden_size,
-            "intermediate_size": 2 * sizes.vision_hidden_size,
-            "out_hidden_size": sizes.hidden_size,
-            "num_heads": sizes.vision_heads,
-            "patch_size": 16,
-            "num_position_embeddings": 64,  # an 8x8 learned grid, interpolated to each image
-            "deepstack_visual_indexes": [0],
-            "initializer_range": sizes.initializer_range,
-        },
-        **_qwen_token_ids(tokenizer),
+    vision = {
+        **_qwen_vision_widths(sizes),
+        "num_position_embeddings": 64,  # an 8x8 learned grid, interpolated to each image
+        "deepstack_visual_indexes": [0],
+    }
+    return _qwen(
+        sizes,
+        "Qwen3VLConfig",
+        vision,
+        patch_size=16,
+        template=QWEN3_VL_CHAT_TEMPLATE,
+        mrope_section=(4, 2, 2),
+        rope={"mrope_interleaved": True},
+        text={"head_dim": sizes.hidden_size // sizes.heads},
     )
-    return processor, config, _qwen_ids(tokenizer)
 
 
 def _gemma3(sizes: TinySizes):
