@@ -2,6 +2,11 @@
 
     pip install -e ".[train]" trl datasets
     python examples/trl_grpo.py --env-id gym_cards/NumberLine-v0 --max-steps 2
+    python examples/trl_grpo.py --env-url http://127.0.0.1:8000 --max-steps 2   # the env served through OpenEnv
+
+With ``--env-url`` the episodes are played on a server (``python -m vlm_envs serve --env ID``, the
+"serve" extra) through OpenEnv's WebSocket client (:class:`vlm_envs.remote.RemoteEnv`): the trainer
+process needs no env dependencies, and the rollouts are the same as with the local env.
 
 How it plugs in: TRL's ``GRPOTrainer(rollout_func=...)`` (experimental in TRL 1.16) hands us the
 prompts of a batch; :class:`EpisodeRollout` plays one whole episode per prompt with the model being
@@ -40,10 +45,23 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experi
 ANSWER_PREFIX = ' {"action": "'
 
 
-def user_turn(env: gym.Env, feedback: str = "") -> str:
-    """One user message (feedback on the last action, the state in words, the task prompt) and the answer prefix."""
-    state = env.unwrapped.describe()
-    return f"USER: {feedback}State: {state}\n{env.unwrapped.prompt(cot=False)}\nASSISTANT:{ANSWER_PREFIX}"
+def user_turn(env: gym.Env, state: str, feedback: str = "") -> str:
+    """One user message (feedback on the last action, the state in words, the task prompt) and the answer prefix.
+
+    ``state`` is ``obs["text"]`` of a ``text_mode="full"`` env: the whole state in words, so the
+    task prompt is the game's template alone.
+    """
+    task = vlm_envs.build_prompt(env.unwrapped.prompt_task, "", cot=False)
+    return f"USER: {feedback}State: {state}\n{task}\nASSISTANT:{ANSWER_PREFIX}"
+
+
+def env_maker(env_id: str, env_url: str | None):
+    """A text-action env whose ``obs["text"]`` is the whole state: local, or a session on ``env_url``."""
+    if env_url:
+        from vlm_envs.remote import RemoteEnv
+
+        return lambda: RemoteEnv(env_url, env_id=env_id, env_kwargs={"text_mode": "full"})
+    return lambda: vlm_envs.TextActions(gym.make(env_id, text_mode="full"))
 
 
 def build_tiny_lm(seed: int = 0):
@@ -67,9 +85,9 @@ def build_tiny_lm(seed: int = 0):
 class EpisodeRollout:
     """``rollout_func(prompts, trainer)``: one multi-turn episode per prompt, tokens and masks for GRPO."""
 
-    def __init__(self, env_id: str, seed_of_prompt: dict[str, int], max_turns: int = 4, max_new_tokens: int = 8,
+    def __init__(self, make_env, seed_of_prompt: dict[str, int], max_turns: int = 4, max_new_tokens: int = 8,
                  temperature: float = 1.0):
-        self.env_id, self.seed_of_prompt = env_id, seed_of_prompt
+        self.make_env, self.seed_of_prompt = make_env, seed_of_prompt
         self.max_turns, self.max_new_tokens, self.temperature = max_turns, max_new_tokens, temperature
         self.episodes: list[dict] = []  # every episode played, for inspection
 
@@ -86,7 +104,7 @@ class EpisodeRollout:
 
     @torch.no_grad()
     def play(self, model, tokenizer, prompt: str) -> dict:
-        env = vlm_envs.TextActions(gym.make(self.env_id, text_mode="full"))
+        env = self.make_env()
         env.reset(seed=self.seed_of_prompt[prompt])
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         completion, mask, logprobs, texts = [], [], [], []
@@ -105,13 +123,14 @@ class EpisodeRollout:
             logprobs += scores.tolist()
             text = tokenizer.decode(new, skip_special_tokens=True)
             texts.append(text)
-            _, reward, terminated, truncated, info = env.step(ANSWER_PREFIX + text)
+            obs, reward, terminated, truncated, info = env.step(ANSWER_PREFIX + text)
             total += float(reward)
             success = bool(info.get("success", False))
             if terminated or truncated:
                 break
             parsed = "" if info["parse_ok"] else f"(could not parse your answer: {info['parse_error']}) "
-            feedback = tokenizer(f" {user_turn(env, f'{parsed}Reward {float(reward):g}. ')}", add_special_tokens=False)["input_ids"]
+            turn = user_turn(env, obs["text"], f"{parsed}Reward {float(reward):g}. ")
+            feedback = tokenizer(f" {turn}", add_special_tokens=False)["input_ids"]
             completion += feedback
             mask += [0] * len(feedback)
             logprobs += [0.0] * len(feedback)
@@ -128,6 +147,7 @@ def env_return(prompts, completions, env_return, **kwargs) -> list[float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env-id", default="gym_cards/NumberLine-v0")
+    parser.add_argument("--env-url", default=None, help="play on this vlm_envs server (python -m vlm_envs serve) instead")
     parser.add_argument("--episodes", type=int, default=8, help="distinct starting seeds in the dataset")
     parser.add_argument("--num-generations", type=int, default=4, help="episodes per seed (the GRPO group)")
     parser.add_argument("--max-steps", type=int, default=2, help="GRPO optimizer steps")
@@ -144,13 +164,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{err}: run `pip install trl datasets` (and the train extra)") from err
 
     model, tokenizer = build_tiny_lm(args.seed)
+    make_env = env_maker(args.env_id, args.env_url)
     seed_of_prompt: dict[str, int] = {}
     for seed in range(args.seed, args.seed + args.episodes):
-        env = gym.make(args.env_id, text_mode="full")
-        env.reset(seed=seed)
-        seed_of_prompt.setdefault(user_turn(env), seed)  # equal first states: either seed deals the same start
+        env = make_env()
+        obs, _ = env.reset(seed=seed)
+        seed_of_prompt.setdefault(user_turn(env, obs["text"]), seed)  # equal first states: either seed deals the same start
+        env.close()
     dataset = Dataset.from_dict({"prompt": list(seed_of_prompt)})
-    rollout = EpisodeRollout(args.env_id, seed_of_prompt, args.max_turns, args.max_new_tokens)
+    rollout = EpisodeRollout(make_env, seed_of_prompt, args.max_turns, args.max_new_tokens)
     config = GRPOConfig(
         output_dir=args.output_dir or tempfile.mkdtemp(prefix="grpo-"), use_cpu=True, seed=args.seed,
         per_device_train_batch_size=args.num_generations, num_generations=args.num_generations,

@@ -135,7 +135,8 @@ def test_core_import_stays_light():
     import subprocess
     import sys
 
-    heavy = ("torch", "pygame", "alfworld", "textworld", "transformers", "ray", "stable_baselines3")
+    heavy = ("torch", "pygame", "alfworld", "textworld", "transformers", "ray", "stable_baselines3", "openenv", "fastapi",
+             "uvicorn", "websockets")
     code = f"import sys, vlm_envs; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -46,3 +46,16 @@ def test_trl_grpo_example_multi_turn_on_cpu():
     assert summary["episodes"] == 8
     steps = [row for row in summary["log"] if "reward" in row]
     assert len(steps) == 2 and any(row["reward_std"] > 0 and row["grad_norm"] > 0 for row in steps)
+
+
+@pytest.mark.slow
+def test_trl_grpo_example_plays_through_an_openenv_server():
+    pytest.importorskip("trl")
+    pytest.importorskip("openenv.core")
+    from vlm_envs.remote.server import create_app, serve_in_thread
+
+    with serve_in_thread(create_app("gym_cards/NumberLine-v0", max_sessions=4)) as url:
+        out = run_example("trl_grpo.py", "--env-url", url, "--episodes", "2", "--num-generations", "2", "--max-steps", "1",
+                          "--max-turns", "2")
+    summary = ast.literal_eval(out.strip().splitlines()[-1])
+    assert summary["episodes"] == 2 and len([row for row in summary["log"] if "reward" in row]) == 1

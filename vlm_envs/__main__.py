@@ -3,11 +3,14 @@
 * ``python -m vlm_envs evaluate --env ID|all --policy oracle|random --episodes N --seed S``
 * ``python -m vlm_envs play --env ID``: play in a pygame window through the model's text interface
 * ``python -m vlm_envs gallery --out docs/gallery``: one PNG frame of every registered env
+* ``python -m vlm_envs serve --env ID [--host 127.0.0.1] [--port 8000] [--max-sessions N] [--token T]``:
+  serve an env through OpenEnv (docs/serving.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import gymnasium as gym
@@ -47,8 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     ga.add_argument("--env", action="append", help="only these ids (repeatable; default: every registered id)")
     ga.add_argument("--seed", type=int, default=0, help="reset seed (default: 0)")
     ga.add_argument("--steps", type=int, default=1, help="oracle moves before the frame is taken (default: 1)")
+
+    se = commands.add_parser("serve", help="serve an env through OpenEnv, one env per session (the serve extra)")
+    se.add_argument("--env", required=True, help="an id registered by vlm_envs")
+    se.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    se.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    se.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions; more are refused (default: 8)")
+    se.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every request (default: none)")
+    se.add_argument("--idle-timeout", type=float, default=600.0, help="close sessions idle this many seconds (default: 600)")
+    se.add_argument("--env-kwargs", default="{}", help="JSON make kwargs of the sessions' env by default (default: {})")
     args = parser.parse_args(argv)
 
+    if args.command == "serve":
+        return _serve(parser, args)
     if args.command == "play":
         return _play(parser, args)
     if args.command == "gallery":
@@ -66,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes must be positive")
     results = [evaluate(e, args.policy, args.episodes, args.seed, args.save_frames) for e in env_ids]
     print(format_table([r.row() for r in results]))
+    return 0
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from vlm_envs.remote.server import serve
+
+    try:
+        serve(args.env, args.host, args.port, json.loads(args.env_kwargs), args.max_sessions, args.token, args.idle_timeout)
+    except (ValueError, TypeError) as err:  # a refused id or kwargs, a bad JSON: a usage error, not a traceback
+        parser.error(str(err))
     return 0
 
 

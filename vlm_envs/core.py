@@ -34,6 +34,9 @@ class VLMEnv(gym.Env):
     prompt_task: str = ""
     action_names: tuple[str, ...] = ()
     max_text_length: int = 512
+    # False when instances in one process must not step at the same time from different threads
+    # (an env server then runs all its sessions on one thread).
+    thread_safe: bool = True
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from vlm_envs.optional import require
 
-__all__ = ["RayVectorEnv", "make_ray_vec"]
+__all__ = ["ActorVectorEnv", "RayVectorEnv", "make_ray_vec"]
 
 class _EnvWorker:
     """Holds one or more envs inside a Ray actor; ``step`` applies the autoreset rule where the envs live.
@@ -101,58 +101,34 @@ class _EnvWorker:
             env.close()
 
 
-class RayVectorEnv(VectorEnv):
-    """``num_envs`` environments in Ray actors, behind gymnasium's ``VectorEnv`` API.
+class ActorVectorEnv(VectorEnv):
+    """The batching half of :class:`RayVectorEnv`, over any workers that answer like Ray actors.
 
-    Args:
-        env_fns: one callable per sub-env that builds it (run inside the actor, so it must be
-            picklable by cloudpickle: functions, lambdas and ``functools.partial`` all are).
-        copy: return copies of the batched observations (as ``SyncVectorEnv``).
-        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``,
-            with gymnasium's semantics (docs/vector_envs.md).
-        envs_per_actor: sub-envs per actor (default 1). Several per actor cut the Ray round trips
-            per step (they step one after another inside the actor): use it for cheap envs.
-        num_cpus_per_env: Ray CPU reservation of each actor; ``None`` keeps Ray's default for
-            actors (no CPU held while running, so more envs than cores still start).
-        actor_options: any other ``ray.remote`` options per actor (``resources``, ``scheduling_strategy``...).
-        ray_init_kwargs: used only if Ray is not initialised yet; the pool then owns that Ray
-            instance and shuts it down on ``close()``.
+    A worker holds one or more sub-envs (as :class:`_EnvWorker` does); ``worker.method.remote(*args)``
+    returns a future and ``gather(futures)`` waits for a list of them. :class:`RayVectorEnv` passes
+    Ray actors and ``ray.get``; :class:`vlm_envs.remote.RemoteVectorEnv` passes threads that talk to
+    an env server. Everything else (seeds, ``reset_mask``, autoreset infos, ``call``/``get_attr``/
+    ``set_attr``) is this class, so every pool behaves as ``SyncVectorEnv``.
     """
 
     def __init__(
         self,
-        env_fns: Sequence[Callable[[], gym.Env]],
+        actors: Sequence[Any],
+        envs_per_actor: Sequence[int],
+        gather: Callable[[list], list],
         copy: bool = True,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-        envs_per_actor: int = 1,
-        num_cpus_per_env: float | None = None,
-        actor_options: dict[str, Any] | None = None,
-        ray_init_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if envs_per_actor < 1:
-            raise ValueError(f"envs_per_actor must be positive, got {envs_per_actor}")
-        ray = require("ray", "ray", "RayVectorEnv")
-        self._ray = ray
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init_kwargs or {})})
-        self.env_fns = env_fns
+        self.actors = list(actors)
+        self._gather = gather
         self.copy = copy
         self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
-        self.num_envs = len(env_fns)
-        options = dict(actor_options or {})
-        if num_cpus_per_env is not None:
-            options["num_cpus"] = num_cpus_per_env
-        actor_class = ray.remote(_EnvWorker)
-        if options:
-            actor_class = actor_class.options(**options)
-        chunks = [list(env_fns[i:i + envs_per_actor]) for i in range(0, self.num_envs, envs_per_actor)]
-        self.actors = [actor_class.remote(chunk, self.autoreset_mode.value) for chunk in chunks]
         # sub-env i lives in actor self._where[i][0], at slot self._where[i][1]
-        self._where = [(a, slot) for a, chunk in enumerate(chunks) for slot in range(len(chunk))]
+        self._where = [(a, slot) for a, size in enumerate(envs_per_actor) for slot in range(size)]
+        self.num_envs = len(self._where)
 
-        specs = [spec for specs in ray.get([actor.spaces.remote() for actor in self.actors]) for spec in specs]
+        specs = [spec for specs in gather([actor.spaces.remote() for actor in self.actors]) for spec in specs]
         observation_space, action_space, metadata, render_mode = specs[0]
         for other in specs[1:]:
             if other[0] != observation_space or other[1] != action_space:
@@ -190,7 +166,7 @@ class RayVectorEnv(VectorEnv):
         futures = [self.actors[a].reset.remote([self._where[i][1] for i in envs], [seed[i] for i in envs], options)
                    for a, envs in by_actor.items()]
         results = dict(zip([i for envs in by_actor.values() for i in envs],
-                           [r for rs in self._ray.get(futures) for r in rs]))
+                           [r for rs in self._gather(futures) for r in rs]))
         infos: dict[str, Any] = {}
         for i in indices:
             obs, info = results[i]
@@ -203,7 +179,7 @@ class RayVectorEnv(VectorEnv):
         """Step every sub-env (one call per actor, all in flight at once) and batch the results."""
         per_actor = self._per_actor(iterate(self.action_space, actions))
         futures = [actor.step.remote(acts) for actor, acts in zip(self.actors, per_actor)]
-        results = [r for rs in self._ray.get(futures) for r in rs]
+        results = [r for rs in self._gather(futures) for r in rs]
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminations = np.zeros(self.num_envs, dtype=np.bool_)
         truncations = np.zeros(self.num_envs, dtype=np.bool_)
@@ -217,11 +193,11 @@ class RayVectorEnv(VectorEnv):
         return (deepcopy(self._observations) if self.copy else self._observations), rewards, terminations, truncations, infos
 
     def render(self) -> tuple[Any, ...]:
-        return tuple(f for frames in self._ray.get([actor.render.remote() for actor in self.actors]) for f in frames)
+        return tuple(f for frames in self._gather([actor.render.remote() for actor in self.actors]) for f in frames)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` (or read it, if not callable) on every sub-env; a tuple of the results."""
-        return tuple(r for rs in self._ray.get([actor.call.remote(name, args, kwargs) for actor in self.actors]) for r in rs)
+        return tuple(r for rs in self._gather([actor.call.remote(name, args, kwargs) for actor in self.actors]) for r in rs)
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
         return self.call(name)
@@ -232,7 +208,7 @@ class RayVectorEnv(VectorEnv):
         if len(values) != self.num_envs:
             raise ValueError(f"Values must be a list or tuple with length equal to the number of environments. Got {len(values)}.")
         per_actor = self._per_actor(values)
-        self._ray.get([actor.set_attr.remote(name, vals) for actor, vals in zip(self.actors, per_actor)])
+        self._gather([actor.set_attr.remote(name, vals) for actor, vals in zip(self.actors, per_actor)])
 
     def _per_actor(self, values) -> list[list]:
         """One value per sub-env, grouped into one list per actor in slot order."""
@@ -240,6 +216,54 @@ class RayVectorEnv(VectorEnv):
         for (a, _), value in zip(self._where, values):
             per_actor[a].append(value)
         return per_actor
+
+
+class RayVectorEnv(ActorVectorEnv):
+    """``num_envs`` environments in Ray actors, behind gymnasium's ``VectorEnv`` API.
+
+    Args:
+        env_fns: one callable per sub-env that builds it (run inside the actor, so it must be
+            picklable by cloudpickle: functions, lambdas and ``functools.partial`` all are).
+        copy: return copies of the batched observations (as ``SyncVectorEnv``).
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``,
+            with gymnasium's semantics (docs/vector_envs.md).
+        envs_per_actor: sub-envs per actor (default 1). Several per actor cut the Ray round trips
+            per step (they step one after another inside the actor): use it for cheap envs.
+        num_cpus_per_env: Ray CPU reservation of each actor; ``None`` keeps Ray's default for
+            actors (no CPU held while running, so more envs than cores still start).
+        actor_options: any other ``ray.remote`` options per actor (``resources``, ``scheduling_strategy``...).
+        ray_init_kwargs: used only if Ray is not initialised yet; the pool then owns that Ray
+            instance and shuts it down on ``close()``.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        copy: bool = True,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        envs_per_actor: int = 1,
+        num_cpus_per_env: float | None = None,
+        actor_options: dict[str, Any] | None = None,
+        ray_init_kwargs: dict[str, Any] | None = None,
+    ):
+        if envs_per_actor < 1:
+            raise ValueError(f"envs_per_actor must be positive, got {envs_per_actor}")
+        ray = require("ray", "ray", "RayVectorEnv")
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init_kwargs or {})})
+        self.env_fns = env_fns
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        options = dict(actor_options or {})
+        if num_cpus_per_env is not None:
+            options["num_cpus"] = num_cpus_per_env
+        actor_class = ray.remote(_EnvWorker)
+        if options:
+            actor_class = actor_class.options(**options)
+        chunks = [list(env_fns[i:i + envs_per_actor]) for i in range(0, len(env_fns), envs_per_actor)]
+        actors = [actor_class.remote(chunk, mode.value) for chunk in chunks]
+        super().__init__(actors, [len(chunk) for chunk in chunks], ray.get, copy=copy, autoreset_mode=mode)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close every sub-env, end the actors, and shut Ray down if this pool started it."""

@@ -143,6 +143,7 @@ class ALFWorldEnv(VLMEnv):
 
     prompt_task = "alfworld"
     max_text_length = 16384
+    thread_safe = False  # the engine patches textworld's text generator process-wide while it runs (engine.FAST_TEXTGEN)
 
     def __init__(
         self,
