@@ -158,6 +158,11 @@ def build_prompt(task: str, text: str, *, cot: bool = True, wording: Wording = "
     return prompt
 
 
+def text_only_prompt(state: str, prompt: str) -> str:
+    """The prompt for a text-only model: the state in words (``env.unwrapped.describe()``), then the task prompt."""
+    return f"State: {state}\n{prompt}"
+
+
 def chat_messages(prompt: str) -> list[dict]:
     """One user turn holding an image slot then the prompt, for ``processor.apply_chat_template``."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
