@@ -34,6 +34,9 @@ class VLMEnv(gym.Env):
     prompt_task: str = ""
     action_names: tuple[str, ...] = ()
     max_text_length: int = 512
+    # Parameters of the prompt beyond obs["text"] (the point games: {"target": target_points}),
+    # for callers that build prompts from observations: build_prompt(task, text, **prompt_params).
+    prompt_params: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -90,7 +93,7 @@ class VLMEnv(gym.Env):
 
     def prompt(self, cot: bool = True, wording: Wording = "reference", chat: bool = False) -> str | list[dict]:
         """The task prompt for the current state (chat messages with an image slot if ``chat``)."""
-        prompt = build_prompt(self.prompt_task, self._text(), cot=cot, wording=wording)
+        prompt = build_prompt(self.prompt_task, self._text(), cot=cot, wording=wording, **self.prompt_params)
         return chat_messages(prompt) if chat else prompt
 
     def describe(self) -> str:

@@ -46,7 +46,7 @@ class Points24Env(FormulaCardEnv):
     return (fewer than 10 invalid-number penalties before it).
 
     ## Info
-    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``success``.
+    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``target_points``, ``success``.
 
     ## Arguments
     | argument | default | meaning |
