@@ -122,6 +122,8 @@ class ALFWorldEnv(VLMEnv):
     * ``obs_text_format``: ``"plain"`` (default) or ``"list_repr"``.
     * ``match_mode``: ``"fixed"`` (default) or ``"compat"`` (the reference matcher).
     * ``image_size=(300, 300)``, ``render_mode`` (``"rgb_array"``, ``"human"``), ``text_mode``.
+    * ``skip_invalid_games``: a game whose files cannot be read raises an error naming the file
+      (default); ``True`` skips it with a warning naming it, and lists it in ``env.unwrapped.skipped_games``.
 
     ## Registered Configurations
 
@@ -159,6 +161,7 @@ class ALFWorldEnv(VLMEnv):
         match_mode: str = "fixed",
         image_size: tuple[int, int] = (300, 300),
         text_mode: str = "prompt",
+        skip_invalid_games: bool = False,
     ):
         from vlm_envs.alfworld_wrap.engine import Engine  # raises DependencyNotInstalled without the extra
 
@@ -175,7 +178,9 @@ class ALFWorldEnv(VLMEnv):
         super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode)
         self.split = split
         self.task_types = normalize_task_types(task_types)
-        self.games: list[GameInfo] = resolve_games(split, self.task_types, game_dir, game_files)
+        self.skipped_games: list[str] = []  # why each invalid game was skipped (skip_invalid_games=True)
+        self.games: list[GameInfo] = resolve_games(split, self.task_types, game_dir, game_files,
+                                                   self.skipped_games if skip_invalid_games else None)
         self.max_steps = max_steps
         self.reward_mode = reward_mode
         self.success_bonus = float(success_bonus)

@@ -8,6 +8,7 @@ Top-level keys:
 * ``versions``: vlm_envs, python, gymnasium, alfworld (``null`` when not installed);
 * ``complete``: every manifest episode has a record (or was skipped as an invalid game);
 * ``skipped``: ``[{"index", "reason"}]`` of episodes whose game failed its sha256 check;
+* ``skipped_games``: unreadable games an ALFWorld env skipped in its folder (``skip_invalid_games``);
 * ``episodes``: one record per played episode, in manifest order: ``index``, ``env_id``, ``seed``,
   ``return``, ``length``, ``success``, ``terminated``, ``truncated``, ``parse_failures``,
   ``parse_failure_reasons`` (reason -> count), ``final_info``; ALFWorld adds ``game`` and ``task_type``;
@@ -79,7 +80,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_card(manifest, policy: dict[str, Any], settings: dict[str, Any], records: dict[int, dict[str, Any]],
-               skipped: dict[int, str], seconds: float | None = None) -> dict[str, Any]:
+               skipped: dict[int, str], skipped_games: list[str] = (), seconds: float | None = None) -> dict[str, Any]:
     episodes = [records[i] for i in sorted(records)]
     return {
         "format": CARD_FORMAT,
@@ -89,6 +90,7 @@ def build_card(manifest, policy: dict[str, Any], settings: dict[str, Any], recor
         "versions": versions(),
         "complete": len(records) + len(skipped) == len(manifest.episodes),
         "skipped": [{"index": i, "reason": r} for i, r in sorted(skipped.items())],
+        "skipped_games": list(skipped_games),
         "seconds": seconds,
         "episodes": episodes,
         "summary": summarize(episodes),
@@ -126,4 +128,6 @@ def markdown(card: dict[str, Any]) -> str:
     head = f"manifest {m['name']} (sha256 {m['sha256'][:12]}), {len(card['episodes'])}/{m['episodes']} episodes"
     if card["skipped"]:
         head += f", {len(card['skipped'])} skipped (invalid game)"
+    if card["skipped_games"]:
+        head += f", {len(card['skipped_games'])} unreadable games skipped in the game folders"
     return head + "\n\n" + format_table(table_rows(card))

@@ -102,8 +102,9 @@ def evaluate(
         out: where the card goes (JSON); the journal ``<out>.partial.jsonl`` lives beside it while running.
         resume: continue from ``out`` / its journal instead of starting over.
         games_root: where ALFWorld manifests' game paths are rooted (default: the shipped games).
-        skip_invalid_games: skip episodes whose game is missing or fails its sha256 check, with a
-            warning naming each, and list them on the card (default: raise).
+        skip_invalid_games: skip episodes whose game is missing or fails its sha256 check, and
+            unreadable games in an ALFWorld env's folder, with a warning naming each, and list them
+            on the card (``skipped``, ``skipped_games``; default: raise).
         frames: ``{index: folder}``: save those episodes' images as PNG files.
         schedule_seed: shuffle the order of env work in ``sync`` mode (tests of order independence).
     """
@@ -131,13 +132,15 @@ def evaluate(
             counter.advance()
 
     start = time.perf_counter()
+    skipped_games: set[str] = set()
     try:
         played = play(manifest, policy, indices=todo, num_envs=num_envs, vectorization=vectorization, settings=settings,
-                      games_root=games_root, on_record=on_record, frames=frames, schedule_seed=schedule_seed)
+                      games_root=games_root, on_record=on_record, frames=frames, schedule_seed=schedule_seed,
+                      skip_invalid_games=skip_invalid_games, skipped_games=skipped_games)
     finally:
         if journal is not None:
             journal.close()
-    card = build_card(manifest, description, settings.to_dict(), {**done, **played}, skipped,
+    card = build_card(manifest, description, settings.to_dict(), {**done, **played}, skipped, sorted(skipped_games),
                       seconds=round(time.perf_counter() - start, 3))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,10 +56,11 @@ class Settings:
 class EpisodePlayer:
     """One slot: makes (and keeps) the envs its episodes need, plays one episode at a time."""
 
-    def __init__(self, settings: Settings, needs_oracle: bool, games_root: str | None):
+    def __init__(self, settings: Settings, needs_oracle: bool, games_root: str | None, skip_invalid_games: bool = False):
         self.settings = settings
         self.needs_oracle = needs_oracle
         self.games_root = games_root
+        self.skip_invalid_games = skip_invalid_games
         self._envs: dict[str, gym.Env] = {}
         self._env: gym.Env | None = None
         self._info: dict[str, Any] = {}
@@ -70,6 +71,8 @@ class EpisodePlayer:
             kwargs = dict(episode.kwargs)
             if self.settings.text_mode != "prompt":
                 kwargs["text_mode"] = self.settings.text_mode
+            if self.skip_invalid_games and "alfworld_wrap" in str(gym.spec(episode.env_id).entry_point):
+                kwargs["skip_invalid_games"] = True
             self._envs[key] = TextActions(gym.make(episode.env_id, **kwargs), mode=self.settings.parse_mode,
                                           on_parse_failure=self.settings.on_parse_failure)
         return self._envs[key]
@@ -81,7 +84,9 @@ class EpisodePlayer:
         if spec.game is not None:
             options = {"game_file": str(Path(self.games_root) / spec.game["path"])}
         obs, info = self._env.reset(seed=spec.seed, options=options)
-        return self._view(obs, info, 0.0, False, False)
+        view = self._view(obs, info, 0.0, False, False)
+        view["skipped_games"] = list(getattr(self._env.unwrapped, "skipped_games", []))
+        return view
 
     def step(self, text: str) -> dict[str, Any]:
         obs, reward, terminated, truncated, info = self._env.step(text)
@@ -132,8 +137,8 @@ class SyncSlots:
             player.close()
 
 
-def _worker(conn: Connection, settings: Settings, needs_oracle: bool, games_root: str | None) -> None:
-    player = EpisodePlayer(settings, needs_oracle, games_root)
+def _worker(conn: Connection, player_args: tuple) -> None:
+    player = EpisodePlayer(*player_args)
     try:
         while True:
             command, payload = conn.recv()
@@ -153,13 +158,13 @@ def _worker(conn: Connection, settings: Settings, needs_oracle: bool, games_root
 class AsyncSlots:
     """One worker process per slot; :meth:`collect` returns answers in the order they arrive."""
 
-    def __init__(self, n: int, settings: Settings, needs_oracle: bool, games_root: str | None, context: str | None = None):
+    def __init__(self, n: int, player_args: tuple, context: str | None = None):
         ctx = multiprocessing.get_context(context)
         self.conns: list[Connection] = []
         self.processes = []
         for _ in range(n):
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=_worker, args=(child, settings, needs_oracle, games_root), daemon=True)
+            process = ctx.Process(target=_worker, args=(child, player_args), daemon=True)
             process.start()
             child.close()
             self.conns.append(parent)
@@ -273,10 +278,14 @@ def play(
     on_record=None,
     frames: dict[int, Path] | None = None,
     schedule_seed: int | None = None,
+    skip_invalid_games: bool = False,
+    skipped_games: set[str] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Play the manifest episodes ``indices``; return ``{index: record}`` and call ``on_record(record)`` as each ends.
 
     ``frames`` maps an index to a folder where that episode's images are saved as PNG files.
+    With ``skip_invalid_games``, ALFWorld envs skip unreadable games of their split (with a
+    warning) and the reasons are added to ``skipped_games``.
     """
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
@@ -287,10 +296,11 @@ def play(
         return {}
     root = None if games_root is None else str(games_root)
     n = min(num_envs, len(pending))
+    player_args = (settings, policy.needs_oracle, root, skip_invalid_games)
     if vectorization == "sync":
-        slots = SyncSlots(n, lambda: EpisodePlayer(settings, policy.needs_oracle, root), schedule_seed)
+        slots = SyncSlots(n, lambda: EpisodePlayer(*player_args), schedule_seed)
     else:
-        slots = AsyncSlots(n, settings, policy.needs_oracle, root)
+        slots = AsyncSlots(n, player_args)
     frames = frames or {}
     running: dict[int, _Running] = {}
     records: dict[int, dict[str, Any]] = {}
@@ -307,6 +317,8 @@ def play(
             waiting: list[tuple[int, Request]] = []
             for slot, view in slots.collect():
                 state = running[slot]
+                if skipped_games is not None:
+                    skipped_games.update(view.get("skipped_games", ()))
                 _account(state, view)
                 if state.index in frames:
                     _save_frame(view["image"], frames[state.index], state.index, state.step)
