@@ -69,7 +69,7 @@ def test_env_prompt_follows_current_state():
 
 
 def test_vector_env_prompt_after_autoreset_shows_the_new_episode():
-    """Spec E18: after an episode ends, the next prompt must not carry the old formula."""
+    """After an episode ends (docs/reference_differences.md, "Prompt after a reset"), the next prompt must not carry the old formula."""
     envs = gym.make_vec("gym_cards/EZPoints-v0", 2, vectorization_mode="sync")
     obs, _ = envs.reset(seed=0)
     obs, *_ = envs.step([0, 0])

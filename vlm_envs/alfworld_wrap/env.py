@@ -93,7 +93,8 @@ class ALFWorldEnv(VLMEnv):
     The paper's shaping, ``success_bonus * won + progress - illegal_penalty * illegal``, with the
     goal-condition progress computed from the game's facts. ``reward_mode="delta"`` (default) pays
     the *change* of ``goal_condition_success_rate`` at each step, so a return counts progress once;
-    ``reward_mode="reference"`` pays its *level* at every step, as the RL4VLM code did (spec A6),
+    ``reward_mode="reference"`` pays its *level* at every step, as the RL4VLM code did (see
+    docs/reference_differences.md, "Progress reward"),
     which rewards standing still once a sub-goal is met.
     Defaults ``success_bonus=50``, ``illegal_penalty=1``. Progress is computed from the game's
     facts (:mod:`vlm_envs.alfworld_wrap.tasks`).
@@ -101,7 +102,7 @@ class ALFWorldEnv(VLMEnv):
     ## Episode End
 
     * Termination: the task is done (``won``).
-    * Truncation: ``max_steps`` (default 50) steps taken, illegal ones included (spec A8: the
+    * Truncation: ``max_steps`` (default 50) steps taken, illegal ones included (docs/reference_differences.md, "Step limit": the
       reference's off-by-one let 52 happen).
 
     ## Info
