@@ -109,7 +109,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--resume RESULTS continues writing RESULTS; leave --out out or give the same path")
     options = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     if args.policy.startswith("openai:"):
-        options.update(model=args.model, timeout=args.timeout, retries=args.retries)
+        options.update(model=args.model, timeout=args.timeout, retries=args.retries, images=args.text_mode == "prompt")
     try:
         policy = make_policy(args.policy, **options) if ":" in args.policy else make_policy(args.policy)
     except ValueError as err:
