@@ -33,8 +33,10 @@ class TextActions(gym.Wrapper):
     ``noop``       the game does not advance; reward 0 (a wasted turn).
     =============  ===================================================================================
 
-    Turns that do not advance the game still count toward ``max_episode_steps``, so a model that
-    never produces a valid action is truncated like any other.
+    The wrapper owns the step limit: it counts every turn, parsed or not, and truncates the
+    episode on the turn that reaches ``max_episode_steps`` (of ``env.spec``), so a model that
+    wastes turns on unparseable text is truncated like any other. (gymnasium's ``TimeLimit``
+    inside only sees the turns that reached the game, so it can never end an episode first.)
 
     Every step adds to ``info``: ``parse_ok`` (bool), ``action`` (the index played, -1 when the game
     did not advance) and ``parse_error`` (``""`` when parsing succeeded, otherwise the reason).
@@ -121,6 +123,7 @@ class TextActions(gym.Wrapper):
             terminated = False
         else:
             obs, reward, terminated, truncated, info = self.env.step(index)
+            truncated = bool(truncated) or (not terminated and self._max_steps is not None and self._elapsed >= self._max_steps)
         self._last_obs, self._last_info = obs, info
         info = {**info, "parse_ok": result.ok, "action": -1 if index is None else index, "parse_error": result.reason}
         return obs, reward, terminated, truncated, info
