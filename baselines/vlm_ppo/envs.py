@@ -73,7 +73,8 @@ def prompt_task(envs) -> str:
 def task_prompter(cfg, envs):
     """``obs["text"] -> task prompt`` for these envs (CoT or action-only, in the chosen wording)."""
     task = prompt_task(envs)
-    return lambda obs_text: build_prompt(task, obs_text, cot=cfg.cot, wording=cfg.prompt_wording)
+    params = dict(envs.get_attr("prompt_params")[0])  # the env's own prompt parameters (point-game target)
+    return lambda obs_text: build_prompt(task, obs_text, cot=cfg.cot, wording=cfg.prompt_wording, **params)
 
 
 @dataclass

@@ -117,7 +117,7 @@ def reading_accuracy(cfg, policy, states: Sequence[dict] | None = None) -> dict[
 
     states = heldout_states(cfg) if states is None else states
     env = make_env(cfg)
-    task = env.unwrapped.prompt_task
+    task, params = env.unwrapped.prompt_task, dict(env.unwrapped.prompt_params)
     env.close()
     was_training = policy.training
     policy.eval()
@@ -125,7 +125,7 @@ def reading_accuracy(cfg, policy, states: Sequence[dict] | None = None) -> dict[
     action_ok = np.zeros(len(states), bool)
     for s0 in range(0, len(states), 32):
         chunk = states[s0:s0 + 32]
-        prompts = policy.encoder.encode([build_prompt(task, s["text"], cot=cfg.cot, wording=cfg.prompt_wording)
+        prompts = policy.encoder.encode([build_prompt(task, s["text"], cot=cfg.cot, wording=cfg.prompt_wording, **params)
                                          for s in chunk], [s["image"] for s in chunk])
         answers = policy.generate(prompts, greedy=True, max_new_tokens=cfg.max_new_tokens)
         for j, (s, text) in enumerate(zip(chunk, policy.encoder.tokenizer.batch_decode(answers, skip_special_tokens=True))):

@@ -71,7 +71,7 @@ def generate_sft_data(cfg: Config) -> Path:
                 n_wrong += 1
             idx = f"{len(records):06d}"
             Image.fromarray(obs["image"]).save(out / "images" / f"{idx}.png")
-            prompt = build_prompt(task, obs["text"], cot=cfg.cot, wording=cfg.prompt_wording)
+            prompt = build_prompt(task, obs["text"], cot=cfg.cot, wording=cfg.prompt_wording, **u.prompt_params)
             records.append({
                 "id": idx,
                 "image": f"images/{idx}.png",
