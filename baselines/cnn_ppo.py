@@ -25,9 +25,7 @@ folder) and ``summary.md`` (the table, mean over seeds).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import sys
 import time
 from collections import deque
@@ -118,29 +116,12 @@ class Config:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     """Every Config field is a flag (``--total-timesteps``); its docstring is the help text."""
-    parser = argparse.ArgumentParser(prog="python -m baselines.cnn_ppo", description=__doc__.split("\n\n")[0])
-    docs = _field_docs()
-    for f in dataclasses.fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, list):
-            parser.add_argument(flag, type=int, nargs="+", default=default, help=docs.get(f.name))
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"{docs.get(f.name)} (default: {default})")
-    return Config(**vars(parser.parse_args(argv)))
+    import sys
 
+    from baselines.cli import parse_config
 
-def _field_docs() -> dict[str, str]:
-    """The docstring under each Config field (read from the source, cleanrl-style help)."""
-    import inspect
-
-    lines = inspect.getsource(Config).splitlines()
-    docs = {}
-    for line, nxt in zip(lines, lines[1:]):
-        name = line.strip().split(":")[0]
-        if ":" in line and nxt.strip().startswith('"""'):
-            docs[name] = nxt.strip().strip('"')
-    return docs
+    return parse_config(Config, sys.argv[1:] if argv is None else argv, prog="python -m baselines.cnn_ppo",
+                        description=__doc__.split("\n\n")[0])
 
 
 def short_name(env_id: str) -> str:

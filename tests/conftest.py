@@ -3,3 +3,15 @@ import os
 # Headless pygame for render_mode="human" tests; set before pygame is ever imported.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Trainer tests run torch on one thread: faster and steadier than two on the shared 2-core machine."""
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -15,16 +15,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses  # noqa: E402
-from baselines.vlm_ppo.config import Config, field_docs  # noqa: E402
-from baselines.vlm_ppo.policy import (  # noqa: E402
-    ActorCritic,
-    action_boundary,
-    collate,
-    encode_prompts,
-    generate,
-    load_policy,
-    suppressed_token_ids,
-)
+from baselines.vlm_ppo.config import Config  # noqa: E402
+from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
+from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
 from vlm_envs.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
 from vlm_envs.text import build_prompt, conversation  # noqa: E402
 
@@ -32,11 +25,8 @@ CARD_ENVS = list(REGISTERED_CARD_ENVS)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _threads(one_torch_thread):
+    """One torch thread for every test here."""
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +42,24 @@ def tiny(tiny_path):
     return processor, vlm.eval()
 
 
-def _prompts(processor, n=3, seed=0):
+@pytest.fixture(scope="module")
+def policy(tiny):
+    processor, vlm = tiny
+    return ActorCritic(vlm, Encoder(processor, vlm.config), temperature=0.7, thought_coef=0.5).eval()
+
+
+def _prompts(policy, n=3, seed=0):
     rng = np.random.default_rng(seed)
     formulas = ["", "10+", "(3+5)*"][:n]
-    texts = [conversation(build_prompt("points24", f)) for f in formulas]
-    images = [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in texts]
-    return encode_prompts(processor, texts, images), images
+    images = [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in formulas]
+    return policy.encoder.encode([build_prompt("points24", f) for f in formulas], images)
 
 
 def tiny_config(tmp_path, tiny_path, **overrides) -> Config:
     base = dict(
         output_dir=str(tmp_path), model=str(tiny_path), threads=1, num_envs=2, num_steps=2, num_updates=1,
         ppo_epochs=1, minibatch_size=2, grad_accum_steps=1, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
-        temperature=1.0, max_new_tokens=12, eval_every=0, save_every=1, no_key="last5",
+        temperature=1.0, max_new_tokens=12, eval_every=0, save_every=1, missing_action_key="last5",
     )
     return Config(**{**base, **overrides})
 
@@ -89,39 +84,14 @@ def test_saved_tiny_model_reloads_through_auto_classes(tiny_path, tiny):
     assert torch.equal(a, b)
 
 
-def test_generation_logprobs_equal_reevaluation(tiny):
-    processor, vlm = tiny
-    suppress = suppressed_token_ids(processor.tokenizer)
-    assert processor.tokenizer.eos_token_id not in suppress
-    assert processor.tokenizer.convert_tokens_to_ids("<image>") in suppress
-    pids, images = _prompts(processor)
-    torch.manual_seed(0)
-    gens, scores = generate(vlm, processor, pids, images, greedy=False, temperature=0.7, max_new_tokens=20,
-                            suppress_ids=suppress, return_scores=True)
-    ac = ActorCritic(vlm, suppress).eval()
-    batch = collate(processor, pids, images, gens)
+def test_value_depends_on_prompt_only(policy):
+    prompts = _prompts(policy)
+    answers = [[5, 6, 7], [8], [9, 10, 11, 12]]
     with torch.no_grad():
-        token_lp, _, _ = ac(batch.inputs, batch.prompt_len, batch.gen_ids.shape[1], batch.gen_ids, 0.7)
-    from_generate = torch.log_softmax(torch.stack(scores, 1).float(), -1)
-    from_generate = from_generate.gather(-1, batch.gen_ids.unsqueeze(-1)).squeeze(-1)
-    mask = batch.gen_mask.bool()
-    assert mask.sum() > 10
-    assert torch.isfinite(token_lp).all()  # padding positions are zeroed, not -inf
-    assert (token_lp - from_generate)[mask].abs().max() < 1e-5
-
-
-def test_value_depends_on_prompt_only(tiny):
-    processor, vlm = tiny
-    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer)).eval()
-    pids, images = _prompts(processor)
-    gens = [[5, 6, 7], [8], [9, 10, 11, 12]]
-    with torch.no_grad():
-        with_gen = collate(processor, pids, images, gens)
-        lp, _, v1 = ac(with_gen.inputs, with_gen.prompt_len, with_gen.gen_ids.shape[1], with_gen.gen_ids, 1.0)
-        bare = collate(processor, pids, images)
-        _, _, v2 = ac(bare.inputs, bare.prompt_len, 0, bare.gen_ids, 1.0)
-    assert torch.allclose(v1, v2, atol=1e-5)
-    assert torch.isfinite(lp).all() and lp[1, 1:].eq(0).all()  # ragged answers: padding scores 0, not -inf
+        out = policy(prompts, answers, [1, 0, 2])
+        bare = policy.get_value(prompts)
+    assert torch.allclose(out.value, bare, atol=1e-5)
+    assert torch.isfinite(out.token_logprobs).all() and out.token_logprobs[1, 1:].eq(0).all()  # padding scores 0
 
 
 # --- the λ boundary ---------------------------------------------------------------------------
@@ -238,19 +208,19 @@ def test_sft_data_format_and_loss_decreases(tmp_path, tiny_path):
     assert rec["conversations"][1]["from"] == "gpt" and '"action": ' in rec["conversations"][1]["value"]
     assert json.loads((out / "meta.json").read_text())["wrong_labels"] == 12  # every label corrupted
     processor, vlm = load_policy(str(tiny_path), train_vision=True)
-    samples = load_sft_data(cfg, processor)
-    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer))
+    ac = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=1.0)
+    samples = load_sft_data(cfg, ac.encoder)
     optimizer = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=3e-3)
     batch = samples[:8]
     with torch.no_grad():
-        before = sft_loss(ac, processor, batch).item()
+        before = sft_loss(ac, batch).item()
     for _ in range(5):
-        loss = sft_loss(ac, processor, batch)
+        loss = sft_loss(ac, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        after = sft_loss(ac, processor, batch).item()
+        after = sft_loss(ac, batch).item()
     assert after < before - 0.5
 
 
@@ -270,7 +240,7 @@ def test_reading_objective_learns_digits_and_gate_scores_states(tmp_path, tiny_p
     from baselines.vlm_ppo.reading import (
         ReadingHead,
         heldout_states,
-        num_image_tokens,
+        image_tokens,
         reading_accuracy,
         reading_loss,
     )
@@ -279,21 +249,24 @@ def test_reading_objective_learns_digits_and_gate_scores_states(tmp_path, tiny_p
     cfg = tiny_config(tmp_path, tiny_path, max_new_tokens=10)
     states = heldout_states(cfg)
     assert len(states) == 30 and {tuple(s["fields"]) for s in states} == {(t, c) for t in range(6) for c in range(6) if t != c}
+    from baselines.vlm_ppo.encoding import stack_images
+    from baselines.vlm_ppo.sft import vision_path_parameters
+
     processor, vlm = load_policy(str(tiny_path), train_vision=True)
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=1.0)
     picked = [s for s in states if tuple(s["fields"]) in {(0, 5), (5, 0), (2, 3), (3, 2)}]
-    pixels = processor.image_processor([s["image"] for s in picked], return_tensors="pt")["pixel_values"]
+    images = stack_images(policy.encoder.encode([""] * len(picked), [s["image"] for s in picked]))
     labels = torch.tensor([s["fields"] for s in picked])
-    head = ReadingHead(num_image_tokens(vlm.config), vlm.config.text_config.hidden_size)
-    params = [p for n, p in vlm.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-    optimizer = torch.optim.AdamW(params + list(head.parameters()), lr=1e-3)
-    first, _ = reading_loss(head, vlm, pixels, labels)
+    head = ReadingHead(image_tokens(vlm, images).shape[1], vlm.config.text_config.hidden_size)
+    optimizer = torch.optim.AdamW(vision_path_parameters(vlm) + list(head.parameters()), lr=1e-3)
+    first, _ = reading_loss(head, vlm, images, labels)
     for _ in range(80):
-        loss, acc = reading_loss(head, vlm, pixels, labels)
+        loss, acc = reading_loss(head, vlm, images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert acc == 1.0 and loss.item() < 0.3 * first.item()
-    gate = reading_accuracy(cfg, vlm, processor, states[:8])
+    gate = reading_accuracy(cfg, policy, states[:8])
     assert gate["read/states"] == 8 and 0.0 <= gate["read/all"] <= gate["read/current_number"] <= 1.0
 
 
@@ -336,17 +309,41 @@ def test_resume_gives_the_same_next_update(tmp_path, tiny_path):
     assert any(not torch.equal(a[k], first[k]) for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    va = torch.load(tmp_path / "a" / "checkpoints" / "update_00001" / "value_head.pt")
-    vb = torch.load(resumed_dir / "checkpoints" / "update_00001" / "value_head.pt")
+    from safetensors.torch import load_file
+
+    va = load_file(str(tmp_path / "a" / "checkpoints" / "update_00001" / "value_head.safetensors"))
+    vb = load_file(str(resumed_dir / "checkpoints" / "update_00001" / "value_head.safetensors"))
     assert all(torch.equal(va[k], vb[k]) for k in va)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
 def test_every_config_field_is_documented_and_in_help():
-    docs = field_docs()
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
+    body = tree.body[0].body
+    documented = {node.target.id for node, nxt in zip(body, body[1:])
+                  if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
     fields = [f.name for f in dataclasses.fields(Config)]
-    assert set(fields) == set(docs)
-    out = subprocess.run([sys.executable, "-m", "baselines.vlm_ppo", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    assert set(fields) == documented
+    out = subprocess.run([sys.executable, "-m", "baselines.vlm_ppo", "ppo", "--help"], capture_output=True,
+                         text=True, check=True, env={**__import__("os").environ, "COLUMNS": "200"}).stdout
     for name in fields:
         assert "--" + name.replace("_", "-") in out
+
+
+def test_cli_keeps_old_flags_and_validates_choices():
+    from baselines.vlm_ppo.config import parse_args
+
+    command, cfg = parse_args(["ppo", "--no-key", "last5", "--bootstrap-on-truncation", "false", "--num-envs", "3"])
+    assert (command, cfg.missing_action_key, cfg.bootstrap_on_truncation, cfg.num_envs) == ("ppo", "last5", False, 3)
+    with pytest.raises(SystemExit):
+        parse_args(["ppo", "--vectorization", "threads"])  # not a choice: refused at parse time
+    _, paper = parse_args(["ppo", "--preset", "paper", "--env-id", "alfworld/ALFWorld-v0"])
+    assert (paper.lora_r, paper.lora_alpha, paper.dtype, paper.gradient_checkpointing, paper.temperature,
+            paper.thought_coef, paper.num_steps, paper.grad_accum_steps, paper.image_mode) == (
+        128, 256, "bfloat16", True, 0.2, 0.2, 1024, 256, "reference")
+    _, override = parse_args(["ppo", "--preset", "paper", "--lr", "3e-5"])
+    assert override.lr == 3e-5 and override.lora_r == 128  # explicit flags win over the preset

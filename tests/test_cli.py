@@ -10,11 +10,12 @@ from vlm_envs.__main__ import main
 
 def test_evaluate_oracle_table(capsys, tmp_path):
     assert main(["evaluate", "--env", "gym_cards/EZPoints-v0", "--episodes", "20", "--save-frames", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if "EZPoints" in line)
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1:4] == ["oracle", "20", "100.0"] and cells[6] == "0"
-    assert sorted(p.name for p in tmp_path.iterdir())[0] == "gym_cards_EZPoints-v0_step000.png"
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in next(line for line in lines if "success %" in line).strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in next(line for line in lines if "EZPoints" in line).strip("|").split("|"))))
+    assert (row["policy"], row["episodes"], row["success %"], row["parse failures"]) == ("oracle", "20", "100.0", "0")
+    frames = sorted(p.name for p in (tmp_path / "gym_cards_EZPoints-v0").iterdir())
+    assert frames[0] == "episode00000_step000.png" and len(frames) == 5  # the reset and 4 steps
 
 
 def test_evaluate_all_random(capsys):

@@ -27,8 +27,12 @@ P24 = tuple(str(i) for i in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")
         ('"action" : \'hit\'', BJ, "strict", 1),  # whitespace, single quotes
         ('"action": =}', EZP, "strict", 12),  # unquoted value ends at }
         ('"action": "12"', EZP, "strict", None),  # not in vocabulary
-        ('"action": "12"', EZP, "lenient", None),  # ambiguous: 1 and 2
-        ('"action": "100"', P24, "lenient", 9),  # reference rule: 10 read first
+        ('"action": "12"', EZP, "lenient", None),  # the number 12 is not an action
+        ('{"action": "11"}', EZP, "lenient", None),  # numbers are whole tokens: 11 is never read as 1
+        ('"action": "100"', P24, "lenient", None),  # ... nor 100 as 10
+        ('"action": "append 7"', EZP, "lenient", 6),
+        ('"action": "7 and 8"', EZP, "lenient", None),  # two numbers: ambiguous
+        ('"action": "+1"', NL, "lenient", 1),  # no numbers in the vocabulary: digits are just text
         ('"action": "I will hit"', BJ, "lenient", 1),
         ('"action": "stick"', BJ, "lenient", None),  # synonyms are off by default
         ('{"action": "-"} then {"action": "+"}', NL, "strict", 1),  # the LAST key wins
@@ -45,6 +49,13 @@ def test_parse_vectors(text, vocab, mode, expected):
     assert result.index == expected
     assert result.ok == (expected is not None)
     assert (result.reason == "") == result.ok
+
+
+def test_a_number_outside_the_vocabulary_is_named_in_the_reason():
+    result = parse_action('{"action": "11"}', EZP, "lenient")
+    assert result.index is None and "11" in result.reason
+    assert parse_action('{"action": "11"}', EZP, "strict").reason == "action value '11' is not in the vocabulary"
+    assert parse_action('{"action": "11"}', EZP, "compat").index == 0  # the reference reads "1"
 
 
 def test_aliases_are_opt_in():

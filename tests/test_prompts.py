@@ -10,6 +10,7 @@ import gymnasium as gym
 import pytest
 
 import vlm_envs
+from vlm_envs import TextActions
 from vlm_envs.text.prompts import REFERENCE_TEMPLATES, build_prompt, chat_messages, conversation, template
 
 # sha256 of "cot|action-only" for each reference family, fixed when they were copied from the spec.
@@ -68,7 +69,7 @@ def test_env_prompt_follows_current_state():
 
 
 def test_vector_env_prompt_after_autoreset_shows_the_new_episode():
-    """Spec E18: after an episode ends, the next prompt must not carry the old formula."""
+    """After an episode ends (docs/reference_differences.md, "Prompt after a reset"), the next prompt must not carry the old formula."""
     envs = gym.make_vec("gym_cards/EZPoints-v0", 2, vectorization_mode="sync")
     obs, _ = envs.reset(seed=0)
     obs, *_ = envs.step([0, 0])
@@ -90,3 +91,43 @@ def test_chat_messages_and_conversation():
     env = gym.make("gym_cards/Blackjack-v0")
     env.reset(seed=0)
     assert env.unwrapped.prompt(chat=True) == chat_messages(vlm_envs.build_prompt("blackjack", ""))
+
+
+# -- prompts and CoT answers follow the env's target ----------------------------------------------
+def test_clean_prompt_states_the_envs_target():
+    env = gym.make("gym_cards/EZPoints-v0", target_points=10).unwrapped
+    env.reset(seed=0)
+    for cot in (True, False):
+        prompt = env.prompt(cot=cot, wording="clean")
+        assert "evaluates to 10" in prompt and "12" not in prompt
+    assert "equals 10" in env.prompt(cot=True, wording="clean")
+    points24 = gym.make("gym_cards/Points24-v0", target_points=30).unwrapped
+    points24.reset(seed=0)
+    assert "evaluates to 30" in points24.prompt(wording="clean") and "24" not in points24.prompt(wording="clean")
+
+
+def test_reference_wording_refuses_a_non_default_target():
+    env = gym.make("gym_cards/EZPoints-v0", target_points=10).unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="states the target 12 and cannot say 10.*wording='clean'"):
+        env.prompt(wording="reference")
+    default = gym.make("gym_cards/EZPoints-v0").unwrapped
+    default.reset(seed=0)
+    assert default.prompt(wording="reference") == build_prompt("ezpoints", "", wording="reference")
+
+
+def test_agent_loop_prompts_use_the_envs_target():
+    from vlm_envs.agent_loop import run_agent
+
+    envs = gym.make_vec("gym_cards/EZPoints-v0", 2, wrappers=[TextActions], target_points=10)
+    turns = run_agent(envs, lambda prompts, images: ['{"action": "="}'] * len(prompts), steps=1, seed=0, wording="clean")
+    assert all("evaluates to 10" in t.prompt for t in turns)
+
+
+def test_cot_answers_follow_the_envs_target():
+    from baselines.vlm_ppo import cot
+
+    env = gym.make("gym_cards/EZPoints-v0", target_points=10)
+    _, info = env.reset(seed=0)
+    assert "equals 10" in cot.answer("ezpoints", info, "=") and "12" not in cot.answer("ezpoints", info, "=")
+    assert "equals 12" in cot.answer("ezpoints", {"Numbers": [6, 6], "Formula": [6, "+", 6]}, "=")  # no target: the default

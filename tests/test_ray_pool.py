@@ -123,7 +123,10 @@ def test_trainer_ray_switch_matches_sync(local_ray):
     from baselines.vlm_ppo.config import Config
     from baselines.vlm_ppo.envs import make_vec_env
 
-    envs = {mode: make_vec_env(Config(vectorization=mode), 2) for mode in ("ray", "sync")}
+    import gymnasium as gym
+
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    envs = {mode: make_vec_env(Config(vectorization=mode), 2, autoreset_mode=same_step) for mode in ("ray", "sync")}
     results = {mode: [e.reset(seed=5)] for mode, e in envs.items()}
     for texts in [('"action": "+"', "junk"), ('"action": "-"', '"action": "+"')] * 6:
         for mode, e in envs.items():

@@ -56,6 +56,16 @@ def test_unparsable_turns_count_toward_the_time_limit():
     assert truncations == [False] * 4 + [True]
 
 
+def test_step_limit_counts_every_turn_parsed_or_not():
+    """garbage, garbage, hit with max_episode_steps=3: the third turn is truncated (it used to run on)."""
+    env = TextActions(gym.make("gym_cards/Blackjack-v0", max_episode_steps=3), on_parse_failure="noop")
+    seed = next(s for s in range(100) if env.reset(seed=s)[1]["player_total"] <= 11)  # a hit cannot bust
+    env.reset(seed=seed)
+    turns = [env.step(text) for text in ("garbage", "garbage", '{"action": "hit"}')]
+    assert [t[3] for t in turns] == [False, False, True] and not any(t[2] for t in turns)
+    assert turns[2][4]["parse_ok"]
+
+
 def test_strict_mode_and_aliases():
     env = TextActions(gym.make("gym_cards/Blackjack-v0"), mode="strict", on_parse_failure="penalty", aliases={"stick": "stand"})
     env.reset(seed=0)

@@ -1,6 +1,8 @@
 """Command line of vlm_envs.
 
-* ``python -m vlm_envs evaluate --env ID|all --policy oracle|random --episodes N --seed S``
+* ``python -m vlm_envs evaluate --manifest NAME --policy P --num-envs N --out results.json``: a result
+  card for a frozen manifest (``--resume results.json`` continues a killed run)
+* ``python -m vlm_envs evaluate --env ID|all --policy oracle|random --episodes N --seed S``: a quick table
 * ``python -m vlm_envs play --env ID``: play in a pygame window through the model's text interface
 * ``python -m vlm_envs gallery --out docs/gallery``: one PNG frame of every registered env
 * ``python -m vlm_envs serve --env ID [--host 127.0.0.1] [--port 8000] [--max-sessions N] [--token T]``:
@@ -16,7 +18,6 @@ import sys
 import gymnasium as gym
 
 import vlm_envs  # noqa: F401  (registers the ids)
-from vlm_envs.evaluate import POLICIES, evaluate, format_table
 from vlm_envs.registration import CARD_ENVS
 
 
@@ -24,12 +25,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlm_envs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    ev = commands.add_parser("evaluate", help="play a scripted policy through the text interface and print a table")
-    ev.add_argument("--env", default="all", help="an environment id, or 'all' for the four card games (default: all)")
-    ev.add_argument("--policy", choices=POLICIES, default="oracle", help="oracle (expert) or random (default: oracle)")
-    ev.add_argument("--episodes", type=int, default=100, help="episodes per environment (default: 100)")
-    ev.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i (default: 0)")
-    ev.add_argument("--save-frames", metavar="DIR", help="save the first episode's frames as PNG files in DIR")
+    ev = commands.add_parser("evaluate", help="play a policy on a manifest (or seeded episodes) and print a table",
+                             description="Without --manifest: --env/--episodes/--seed play consecutive seeds.")
+    ev.add_argument("--manifest", help="a shipped manifest (cards-v0, smoke-v0, alfworld-in-distribution-v0, "
+                                       "alfworld-out-of-distribution-v0) or a manifest file")
+    ev.add_argument("--policy", default="oracle", help="oracle, random, hf:PATH_OR_ID or openai:URL (default: oracle)")
+    ev.add_argument("--num-envs", type=int, default=1, help="episodes played at once; results do not depend on it (default: 1)")
+    ev.add_argument("--vectorization", choices=("sync", "async"), default="sync", help="envs in this process or one process each")
+    ev.add_argument("--out", help="write the result card (JSON) here")
+    ev.add_argument("--resume", metavar="RESULTS", help="continue the killed run whose --out was RESULTS")
+    ev.add_argument("--text-mode", choices=("prompt", "full"), default="prompt",
+                    help="full: the state in words in the prompt, for text-only models (default: prompt)")
+    ev.add_argument("--no-cot", dest="cot", action="store_false", help="the action-only prompt")
+    ev.add_argument("--wording", choices=("reference", "clean"), default="reference", help="prompt wording (default: reference)")
+    ev.add_argument("--parse-mode", choices=("strict", "lenient", "compat"), default="lenient", help="(default: lenient)")
+    ev.add_argument("--on-parse-failure", choices=("random", "penalty", "noop"), default="random",
+                    help="what an unparseable answer does in the card games (default: random, the paper)")
+    ev.add_argument("--skip-invalid-games", action="store_true", help="skip (and list on the card) games failing their sha256")
+    ev.add_argument("--model", help="openai: the model name sent to the server (default: the server's first model)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="model policies: 0 is greedy (default: 0)")
+    ev.add_argument("--max-new-tokens", type=int, default=256, help="model policies: answer length limit (default: 256)")
+    ev.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request (default: 60)")
+    ev.add_argument("--retries", type=int, default=3, help="openai: retries of a failed request (default: 3)")
+    ev.add_argument("--env", default=None, help="without --manifest: an env id, or 'all' for the four card games (default: all)")
+    ev.add_argument("--episodes", type=int, default=100, help="without --manifest: episodes per env (default: 100)")
+    ev.add_argument("--seed", type=int, default=0, help="without --manifest: episode i is reset with seed + i (default: 0)")
+    ev.add_argument("--save-frames", metavar="DIR", help="save the first episode's frames of each env as PNG files in DIR")
 
     pl = commands.add_parser("play", help="play an env in a pygame window, typing actions as a model would")
     pl.add_argument("--env", default="gym_cards/Blackjack-v0", help="an environment id (default: gym_cards/Blackjack-v0)")
@@ -72,14 +93,54 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
 
-    env_ids = list(CARD_ENVS) if args.env == "all" else [args.env]
-    for env_id in env_ids:
-        if env_id not in gym.registry:
-            parser.error(f"unknown env id {env_id!r}; registered by vlm_envs: {', '.join(CARD_ENVS)}")
-    if args.episodes < 1:
-        parser.error("--episodes must be positive")
-    results = [evaluate(e, args.policy, args.episodes, args.seed, args.save_frames) for e in env_ids]
-    print(format_table([r.row() for r in results]))
+    return _evaluate(parser, args)
+
+
+def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlm_envs.evaluation import Settings, evaluate, load_manifest, make_policy, markdown, seeds_manifest
+
+    if args.manifest is not None:
+        if args.env is not None:
+            parser.error("--manifest and --env exclude each other")
+        try:
+            manifest = load_manifest(args.manifest)
+        except ValueError as err:
+            parser.error(str(err))
+    else:
+        env_ids = list(CARD_ENVS) if args.env in (None, "all") else [args.env]
+        for env_id in env_ids:
+            if env_id not in gym.registry:
+                parser.error(f"unknown env id {env_id!r}; registered by vlm_envs: {', '.join(CARD_ENVS)}")
+        if args.episodes < 1:
+            parser.error("--episodes must be positive")
+        manifest = seeds_manifest(env_ids, args.episodes, args.seed)
+    if args.num_envs < 1:
+        parser.error("--num-envs must be positive")
+    out = args.resume or args.out
+    if args.resume and args.out and args.out != args.resume:
+        parser.error("--resume RESULTS continues writing RESULTS; leave --out out or give the same path")
+    options = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    if args.policy.startswith("openai:"):
+        options.update(model=args.model, timeout=args.timeout, retries=args.retries, images=args.text_mode == "prompt")
+    try:
+        policy = make_policy(args.policy, **options) if ":" in args.policy else make_policy(args.policy)
+    except ValueError as err:
+        parser.error(str(err))
+    first_of_env = {}
+    for index, episode in enumerate(manifest.episodes):
+        first_of_env.setdefault(episode.env_id, index)
+    frames = {i: Path(args.save_frames) / env_id.replace("/", "_") for env_id, i in first_of_env.items()} if args.save_frames else None
+    settings = Settings(text_mode=args.text_mode, cot=args.cot, wording=args.wording, parse_mode=args.parse_mode,
+                        on_parse_failure=args.on_parse_failure)
+    try:
+        card = evaluate(manifest, policy, num_envs=args.num_envs, vectorization=args.vectorization, settings=settings,
+                        out=out, resume=bool(args.resume), skip_invalid_games=args.skip_invalid_games, frames=frames,
+                        progress=True)
+    finally:
+        policy.close()
+    print(markdown(card))
     return 0
 
 

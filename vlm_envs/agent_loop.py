@@ -133,6 +133,7 @@ def run_agent(
         raise ValueError("run_agent needs autoreset (next-step or same-step); this vector env has it disabled")
     n = envs.num_envs
     tasks = envs.get_attr("prompt_task")
+    prompt_params = envs.get_attr("prompt_params")
     if image_dir is not None:
         image_dir = Path(image_dir)
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def run_agent(
     vector_steps = 0
     while (episodes is None or finished < episodes) and (steps is None or vector_steps < steps):
         live = [i for i in range(n) if not resetting[i]]
-        prompts = [build_prompt(tasks[i], obs["text"][i], cot=cot, wording=wording) for i in live]
+        prompts = [build_prompt(tasks[i], obs["text"][i], cot=cot, wording=wording, **prompt_params[i]) for i in live]
         images = [np.asarray(obs["image"][i]) for i in live]
         outputs = list(generate([chat_messages(p) for p in prompts] if chat else prompts, images)) if live else []
         if len(outputs) != len(live):

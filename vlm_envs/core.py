@@ -37,6 +37,9 @@ class VLMEnv(gym.Env):
     # False when instances in one process must not step at the same time from different threads
     # (an env server then runs all its sessions on one thread).
     thread_safe: bool = True
+    # Parameters of the prompt beyond obs["text"] (the point games: {"target": target_points}),
+    # for callers that build prompts from observations: build_prompt(task, text, **prompt_params).
+    prompt_params: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -93,7 +96,7 @@ class VLMEnv(gym.Env):
 
     def prompt(self, cot: bool = True, wording: Wording = "reference", chat: bool = False) -> str | list[dict]:
         """The task prompt for the current state (chat messages with an image slot if ``chat``)."""
-        prompt = build_prompt(self.prompt_task, self._text(), cot=cot, wording=wording)
+        prompt = build_prompt(self.prompt_task, self._text(), cot=cot, wording=wording, **self.prompt_params)
         return chat_messages(prompt) if chat else prompt
 
     def describe(self) -> str:

@@ -167,7 +167,8 @@ class PlayApp:
         x, y = FRAME + 2 * MARGIN, MARGIN
         screen.blit(self.bold.render(f"{s.env_id}   episode {s.episode}", True, INK), (x, y))
         y += 24
-        prompt = build_prompt(self.task, self.obs["text"], cot=self.cot, wording=self.wording)
+        prompt = build_prompt(self.task, self.obs["text"], cot=self.cot, wording=self.wording,
+                              **self.env.unwrapped.prompt_params)
         bottom = HEIGHT - 130
         for paragraph in prompt.split("\n"):
             for row in textwrap.wrap(paragraph, 78) or [""]:

@@ -33,14 +33,22 @@ class TextActions(gym.Wrapper):
     ``noop``       the game does not advance; reward 0 (a wasted turn).
     =============  ===================================================================================
 
-    Turns that do not advance the game still count toward ``max_episode_steps``, so a model that
-    never produces a valid action is truncated like any other.
+    The wrapper owns the step limit: it counts every turn, parsed or not, and truncates the
+    episode on the turn that reaches ``max_episode_steps`` (of ``env.spec``), so a model that
+    wastes turns on unparseable text is truncated like any other. (gymnasium's ``TimeLimit``
+    inside only sees the turns that reached the game, so it can never end an episode first.)
 
     Every step adds to ``info``: ``parse_ok`` (bool), ``action`` (the index played, -1 when the game
     did not advance) and ``parse_error`` (``""`` when parsing succeeded, otherwise the reason).
 
     Environments whose action space is already text (ALFWorld) parse internally and report the
     same keys; this wrapper passes them through unchanged, so trainers can wrap every env alike.
+
+    **Restoring an episode.** The envs are deterministic given the reset seed and the texts sent,
+    so an episode is restored by replaying them: set ``replay_on_reset`` to the texts (in a vector
+    env, ``envs.set_attr("replay_on_reset", [texts_0, texts_1, ...])``), then ``reset(seed=...)``
+    with the episode's seed returns the observation after the last of them. Checkpoints use this
+    instead of pickling envs, so it works wherever the envs run (in-process, subprocesses, Ray).
 
     Args:
         env: an environment with a ``Discrete`` action space and ``action_names``.
@@ -83,6 +91,7 @@ class TextActions(gym.Wrapper):
         self._elapsed = 0
         self._last_obs: Any = None
         self._last_info: dict[str, Any] = {}
+        self.replay_on_reset: tuple[str, ...] = ()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -91,6 +100,12 @@ class TextActions(gym.Wrapper):
             self._rng = np.random.default_rng([seed, 0x7E47])
         self._elapsed = 0
         self._last_obs, self._last_info = obs, info
+        replay, self.replay_on_reset = tuple(self.replay_on_reset), ()
+        for k, text in enumerate(replay):
+            obs, _, terminated, truncated, info = self.step(text)
+            if terminated or truncated:
+                raise RuntimeError(f"replaying {len(replay)} actions after reset(seed={seed}) ended the episode at "
+                                   f"action {k}: the record does not belong to this env or seed")
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -108,6 +123,7 @@ class TextActions(gym.Wrapper):
             terminated = False
         else:
             obs, reward, terminated, truncated, info = self.env.step(index)
+            truncated = bool(truncated) or (not terminated and self._max_steps is not None and self._elapsed >= self._max_steps)
         self._last_obs, self._last_info = obs, info
         info = {**info, "parse_ok": result.ok, "action": -1 if index is None else index, "parse_error": result.reason}
         return obs, reward, terminated, truncated, info

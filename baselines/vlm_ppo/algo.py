@@ -1,4 +1,4 @@
-"""PPO maths with no model in it: GAE, the clipped losses, the LR schedule (spec ppo.md §5, §6, §8)."""
+"""PPO maths with no model in it: GAE, the clipped losses, the KL estimate, the LR schedule."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
 
 def action_logprob(token_lp: torch.Tensor, thought_mask: torch.Tensor, action_mask: torch.Tensor,
                    thought_coef: float) -> torch.Tensor:
-    """log π = λ·Σ thought-token log-probs + Σ action-token log-probs, summed in fp32 (bug T4)."""
+    """log π = λ·Σ thought-token log-probs + Σ action-token log-probs, summed in fp32 (bf16 sums are noisier than the clip range)."""
     token_lp = token_lp.float()
     return thought_coef * (token_lp * thought_mask).sum(-1) + (token_lp * action_mask).sum(-1)
 
@@ -42,7 +42,11 @@ def action_logprob(token_lp: torch.Tensor, thought_mask: torch.Tensor, action_ma
 def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, policy_valid: torch.Tensor,
                new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float,
                ratio_guard: float = 10.0) -> dict[str, torch.Tensor]:
-    """The clipped policy loss (over policy-valid samples only) and the clipped value loss; all inputs (B,)."""
+    """The clipped policy loss (over policy-valid samples only) and the clipped value loss; all inputs (B,).
+
+    ``ratio_dev`` is the largest ``|ratio - 1|`` of the batch (exactly 0 before the first optimizer
+    step of an update, when behaviour and scored policy are the same weights on the same batch).
+    """
     valid = policy_valid.bool()
     log_ratio = (new_logp - old_logp)[valid]
     ratio = log_ratio.exp()
@@ -56,12 +60,21 @@ def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
         with torch.no_grad():
             approx_kl = ((ratio - 1.0) - log_ratio).mean()
             clip_frac = ((ratio - 1.0).abs() > clip).float().mean()
+            ratio_dev = (ratio - 1.0).abs().max()
     else:
         policy_loss = new_logp.sum() * 0.0
-        approx_kl = clip_frac = torch.zeros((), device=new_logp.device)
+        approx_kl = clip_frac = ratio_dev = torch.zeros((), device=new_logp.device)
     v_clipped = old_values + (new_values - old_values).clamp(-clip, clip)
     value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
-    return {"policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clip_frac": clip_frac}
+    return {"policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clip_frac": clip_frac,
+            "ratio_dev": ratio_dev}
+
+
+def kl_to_reference(token_logprobs: torch.Tensor, ref_token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(π || π_ref) estimate ``exp(d) - d - 1`` with ``d = log π_ref - log π`` (non-negative,
+    unbiased under samples from π), over the tokens in ``mask``; 0 when the mask is empty."""
+    d = (ref_token_logprobs - token_logprobs)[mask]
+    return (d.exp() - d - 1.0).mean() if d.numel() else token_logprobs.sum() * 0.0
 
 
 def cosine_schedule(num_updates: int, lr: float, end_lr: float):

@@ -1,21 +1,25 @@
 """One configuration for every command (``sft-data``, ``sft``, ``ppo``, ``eval``, ``demo``).
 
-Every field has a docstring; :func:`parse_args` turns the dataclass into a command line
-(``--num-envs 8``, ``--no-bootstrap-on-truncation``) whose ``--help`` shows those docstrings.
-Defaults are the paper's GPU recipe (spec ppo.md §9.2, NumberLine column) where one exists;
-``--preset cpu-tiny`` switches to the settings of the offline CPU demo.
+Every field has a docstring; :func:`parse_args` turns the dataclass into a command line through
+``tyro`` (``--num-envs 8``, ``--bootstrap-on-truncation false``) whose ``--help`` shows them.
+
+The defaults are the paper's PPO hyperparameters (its NumberLine column: lr, epochs, clip, γ, λ,
+temperature, λ-scaling) on a full-precision, fully fine-tuned model: settings that run on any
+machine. They are NOT the paper's whole recipe: ``--preset paper`` adds its LoRA r128/α256, bf16,
+gradient checkpointing, RL4VLM's image preprocessing and the per-env step counts and λ;
+``--preset cpu-tiny`` is the offline CPU demo on the embedded model.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
-import textwrap
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import tyro
+
+from baselines.cli import parse_config
 
 @dataclass
 class Config:
@@ -23,11 +27,11 @@ class Config:
     output_dir: str = "runs/numberline"
     """Directory for everything a run writes: SFT data, models, checkpoints, metrics.csv, tb/, curve.png."""
     seed: int = 1
-    """Seed for Python, numpy, torch and the training envs (process ``i`` of a multi-GPU run adds ``1000*i``)."""
+    """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of env ``n`` in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
     threads: int = 0
     """``torch.set_num_threads`` (0 keeps torch's default). Use 2 on the 2-core CI machine."""
-    preset: str = ""
-    """Named group of defaults applied before explicit flags: ``cpu-tiny`` (the offline NumberLine demo) or empty."""
+    preset: Literal["", "cpu-tiny", "paper"] = ""
+    """Named group of defaults applied before explicit flags: ``paper`` (the paper's GPU recipe for ``env_id``), ``cpu-tiny`` (the offline demo; ``demo``'s default) or empty."""
 
     # --- environment and text interface ---
     env_id: str = "gym_cards/NumberLine-v0"
@@ -36,13 +40,15 @@ class Config:
     """JSON dict of extra ``gym.make`` keyword arguments, e.g. ``'{"image_size": [96, 96]}'``."""
     cot: bool = True
     """Use the chain-of-thought prompt (False: the action-only prompt of the no-CoT ablation)."""
-    prompt_wording: str = "reference"
+    prompt_wording: Literal["reference", "clean"] = "reference"
     """``reference`` (the RL4VLM templates byte for byte) or ``clean`` (typos and stray backslashes fixed)."""
-    conv_template: str = "llava_v1"
-    """How the task prompt is wrapped: a LLaVA conversation name (``llava_v1``, ``vicuna_v1``) or ``chat_template`` (the processor's own)."""
-    parse_mode: str = "lenient"
+    conv_template: Literal["llava_v1", "vicuna_v1", "chat_template"] = "llava_v1"
+    """How the task prompt is wrapped: a LLaVA conversation (``llava_v1``, ``vicuna_v1``; LLaVA models only) or ``chat_template`` (the processor's own; Qwen-VL, Gemma 3, SmolVLM, ...). A wrong choice fails at start and names the right one."""
+    image_mode: Literal["native", "reference"] = "native"
+    """``native``: the checkpoint's own processor (AnyRes for LLaVA-NeXT, dynamic resolution for Qwen-VL); ``reference``: RL4VLM's resize + centre-crop to the tower's size and its plain image tokens, no tiles (LLaVA models; 576 tokens at 336 px)."""
+    parse_mode: Literal["strict", "lenient", "compat"] = "lenient"
     """Text-to-action parser mode of ``vlm_envs.TextActions``: ``strict``, ``lenient`` or ``compat``."""
-    on_parse_failure: str = "random"
+    on_parse_failure: Literal["random", "penalty", "noop"] = "random"
     """What an unparsable answer does: ``random`` action (paper), ``penalty`` or ``noop``."""
     format_penalty: float = -1.0
     """Reward of an unparsable answer when ``on_parse_failure=penalty``."""
@@ -50,18 +56,18 @@ class Config:
     # --- model ---
     model: str = "tiny"
     """Model id or path for ``AutoModelForImageTextToText`` (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``); ``tiny`` builds the embedded offline model."""
-    dtype: str = "float32"
-    """Weights dtype: ``float32`` (CPU) or ``bfloat16`` (GPU recipe). Log-probs and the value head are always fp32."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32). Log-probs and the value head are always fp32."""
     lora_r: int = 0
-    """LoRA rank (0: train all non-frozen weights). The paper's GPU recipe: 128."""
+    """LoRA rank (default 0: full fine-tuning of every non-frozen weight; paper preset: 128)."""
     lora_alpha: int = 256
     """LoRA alpha (paper: 256)."""
     lora_dropout: float = 0.05
     """LoRA dropout (paper: 0.05); off during rollouts, as all dropout."""
     train_vision: bool = False
-    """Also train the vision tower in PPO (default frozen, which is what the reference effectively did, bug T9)."""
+    """Also train the vision tower in PPO (default: frozen, which is what RL4VLM effectively did: its tower ran under no_grad)."""
     gradient_checkpointing: bool = False
-    """Gradient checkpointing for the PPO/SFT update forward pass (turn on for 7B models)."""
+    """Gradient checkpointing for the PPO/SFT update forward pass (paper preset: on)."""
 
     # --- generation and the CoT-scaled log-prob ---
     temperature: float = 0.2
@@ -70,24 +76,24 @@ class Config:
     """Maximum generated tokens per step (paper: 256)."""
     thought_coef: float = 0.5
     """λ: log π = λ·(sum of CoT-token log-probs) + (sum of action-token log-probs); 0.5 cards, 0.2 ALFWorld."""
-    no_key: str = "mask"
-    """An answer with no ``"action":`` key: ``mask`` (left out of the policy loss) or ``last5`` (reference: last 5 tokens are the action)."""
+    missing_action_key: Annotated[Literal["mask", "last5"], tyro.conf.arg(aliases=("--no-key",))] = "mask"
+    """An answer with no ``"action":`` key: ``mask`` (left out of the policy loss, kept in the value loss) or ``last5`` (RL4VLM: its last 5 tokens count as the action). Old name: ``--no-key``."""
 
     # --- PPO ---
     num_envs: int = 1
     """Parallel environments per process, each with its own per-step prompt."""
-    vectorization: str = "sync"
+    vectorization: Literal["sync", "async", "ray"] = "sync"
     """How those envs run: ``sync`` (in this process), ``async`` (a subprocess each) or ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``)."""
     num_steps: int = 512
     """Environment steps per env per PPO update (paper NumberLine: 512)."""
     num_updates: int = 29
-    """Number of PPO updates; the LR schedule spans exactly this many (bug T10)."""
+    """Number of PPO updates; the LR schedule spans exactly this many."""
     ppo_epochs: int = 4
     """Passes over the rollout buffer per update."""
     minibatch_size: int = 1
     """Transitions per forward/backward pass."""
     grad_accum_steps: int = 128
-    """Mini-batches accumulated per optimizer step (paper: 128)."""
+    """Mini-batches accumulated per optimizer step (paper: 128). An epoch's last, shorter window is stepped too (averaged over its own size), so nothing carries into the next update."""
     lr: float = 1e-5
     """Initial learning rate (AdamW, betas 0.9/0.999, eps 1e-7, no weight decay)."""
     end_lr: float = 1e-9
@@ -103,9 +109,11 @@ class Config:
     vf_coef: float = 0.5
     """Value-loss coefficient."""
     entropy_coef: float = 0.0
-    """Coefficient of the mean token entropy bonus (paper: none)."""
+    """Coefficient of the mean token entropy bonus (paper: none). The full-vocabulary entropy is only computed when this is above 0."""
+    kl_coef: float = 0.0
+    """Coefficient of a per-token KL penalty to the initial policy (0: off, as the paper). Needs LoRA: the initial policy is the model with its adapter switched off, so no second copy is kept."""
     max_grad_norm: float = 0.01
-    """Gradient-norm clip (paper value; it was probably inactive under DeepSpeed there); 0 turns it off."""
+    """Gradient-norm clip, applied separately to the policy's and the value head's gradients (paper value 0.01; it was probably inactive under DeepSpeed there); 0 turns it off."""
     bootstrap_on_truncation: bool = True
     """Bootstrap V(final obs) on truncation (False: treat truncation as termination, like the reference)."""
     norm_adv: bool = True
@@ -121,7 +129,7 @@ class Config:
     eval_greedy_episodes: int = 0
     """Episodes of the greedy evaluation (0: ``eval_episodes``). Greedy answers are cached per observation, so many episodes cost little; ``eval/greedy_start_success`` averages over the distinct start states (exact for NumberLine's 30 when all appear)."""
     eval_seed: int = 100_000
-    """First seed of the held-out evaluation episodes (training seeds are drawn far from it)."""
+    """First seed of the held-out evaluation episodes; all of them must be below ``2**31`` (training seeds are at or above it)."""
     eval_sampled: bool = True
     """Also evaluate with sampling at ``temperature`` (greedy is always evaluated)."""
     eval_max_steps: int = 60
@@ -129,7 +137,7 @@ class Config:
     save_every: int = 5
     """Checkpoint every this many updates (and at the end); 0: only at the end."""
     resume: bool = False
-    """Continue from ``output_dir/checkpoints/latest`` (model, optimizer, scheduler, RNG and env states)."""
+    """Continue from ``output_dir/checkpoints/latest`` (weights, optimizer, scheduler, RNG, and the envs, rebuilt by replaying their seeds and actions); the run then continues exactly as if never stopped."""
     time_limit_min: float = 0.0
     """Stop PPO (checkpoint, final eval) after this many minutes of wall time; 0: no limit."""
 
@@ -163,7 +171,7 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, object]] = {
-    # The offline CPU demo: embedded tiny LLaVA on NumberLine, weak SFT start, then PPO.
+    # The offline CPU demo: embedded tiny LLaVA on NumberLine, weak SFT start, then PPO; native images.
     # Reading first: 100 vision-alignment steps + the auxiliary reading loss in SFT make the greedy
     # CoT read both numbers right in all 30 states within ~3 min of CPU (docs/training.md). One torch
     # thread: on the shared 2-core machine two threads were ~15x slower per step under load.
@@ -180,15 +188,23 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def field_docs(cls: type = Config) -> dict[str, str]:
-    """The docstring written under each dataclass field."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
+# The paper's GPU recipe (RL4VLM's run scripts): LoRA r128/α256 on the LLM and projector, bf16,
+# gradient checkpointing, RL4VLM's image preprocessing, minibatch 1 with 128-step accumulation,
+# 4 epochs, lr 1e-5 -> 1e-9, T 0.2, 256 new tokens; one env per process, two processes
+# (``accelerate launch --num_processes 2``; ALFWorld: one).
+PAPER: dict[str, object] = dict(
+    lora_r=128, lora_alpha=256, lora_dropout=0.05, dtype="bfloat16", gradient_checkpointing=True,
+    image_mode="reference", conv_template="llava_v1", num_envs=1, ppo_epochs=4, minibatch_size=1,
+    lr=1e-5, end_lr=1e-9, temperature=0.2, max_new_tokens=256, gamma=0.9, gae_lambda=0.95, clip=0.1,
+    vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0,
+)
+PAPER_PER_ENV: dict[str, dict[str, object]] = {
+    "NumberLine": dict(num_steps=512, num_updates=29, grad_accum_steps=128, thought_coef=0.5, success_window=200),
+    "EZPoints": dict(num_steps=1024, num_updates=14, grad_accum_steps=128, thought_coef=0.5, success_window=200),
+    "Points24": dict(num_steps=1024, num_updates=14, grad_accum_steps=128, thought_coef=0.5, success_window=200),
+    "Blackjack": dict(num_steps=512, num_updates=29, grad_accum_steps=128, thought_coef=0.5, success_window=1000),
+    "ALFWorld": dict(num_steps=1024, num_updates=11, grad_accum_steps=256, thought_coef=0.2, success_window=200),
+}
 
 
 COMMANDS = {
@@ -200,37 +216,44 @@ COMMANDS = {
 }
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+def preset_values(name: str, env_id: str) -> dict[str, object]:
+    """The fields a preset sets (for ``paper``, the column of ``env_id``)."""
+    if name == "paper":
+        key = next((k for k in PAPER_PER_ENV if k in env_id), None)
+        if key is None:
+            raise ValueError(f"--preset paper has settings for {sorted(PAPER_PER_ENV)}; {env_id!r} is none of them")
+        return {**PAPER, **PAPER_PER_ENV[key]}
+    return dict(PRESETS.get(name, {}))
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, Config]:
-    """Parse ``COMMAND [--field value ...]``; returns the command and the merged config."""
-    docs = field_docs()
-    parser = argparse.ArgumentParser(
-        prog="python -m baselines.vlm_ppo",
-        description="PPO for LLaVA-style VLMs on vlm_envs (RL4VLM re-implemented). Commands: "
-        + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()),
-    )
-    parser.add_argument("command", choices=list(COMMANDS), help="what to run")
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        kind = _bool if isinstance(default, bool) else type(default)
-        parser.add_argument(flag, type=kind, default=None, metavar=type(default).__name__.upper(),
-                            help=f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%"))
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    preset = values.get("preset", "") or ("cpu-tiny" if args.command == "demo" else "")
-    if preset and preset not in PRESETS:
-        parser.error(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    merged = {**(PRESETS.get(preset, {})), **values, "preset": preset}
-    return args.command, Config(**merged)
+    """Parse ``COMMAND [--field value ...]``; returns the command and the config (preset, then explicit flags)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    description = ("PPO for vision-language models on vlm_envs (RL4VLM re-implemented). Commands: "
+                   + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    prog = "python -m baselines.vlm_ppo {" + ",".join(COMMANDS) + "}"
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"{prog}: unknown command {argv[0]!r}; choose one of {list(COMMANDS)}")
+        parse_config(Config, argv, prog=prog, description=description)
+        raise SystemExit(2)
+    command, flags = argv[0], argv[1:]
+    preset = _flag_value(flags, "--preset", "cpu-tiny" if command == "demo" else "")
+    env_id = _flag_value(flags, "--env-id", Config.env_id)
+    base = Config(**{**preset_values(preset, env_id), "preset": preset}) if preset in PRESETS or preset == "paper" else Config()
+    return command, parse_config(Config, flags, prog=f"python -m baselines.vlm_ppo {command}", description=description,
+                                 default=base)
+
+
+def _flag_value(argv: list[str], flag: str, default: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return default
 
 
 def to_json(cfg: Config) -> str:

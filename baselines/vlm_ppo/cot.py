@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from vlm_envs.text.prompts import DEFAULT_TARGETS
+
 _FACE_VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10, "T": 10}
 
 
@@ -53,8 +55,11 @@ def blackjack(info: dict, action: str) -> str:
     )
 
 
-def _points(target: int) -> Callable[[dict, str], str]:
+def _points(default_target: int) -> Callable[[dict, str], str]:
+    """The answer of a point game; the target is the env's own (``info["target_points"]``), else the default."""
+
     def answer(info: dict, action: str) -> str:
+        target = int(info.get("target_points", default_target))
         numbers = ", ".join(str(int(n)) for n in info.get("Numbers", []))
         formula = "".join(str(x) for x in info.get("Formula", []))
         if action == "=":
@@ -72,8 +77,8 @@ def _points(target: int) -> Callable[[dict, str], str]:
 ANSWERS: dict[str, Callable[[dict, str], str]] = {
     "numberline": numberline,
     "blackjack": blackjack,
-    "ezpoints": _points(12),
-    "points24": _points(24),
+    "ezpoints": _points(DEFAULT_TARGETS["ezpoints"]),
+    "points24": _points(DEFAULT_TARGETS["points24"]),
 }
 
 

@@ -1,20 +1,44 @@
-"""The trainer's view of the environments: gymnasium's API plus the ``vlm_envs`` text interface.
+"""The trainer's view of the environments: gymnasium's vector API plus the ``vlm_envs`` text interface.
 
-Vector envs step the raw model text (``vlm_envs.TextActions``) and reset in the same step
-(``AutoresetMode.SAME_STEP``), so the observation after a finished episode is already the next
-episode's first one; the finished step's info and observation are in ``final_info`` / ``final_obs``.
+:class:`TrainingEnvs` is the one owner of the training seed stream and of each env's episode
+record. Every episode starts from an explicit seed, ``episode_seed(run seed, process, env, k)``,
+and the trainer resets finished envs itself (gymnasium's ``AutoresetMode.DISABLED`` with a
+``reset_mask``), so an env's state is fully described by its episode seed and the texts sent
+since that reset. A checkpoint stores exactly that (plain JSON) and :meth:`TrainingEnvs.restore`
+rebuilds the envs by replaying it, in any vectorization mode.
+
+Training seeds are drawn from ``[2**31, 2**32)`` and evaluation seeds must lie below ``2**31``, so
+the two streams are disjoint for every run seed.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 import vlm_envs
 from vlm_envs.agent_loop import info_item
-from vlm_envs.text import build_prompt, chat_messages, conversation
+from vlm_envs.text import build_prompt
+
+VECTORIZATIONS = ("sync", "async", "ray")
+TRAIN_SEED_BASE = 2**31
+"""Training episode seeds are at least this; evaluation seeds are below it."""
+
+
+def episode_seed(run_seed: int, process: int, env_index: int, episode: int) -> int:
+    """The reset seed of training episode ``episode`` of env ``env_index`` in process ``process``."""
+    word = np.random.SeedSequence([run_seed, process, env_index, episode]).generate_state(1, dtype=np.uint32)[0]
+    return TRAIN_SEED_BASE + int(word) % TRAIN_SEED_BASE
+
+
+def check_eval_seeds(first: int, count: int) -> None:
+    if first < 0 or first + count > TRAIN_SEED_BASE:
+        raise ValueError(f"evaluation seeds {first}..{first + count - 1} must lie in [0, 2**31) to stay disjoint "
+                         f"from the training seeds")
 
 
 def make_env(cfg) -> gym.Env:
@@ -22,44 +46,104 @@ def make_env(cfg) -> gym.Env:
     return gym.make(cfg.env_id, **json.loads(cfg.env_kwargs))
 
 
-VECTORIZATIONS = ("sync", "async", "ray")
+def text_wrapper(cfg):
+    return lambda env: vlm_envs.TextActions(
+        env, mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
 
 
-def make_vec_env(cfg, num_envs: int) -> gym.vector.VectorEnv:
-    """``num_envs`` envs, each taking the model's raw text as its action, run as ``cfg.vectorization`` says."""
-    if cfg.vectorization not in VECTORIZATIONS:
-        raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {cfg.vectorization!r}")
-    wrapper = lambda env: vlm_envs.TextActions(  # noqa: E731
-        env, mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty
-    )
-    kwargs = dict(
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-        wrappers=[wrapper], **json.loads(cfg.env_kwargs),
-    )
-    if cfg.vectorization == "ray":
+def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
+                 autoreset_mode=gym.vector.AutoresetMode.DISABLED) -> gym.vector.VectorEnv:
+    """``num_envs`` envs, each taking the model's raw text as its action, run as ``vectorization`` says."""
+    vectorization = vectorization or cfg.vectorization
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+    kwargs = dict(vector_kwargs={"autoreset_mode": autoreset_mode}, wrappers=[text_wrapper(cfg)],
+                  **json.loads(cfg.env_kwargs))
+    if vectorization == "ray":
         from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 
         return make_ray_vec(cfg.env_id, num_envs, **kwargs)
-    return gym.make_vec(cfg.env_id, num_envs, vectorization_mode=cfg.vectorization, **kwargs)
+    return gym.make_vec(cfg.env_id, num_envs, vectorization_mode=vectorization, **kwargs)
 
 
 def prompt_task(envs) -> str:
     return envs.get_attr("prompt_task")[0] if hasattr(envs, "get_attr") else envs.unwrapped.prompt_task
 
 
-def full_prompt(cfg, processor, task: str, obs_text: str) -> str:
-    """The model input text for one step: the task prompt (from ``obs["text"]``) in the conversation wrapper."""
-    prompt = build_prompt(task, obs_text, cot=cfg.cot, wording=cfg.prompt_wording)
-    if cfg.conv_template == "chat_template":
-        return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
-    return conversation(prompt, cfg.conv_template)
+def task_prompter(cfg, envs):
+    """``obs["text"] -> task prompt`` for these envs (CoT or action-only, in the chosen wording)."""
+    task = prompt_task(envs)
+    params = dict(envs.get_attr("prompt_params")[0])  # the env's own prompt parameters (point-game target)
+    return lambda obs_text: build_prompt(task, obs_text, cot=cfg.cot, wording=cfg.prompt_wording, **params)
 
 
-def step_info(infos: dict, i: int, done: bool, keys=("success", "parse_ok")) -> dict[str, Any]:
-    """The info of env ``i``'s own step (``final_info`` when the episode just ended)."""
-    source = infos["final_info"] if done and "final_info" in infos else infos
-    return {k: info_item(source, k, i) for k in keys}
+@dataclass
+class EnvStep:
+    """One vector step, with finished envs already reset to their next episode."""
+
+    obs: dict
+    """Next observations (a new episode's first one where an episode ended)."""
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    infos: list[dict[str, Any]]
+    """Each env's own step info (``success``, ``parse_ok``)."""
+    final_obs: list[dict | None]
+    """The observation that ended a truncated episode (for bootstrapping its value), else None."""
 
 
-def final_obs(infos: dict, i: int) -> dict:
-    return infos["final_obs"][i]
+class TrainingEnvs:
+    """The training envs of one process: explicit episode seeds, episode records, replayable state."""
+
+    def __init__(self, cfg, process_index: int = 0):
+        self.seed, self.process = cfg.seed, process_index
+        self.num_envs = cfg.num_envs
+        self.envs = make_vec_env(cfg, cfg.num_envs)
+        self.prompt_for = task_prompter(cfg, self.envs)
+        self.episodes = [0] * self.num_envs  # episodes started so far, per env
+        self.records: list[list[str]] = [[] for _ in range(self.num_envs)]  # texts sent since the last reset
+        self.obs: dict | None = None
+
+    def _seed(self, i: int) -> int:
+        return episode_seed(self.seed, self.process, i, self.episodes[i])
+
+    def reset(self) -> dict:
+        self.obs, _ = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
+        return self.obs
+
+    def step(self, texts: list[str]) -> EnvStep:
+        obs, rewards, terminated, truncated, infos = self.envs.step(tuple(texts))
+        done = terminated | truncated
+        step_infos = [{k: info_item(infos, k, i) for k in ("success", "parse_ok")} for i in range(self.num_envs)]
+        final_obs = [None] * self.num_envs
+        for i in range(self.num_envs):
+            self.records[i].append(texts[i])
+            if truncated[i] and not terminated[i]:
+                final_obs[i] = {"image": np.array(obs["image"][i]), "text": obs["text"][i]}
+        if done.any():
+            for i in np.flatnonzero(done):
+                self.episodes[i] += 1
+                self.records[i] = []
+            seeds = [self._seed(i) if done[i] else None for i in range(self.num_envs)]
+            obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(done, dtype=np.bool_)})
+        self.obs = obs
+        return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
+                       step_infos, final_obs)
+
+    def state(self) -> dict[str, Any]:
+        """Plain data that :meth:`restore` turns back into the same envs."""
+        return {"episodes": list(self.episodes), "records": [list(r) for r in self.records],
+                "seeds": [self._seed(i) for i in range(self.num_envs)]}
+
+    def restore(self, state: dict[str, Any]) -> dict:
+        """Rebuild every env's current episode by replaying its seed and the texts sent since its reset."""
+        if len(state["episodes"]) != self.num_envs:
+            raise ValueError(f"checkpoint has {len(state['episodes'])} envs per process, this run has {self.num_envs}")
+        self.episodes = [int(e) for e in state["episodes"]]
+        self.records = [[str(t) for t in r] for r in state["records"]]
+        self.envs.set_attr("replay_on_reset", [tuple(r) for r in self.records])
+        self.obs, _ = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
+        return self.obs
+
+    def close(self) -> None:
+        self.envs.close()

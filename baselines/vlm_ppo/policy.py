@@ -1,34 +1,37 @@
 """The policy: any image-text-to-text checkpoint plus a value head, and the CoT-scaled log-prob.
 
-One code path for every model: ``AutoProcessor`` + ``AutoModelForImageTextToText`` load a Hub id
-(``llava-hf/llava-v1.6-mistral-7b-hf``) or a local directory (the embedded tiny LLaVA, an SFT
-output). Nothing here knows token ids: the ``"action"`` boundary comes from character offsets
-(spec ppo.md §4.2) and the suppressed tokens from the tokenizer's own special-token list.
+One code path for every model family: ``AutoProcessor`` + ``AutoModelForImageTextToText`` load a
+Hub id or a local directory (the embedded tiny LLaVA, an SFT output). The model's input encoding
+lives in :mod:`baselines.vlm_ppo.encoding`; nothing here knows a family or a token id.
 
-Sequence layout used everywhere (generation, re-evaluation, SFT)::
+Two entry points, as in cleanrl's agent:
 
-    [pad .. pad  prompt_0 .. prompt_{P-1} | y_0 .. y_{L-1}  pad .. pad]
-     left-padded prompt, same length P_max   generated, right-padded to L_max
+* :meth:`ActorCritic.get_value` ``(prompts) -> values``, for bootstrapping;
+* :meth:`ActorCritic.forward` (also :meth:`get_logprob_and_value`) ``(prompts, answers) ->``
+  :class:`LogprobValue`: the λ-weighted answer log-prob, the value at the last prompt token, and
+  per-token log-probs, from ONE teacher-forced pass that keeps only the last hidden state and only
+  the logits of the answer positions.
 
-so the token ``y_k`` of every sample sits at column ``P_max + k``, its log-prob comes from the
-logits at column ``P_max + k - 1``, and the value head reads the hidden state at column
-``P_max - 1`` (the last prompt token), exactly as during ``generate``.
+Sampling and scoring use the same distribution: ``softmax(logits / T)`` with the same special
+tokens suppressed. :func:`sampling_config` builds a fresh ``GenerationConfig`` and
+:func:`generate` hides the checkpoint's own ``generation_config`` during the call, so a
+checkpoint that ships ``repetition_penalty`` or ``no_repeat_ngram_size`` cannot change what is sampled.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+import contextlib
+from typing import NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from baselines.vlm_ppo.encoding import Encoded, Encoder, batch_prompts, batch_sequences, to_device, vision_tower_of
 from vlm_envs.text.parsing import find_action_key
 
 
 class ValueHead(nn.Module):
-    """The reference head ``Linear(h, 1024) → ReLU → Linear(1024, 512) → ReLU → Linear(512, 1)``, kept in fp32."""
+    """``Linear(h, 1024) → ReLU → Linear(1024, 512) → ReLU → Linear(512, 1)`` as in RL4VLM, kept in fp32."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -40,124 +43,211 @@ class ValueHead(nn.Module):
         return self.net(hidden.float()).squeeze(-1)
 
 
-def hidden_size_of(config: Any) -> int:
-    """The language model's hidden size, read from the config (never hard-coded, bug T23)."""
+class LogprobValue(NamedTuple):
+    """What one teacher-forced pass gives for a batch of (prompt, answer) pairs; all fp32."""
+
+    logprob: torch.Tensor
+    """(B,) λ·Σ thought-token log-probs + Σ action-token log-probs."""
+    value: torch.Tensor
+    """(B,) value of the prompt (read at its last token)."""
+    token_logprobs: torch.Tensor
+    """(B, L) log-prob of each answer token, 0 on padding."""
+    answer_mask: torch.Tensor
+    """(B, L) True on real answer tokens."""
+    thought_logprob: torch.Tensor
+    """(B,) Σ log-probs of the thought tokens (before the ``"action"`` key)."""
+    action_logprob: torch.Tensor
+    """(B,) Σ log-probs of the action tokens (the key and what follows)."""
+    entropy: torch.Tensor | None
+    """(B,) mean token entropy of the tempered distribution; None unless asked for."""
+
+
+def hidden_size_of(config) -> int:
+    """The language model's hidden size, read from the config (never hard-coded)."""
     text_config = getattr(config, "text_config", None) or config
     return int(text_config.hidden_size)
 
 
-def suppressed_token_ids(tokenizer) -> list[int]:
-    """Special tokens the policy may never emit (image, pad, bos, unk, ...); EOS stays allowed."""
-    eos = tokenizer.eos_token_id
-    return sorted({i for i in tokenizer.all_special_ids if i != eos})
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS plus the checkpoint's own end-of-turn ids."""
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return sorted(i for i in ids if i is not None)
 
 
-@dataclass
-class Batch:
-    """Model inputs for a batch of (prompt, generated text) pairs in the layout above."""
-
-    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, position_ids, pixel_values, ...
-    gen_ids: torch.Tensor  # (B, L_max) generated ids (pad where gen_mask is 0)
-    gen_mask: torch.Tensor  # (B, L_max) 1 for real generated tokens
-    prompt_len: int  # P_max
-
-
-def collate(
-    processor,
-    prompt_ids: Sequence[Sequence[int]],
-    images: Sequence[np.ndarray],
-    gen_ids: Sequence[Sequence[int]] | None = None,
-    device: torch.device | str = "cpu",
-) -> Batch:
-    """Pad prompts on the left and generations on the right; preprocess the uint8 images."""
-    tokenizer = processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_ids = gen_ids if gen_ids is not None else [[] for _ in prompt_ids]
-    p_max = max(len(p) for p in prompt_ids)
-    l_max = max((len(g) for g in gen_ids), default=0)
-    b = len(prompt_ids)
-    ids = torch.full((b, p_max + l_max), pad, dtype=torch.long)
-    mask = torch.zeros((b, p_max + l_max), dtype=torch.long)
-    for i, (p, g) in enumerate(zip(prompt_ids, gen_ids)):
-        ids[i, p_max - len(p):p_max] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, p_max - len(p):p_max] = 1
-        if len(g):
-            ids[i, p_max:p_max + len(g)] = torch.as_tensor(list(g), dtype=torch.long)
-            mask[i, p_max:p_max + len(g)] = 1
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # what generate() uses
-    pixels = processor.image_processor([np.asarray(im) for im in images], return_tensors="pt")
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, **pixels}
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    return Batch(inputs, ids[:, p_max:].to(device), mask[:, p_max:].to(device), p_max)
+def suppressed_token_ids(tokenizer, stop_ids: Sequence[int] = ()) -> list[int]:
+    """Special tokens the policy may never emit (image, pad, bos, unk, ...); stop tokens stay allowed."""
+    keep = set(stop_ids) | {tokenizer.eos_token_id}
+    # all_special_ids lists only the named roles; chat markers (<|im_start|>, <start_of_turn>, ...)
+    # are flagged special only in added_tokens_decoder.
+    added = {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    return sorted((set(tokenizer.all_special_ids) | added) - keep)
 
 
-def encode_prompts(processor, texts: Sequence[str], images: Sequence[np.ndarray]) -> list[list[int]]:
-    """Token ids of each full prompt (conversation string with its image placeholder expanded)."""
-    from PIL import Image
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, suppress_ids: torch.Tensor,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 ``log softmax(logits / T)`` with suppressed ids at -inf (as in sampling), gathered at ``ids``."""
+    logits = logits.float() / temperature
+    if suppress_ids.numel():
+        logits = logits.index_fill(-1, suppress_ids.to(logits.device), float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen, None
+    probs = logp.exp()
+    return chosen, -(probs * torch.where(probs > 0, logp, torch.zeros_like(logp))).sum(-1)
 
-    out = []
-    for text, image in zip(texts, images):
-        enc = processor(text=[text], images=[Image.fromarray(np.asarray(image))], return_tensors="np")
-        out.append(enc["input_ids"][0].tolist())
-    return out
+
+def split_masks(answer_mask: torch.Tensor, boundaries: Sequence[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thought / action token masks (B, L): tokens before the boundary are thought, the rest action."""
+    thought = torch.zeros_like(answer_mask, dtype=torch.float32)
+    action = torch.zeros_like(thought)
+    for i, k in enumerate(boundaries):
+        if k is not None:
+            thought[i, :k] = 1.0
+            action[i, k:] = answer_mask[i, k:].float()
+    return thought, action
 
 
 class ActorCritic(nn.Module):
-    """A VLM (optionally peft-wrapped) plus a value head at the last prompt token."""
+    """A VLM (optionally peft-wrapped), its :class:`Encoder` and a value head at the last prompt token."""
 
-    def __init__(self, vlm: nn.Module, suppress_ids: Sequence[int]):
+    def __init__(self, vlm: nn.Module, encoder: Encoder, *, temperature: float, thought_coef: float):
         super().__init__()
         self.vlm = vlm
+        self.encoder = encoder
         self.value_head = ValueHead(hidden_size_of(vlm.config))
-        self.register_buffer("suppress_ids", torch.as_tensor(list(suppress_ids), dtype=torch.long), persistent=False)
+        self.temperature = float(temperature)
+        self.thought_coef = float(thought_coef)
+        tokenizer = encoder.tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, getattr(vlm, "generation_config", None))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.register_buffer("suppress_ids", torch.as_tensor(suppressed_token_ids(tokenizer, self.stop_ids),
+                                                             dtype=torch.long), persistent=False)
 
-    def forward(self, inputs: dict[str, torch.Tensor], prompt_len: int, gen_len: int, gen_ids: torch.Tensor,
-                temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token log-probs (B, L) and entropies (B, L) of the tempered, masked softmax; values (B,)."""
-        out = self.vlm(**inputs, output_hidden_states=True, logits_to_keep=gen_len + 1 if gen_len else 1)
-        hidden = out.hidden_states[-1]
-        values = self.value_head(hidden[:, prompt_len - 1])
-        if gen_len == 0:
-            empty = hidden.new_zeros((hidden.shape[0], 0), dtype=torch.float32)
-            return empty, empty, values
-        logits = out.logits[:, :gen_len].float()  # columns P-1 .. P+L-2 predict y_0 .. y_{L-1}
-        token_lp, entropy = token_logprobs(logits, gen_ids, temperature, self.suppress_ids)
-        real = inputs["attention_mask"][:, prompt_len:].bool()  # padding is a suppressed id: -inf, zero it
-        return token_lp.masked_fill(~real, 0.0), entropy.masked_fill(~real, 0.0), values
+    @property
+    def device(self) -> torch.device:
+        return next(self.value_head.parameters()).device
+
+    def forward(self, prompts: Sequence[Encoded], answers: Sequence[Sequence[int]],
+                boundaries: Sequence[int | None], with_entropy: bool = False,
+                temperature: float | None = None) -> LogprobValue:
+        """λ-weighted log-probs and values of ``answers`` after ``prompts``, from one teacher-forced pass."""
+        batch = batch_sequences(prompts, answers, self.pad_id)
+        length = batch.answer_ids.shape[1]
+        # Per sample, the columns whose outputs we need: the last prompt token (value, and the
+        # logits of answer token 0) and the answer tokens but the last (logits of tokens 1..L-1).
+        columns = (batch.prompt_lens - 1)[:, None] + torch.arange(max(length, 1))[None]
+        columns = columns.clamp(max=batch.inputs["input_ids"].shape[1] - 1)
+        hidden, logits = self._run(batch.inputs, columns)
+        value = self.value_head(hidden[:, 0])
+        answer_mask = batch.answer_mask.to(value.device)
+        t = self.temperature if temperature is None else temperature
+        lp, entropy = token_logprobs(logits[:, :length], batch.answer_ids.to(value.device), t,
+                                     self.suppress_ids, with_entropy)
+        lp = lp.masked_fill(~answer_mask, 0.0)
+        thought, action = (m.to(value.device) for m in split_masks(answer_mask.cpu(), boundaries))
+        thought_lp, action_lp = (lp * thought).sum(-1), (lp * action).sum(-1)
+        mean_entropy = None
+        if entropy is not None:
+            mask = answer_mask.float()
+            mean_entropy = (entropy.masked_fill(~answer_mask, 0.0) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return LogprobValue(self.thought_coef * thought_lp + action_lp, value, lp, answer_mask, thought_lp,
+                            action_lp, mean_entropy)
+
+    get_logprob_and_value = forward
+
+    def get_value(self, prompts: Sequence[Encoded]) -> torch.Tensor:
+        """(B,) values of prompts alone (the bootstrap)."""
+        return self(prompts, [[] for _ in prompts], [None for _ in prompts]).value
+
+    def _run(self, inputs: dict, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (B, K, H) entering the LM head, and the logits (B, K, V), at ``columns`` (B, K).
+
+        Only the last hidden state is read (captured at the LM head's input), no layer stack is
+        kept, no KV cache is built, and the head runs on the needed columns only.
+        """
+        captured = []
+        head = self.vlm.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            kwargs = to_device(self.encoder.model_inputs(self.vlm, inputs), self.device)
+            out = self.vlm(**kwargs, use_cache=False, logits_to_keep=columns.to(self.device))
+        finally:
+            hook.remove()
+        return captured[0], out.logits
+
+    # --- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Encoded], *, greedy: bool, max_new_tokens: int,
+                 return_scores: bool = False):
+        """Sample (or greedily decode) one answer per prompt from exactly ``softmax(logits / T)``.
+
+        Returns each answer's ids, cut after its first stop token (kept), and optionally the
+        per-step processed scores (for tests).
+        """
+        inputs = self.encoder.model_inputs(self.vlm, batch_prompts(prompts, self.pad_id))
+        width = inputs["input_ids"].shape[1]
+        config = sampling_config(greedy=greedy, temperature=self.temperature, max_new_tokens=max_new_tokens,
+                                 pad_id=self.pad_id, stop_ids=self.stop_ids, suppress_ids=self.suppress_ids.tolist(),
+                                 output_scores=return_scores)
+        with _own_generation_config(self.vlm):
+            out = self.vlm.generate(**to_device(inputs, self.device), generation_config=config)
+        answers = []
+        for seq in out.sequences[:, width:].tolist():
+            cut = next((k + 1 for k, t in enumerate(seq) if t in self.stop_ids), len(seq))
+            answers.append(seq[:cut])
+        return (answers, out.scores) if return_scores else answers
 
 
-def token_logprobs(logits: torch.Tensor, gen_ids: torch.Tensor, temperature: float,
-                   suppress_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``log softmax(logits / T)`` with suppressed ids at -inf (as in sampling), gathered at ``gen_ids``."""
-    logits = logits.float() / temperature
-    if suppress_ids is not None and suppress_ids.numel():
-        logits = logits.index_fill(-1, suppress_ids.to(logits.device), float("-inf"))
-    logp = torch.log_softmax(logits, dim=-1)
-    chosen = logp.gather(-1, gen_ids.unsqueeze(-1)).squeeze(-1)
-    probs = logp.exp()
-    entropy = -(probs * torch.where(probs > 0, logp, torch.zeros_like(logp))).sum(-1)
-    return chosen, entropy
+def sampling_config(*, greedy: bool, temperature: float, max_new_tokens: int, pad_id: int, stop_ids: Sequence[int],
+                    suppress_ids: Sequence[int], output_scores: bool = False):
+    """A complete ``GenerationConfig``: every logits processor that could reshape the distribution is off."""
+    from transformers import GenerationConfig
+
+    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
+                                  "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+    return GenerationConfig(
+        do_sample=not greedy, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0, bad_words_ids=None, sequence_bias=None, forced_bos_token_id=None,
+        forced_eos_token_id=None, begin_suppress_tokens=None, exponential_decay_length_penalty=None,
+        renormalize_logits=False, suppress_tokens=list(suppress_ids), pad_token_id=pad_id,
+        eos_token_id=list(stop_ids), return_dict_in_generate=True, output_scores=output_scores, use_cache=True,
+        **sampling,
+    )
 
 
-def _strip_trailing_specials(ids: Sequence[int], special: set[int]) -> int:
-    n = len(ids)
-    while n and ids[n - 1] in special:
-        n -= 1
-    return n
+@contextlib.contextmanager
+def _own_generation_config(vlm: nn.Module):
+    """Hide the checkpoint's ``generation_config`` so ``generate`` fills no unset field from it."""
+    from transformers import GenerationConfig
+
+    model = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
+# --- the λ boundary -----------------------------------------------------------------------------
 def action_boundary(tokenizer, ids: Sequence[int]) -> int | None:
-    """Index of the generated token holding the opening quote of the last ``"action":`` key.
+    """Index of the answer token holding the opening quote of the last ``"action":`` key.
 
     Tokens before it are "thought" tokens (scaled by λ), it and those after are "action" tokens.
-    ``None`` when the decoded text has no action key. Character offsets come from the tokenizer's
-    ``offset_mapping`` when re-encoding the decoded text gives back the same ids (the usual case);
-    otherwise (a non-canonical split the sampler happened to produce) from the lengths of the
-    decoded prefixes.
+    ``None`` when the decoded text has no action key. The character offset comes from the
+    tokenizer's ``offset_mapping`` when re-encoding the decoded text gives back the same ids (the
+    usual case); otherwise (a non-canonical split the sampler produced, or a sentencepiece
+    tokenizer that merges ``▁"``) from the decoded prefixes.
     """
     ids = list(ids)
     special = set(tokenizer.all_special_ids)
-    n = _strip_trailing_specials(ids, special)
+    n = len(ids)
+    while n and ids[n - 1] in special:
+        n -= 1
     core = ids[:n]
     text = tokenizer.decode(core, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     span = find_action_key(text)
@@ -178,57 +268,56 @@ def action_boundary(tokenizer, ids: Sequence[int]) -> int | None:
     return None
 
 
-def generate(vlm: nn.Module, processor, prompt_ids: Sequence[Sequence[int]], images: Sequence[np.ndarray], *,
-             greedy: bool, temperature: float, max_new_tokens: int, suppress_ids: Sequence[int],
-             device: torch.device | str = "cpu", return_scores: bool = False):
-    """Sample (or greedily decode) one answer per prompt from exactly ``softmax(logits / T)``.
+def boundaries_of(tokenizer, answers: Sequence[Sequence[int]], missing_action_key: str) -> list[int | None]:
+    """Per answer: its first action token, or None (left out of the policy loss).
 
-    ``top_k=0, top_p=1`` are passed explicitly (bug T16). Returns the generated ids of each
-    sample, cut after the first EOS (kept), and optionally the per-step scores.
+    ``missing_action_key="last5"`` reproduces RL4VLM for answers with no action key: their last
+    5 tokens count as the action.
     """
-    tokenizer = processor.tokenizer
-    batch = collate(processor, prompt_ids, images, device=device)
-    inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-    out = vlm.generate(
-        **inputs, do_sample=not greedy, max_new_tokens=max_new_tokens, num_beams=1,
-        suppress_tokens=list(suppress_ids), pad_token_id=pad, eos_token_id=eos,
-        return_dict_in_generate=True, output_scores=return_scores, **sampling,
-    )
-    seqs = out.sequences[:, batch.prompt_len:].tolist()
-    gens = []
-    for seq in seqs:
-        cut = seq.index(eos) + 1 if eos in seq else len(seq)
-        gens.append(seq[:cut])
-    return (gens, out.scores) if return_scores else gens
+    out = []
+    for ids in answers:
+        k = action_boundary(tokenizer, ids) if ids else None
+        if k is None and ids and missing_action_key == "last5":
+            k = max(len(ids) - 5, 0)
+        out.append(k)
+    return out
 
 
+# --- loading ------------------------------------------------------------------------------------
 def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, lora_alpha: int = 256,
                 lora_dropout: float = 0.05, train_vision: bool = False, adapter_path: str | None = None):
-    """Load processor + model through the Auto classes; optionally wrap the model in LoRA.
+    """Load processor + model through the Auto classes (safetensors only); optionally wrap in LoRA.
 
-    Returns ``(processor, vlm)``. The vision tower is frozen unless ``train_vision`` (bug T9).
+    Returns ``(processor, vlm)``. The vision tower (found by structure) is frozen unless
+    ``train_vision``. LoRA goes on every linear layer outside the vision tower (inside it too with
+    ``train_vision``) except the output head.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor  # the train extra (checked by the CLI)
 
     processor = AutoProcessor.from_pretrained(name_or_path)
     processor.tokenizer.padding_side = "left"  # not kept across save/load in transformers v5
-    vlm = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    vlm = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype), use_safetensors=True)
+    tower_name, tower = vision_tower_of(vlm)
     if adapter_path or lora_r > 0:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter_path:
             vlm = PeftModel.from_pretrained(vlm, adapter_path, is_trainable=True)
         else:
-            parts = r"(language_model|multi_modal_projector" + (r"|vision_tower)" if train_vision else ")")
-            target = parts + r".*\.(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2|linear_1|linear_2)$"
+            head = vlm.get_output_embeddings()
+            targets = [name for name, m in vlm.named_modules()
+                       if isinstance(m, nn.Linear) and m is not head
+                       and (train_vision or not (name == tower_name or name.startswith(tower_name + ".")))]
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
-                                target_modules=r".*" + target, task_type="CAUSAL_LM")
+                                target_modules=targets, task_type="CAUSAL_LM")
             vlm = get_peft_model(vlm, config)
     elif not train_vision:
-        for name, param in vlm.named_parameters():
-            if "vision_tower" in name:
-                param.requires_grad_(False)
+        tower.requires_grad_(False)
     return processor, vlm
+
+
+def trainable_vision_parameters(vlm: nn.Module) -> list[str]:
+    """Names of trainable parameters inside the vision tower (empty when it is frozen)."""
+    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    name, tower = vision_tower_of(base)
+    return [f"{name}.{n}" for n, p in tower.named_parameters() if p.requires_grad]

@@ -38,23 +38,16 @@ def read_fields(text: str) -> list[int]:
     return out
 
 
-def base_model(vlm: nn.Module) -> nn.Module:
-    return vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+def image_tokens(vlm: nn.Module, images: dict) -> torch.Tensor:
+    """The projected image tokens (B, tokens, hidden): exactly what the LM sees at the image positions.
 
-
-def image_tokens(vlm: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The projector output (B, image tokens, hidden): exactly what the LM sees at the image positions."""
-    model = base_model(vlm)
-    out = model.model.get_image_features(
-        pixel_values=pixel_values, vision_feature_layer=model.config.vision_feature_layer,
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+    ``images`` are an encoded batch's image inputs; the model's own ``get_image_features`` reads them,
+    so this works for any family whose frames all give the same number of tokens.
+    """
+    model = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    device = next(model.parameters()).device
+    out = model.model.get_image_features(**{k: v.to(device) for k, v in images.items()}, return_dict=True)
     return torch.stack(list(out.pooler_output)).float()
-
-
-def num_image_tokens(config) -> int:
-    """Image tokens of a LLaVA config with the ``default`` (CLS dropped) feature strategy."""
-    vision = config.vision_config
-    return (vision.image_size // vision.patch_size) ** 2
 
 
 class ReadingHead(nn.Module):
@@ -73,10 +66,10 @@ class ReadingHead(nn.Module):
         return self.linear(tokens.flatten(1)).view(-1, len(FIELDS), NUM_CLASSES)
 
 
-def reading_loss(head: ReadingHead, vlm: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor
+def reading_loss(head: ReadingHead, vlm: nn.Module, images: dict, labels: torch.Tensor
                  ) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the reading head against ``labels`` (B, len(FIELDS); -1 = unknown) and its accuracy."""
-    logits = head(image_tokens(vlm, pixel_values))
+    logits = head(image_tokens(vlm, images))
     labels = labels.to(logits.device)
     loss = nn.functional.cross_entropy(logits.reshape(-1, NUM_CLASSES), labels.reshape(-1), ignore_index=-1)
     known = labels >= 0
@@ -111,40 +104,34 @@ def heldout_states(cfg, episodes: int = 200) -> list[dict]:
 
 
 @torch.no_grad()
-def reading_accuracy(cfg, vlm, processor, states: Sequence[dict] | None = None) -> dict[str, float]:
+def reading_accuracy(cfg, policy, states: Sequence[dict] | None = None) -> dict[str, float]:
     """The reading gate: greedy answers on every distinct held-out state.
 
     Returns the fraction of states whose CoT reads each field right (``read/target_number``,
     ``read/current_number``), both right (``read/all``), and whose action is the oracle's
     (``read/oracle_action``; low by design after a corrupted SFT), over ``read/states`` states.
     """
-    from baselines.vlm_ppo.envs import full_prompt
-    from baselines.vlm_ppo.policy import encode_prompts, generate, suppressed_token_ids
+    from baselines.vlm_ppo.envs import make_env
+    from vlm_envs.text import build_prompt
     from vlm_envs.text.parsing import extract_action_value
 
     states = heldout_states(cfg) if states is None else states
-    from baselines.vlm_ppo.envs import make_env
-
     env = make_env(cfg)
-    task = env.unwrapped.prompt_task
+    task, params = env.unwrapped.prompt_task, dict(env.unwrapped.prompt_params)
     env.close()
-    was_training = vlm.training
-    vlm.eval()
-    device = next(vlm.parameters()).device
-    suppress = suppressed_token_ids(processor.tokenizer)
+    was_training = policy.training
+    policy.eval()
     right = np.zeros((len(states), len(FIELDS)), bool)
     action_ok = np.zeros(len(states), bool)
     for s0 in range(0, len(states), 32):
         chunk = states[s0:s0 + 32]
-        pids = encode_prompts(processor, [full_prompt(cfg, processor, task, s["text"]) for s in chunk],
-                              [s["image"] for s in chunk])
-        gens = generate(vlm, processor, pids, [s["image"] for s in chunk], greedy=True, temperature=1.0,
-                        max_new_tokens=cfg.max_new_tokens, suppress_ids=suppress, device=device)
-        for j, (s, g) in enumerate(zip(chunk, gens)):
-            text = processor.tokenizer.decode(g, skip_special_tokens=True)
+        prompts = policy.encoder.encode([build_prompt(task, s["text"], cot=cfg.cot, wording=cfg.prompt_wording, **params)
+                                         for s in chunk], [s["image"] for s in chunk])
+        answers = policy.generate(prompts, greedy=True, max_new_tokens=cfg.max_new_tokens)
+        for j, (s, text) in enumerate(zip(chunk, policy.encoder.tokenizer.batch_decode(answers, skip_special_tokens=True))):
             right[s0 + j] = [p == t and t >= 0 for p, t in zip(read_fields(text), s["fields"])]
             action_ok[s0 + j] = extract_action_value(text) == s["action"].lower()
-    vlm.train(was_training)
+    policy.train(was_training)
     out = {f"read/{f.replace(' ', '_')}": float(right[:, i].mean()) for i, f in enumerate(FIELDS)}
     out.update({"read/all": float(right.all(1).mean()), "read/oracle_action": float(action_ok.mean()),
                 "read/states": float(len(states))})

@@ -26,18 +26,11 @@ import torch
 
 from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.encoding import Encoder, stack_images
 from baselines.vlm_ppo.envs import make_env
-from baselines.vlm_ppo.policy import (
-    ActorCritic,
-    collate,
-    encode_prompts,
-    generate,
-    hidden_size_of,
-    load_policy,
-    suppressed_token_ids,
-)
-from baselines.vlm_ppo.reading import ReadingHead, num_image_tokens, read_fields, reading_accuracy, reading_loss
-from vlm_envs.text import build_prompt, conversation
+from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
+from baselines.vlm_ppo.reading import ReadingHead, image_tokens, read_fields, reading_accuracy, reading_loss
+from vlm_envs.text import build_prompt
 from vlm_envs.text.parsing import find_action_key
 
 IMAGE_PREFIX = "<image>\n"
@@ -78,7 +71,7 @@ def generate_sft_data(cfg: Config) -> Path:
                 n_wrong += 1
             idx = f"{len(records):06d}"
             Image.fromarray(obs["image"]).save(out / "images" / f"{idx}.png")
-            prompt = build_prompt(task, obs["text"], cot=cfg.cot, wording=cfg.prompt_wording)
+            prompt = build_prompt(task, obs["text"], cot=cfg.cot, wording=cfg.prompt_wording, **u.prompt_params)
             records.append({
                 "id": idx,
                 "image": f"images/{idx}.png",
@@ -99,80 +92,62 @@ def generate_sft_data(cfg: Config) -> Path:
     return out
 
 
-def load_sft_data(cfg: Config, processor) -> list[dict]:
-    """Tokenised samples: prompt ids (as at RL time), answer ids + EOS, the uint8 image."""
+def load_sft_data(cfg: Config, encoder: Encoder) -> list[dict]:
+    """Samples: the encoded prompt (as at RL time), the answer's in-context ids + stop token, the image."""
     from PIL import Image
 
     root = sft_data_dir(cfg)
     records = json.loads((root / "data.json").read_text())
-    tokenizer = processor.tokenizer
-    images: dict[str, np.ndarray] = {}  # identical frames (NumberLine has 30) are kept once
-    pixel_values: dict[str, torch.Tensor] = {}
-    prompt_ids: dict[tuple, list[int]] = {}  # prompt ids depend on the text and the image size only
+    encoded: dict[tuple, object] = {}  # identical (prompt, frame) pairs (NumberLine has 30 frames) are encoded once
     samples = []
     for rec in records:
         human, gpt = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
         prompt = human[len(IMAGE_PREFIX):] if human.startswith(IMAGE_PREFIX) else human
-        pixels = np.array(Image.open(root / rec["image"]).convert("RGB"))
-        digest = hashlib.sha1(pixels.tobytes()).hexdigest()
-        image = images.setdefault(digest, pixels)
-        if digest not in pixel_values:  # the preprocessed frame, for the reading objective
-            pixel_values[digest] = processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
-        if cfg.conv_template == "chat_template":
-            from vlm_envs.text import chat_messages
-
-            text = processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
-        else:
-            text = conversation(prompt, cfg.conv_template)
-        key = (text, image.shape)
-        if key not in prompt_ids:
-            prompt_ids[key] = encode_prompts(processor, [text], [image])[0]
-        answer_ids = tokenizer(" " + gpt, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        samples.append({"prompt_ids": prompt_ids[key], "image": image, "answer": gpt, "answer_ids": answer_ids,
-                        "fields": read_fields(gpt), "pixels": pixel_values[digest]})
+        image = np.array(Image.open(root / rec["image"]).convert("RGB"))
+        key = (prompt, hashlib.sha1(image.tobytes()).hexdigest())
+        if key not in encoded:
+            encoded[key] = encoder.encode([prompt], [image])[0]
+        samples.append({"prompt": encoded[key], "image": image, "answer": gpt,
+                        "answer_ids": encoder.answer_ids(encoder.render(prompt), gpt), "fields": read_fields(gpt)})
     return samples
 
 
 @torch.no_grad()
-def answer_accuracy(vlm, processor, samples: list[dict], max_new_tokens: int) -> dict[str, float]:
+def answer_accuracy(policy: ActorCritic, samples: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy answers vs. labels: exact match, and match of the CoT part before ``"action"`` (the reading gate)."""
-    suppress = suppressed_token_ids(processor.tokenizer)
-    vlm.eval()
+    policy.eval()
     exact = prefix = 0
+    tokenizer = policy.encoder.tokenizer
     for s0 in range(0, len(samples), 32):
         chunk = samples[s0:s0 + 32]
-        gens = generate(vlm, processor, [s["prompt_ids"] for s in chunk], [s["image"] for s in chunk], greedy=True,
-                        temperature=1.0, max_new_tokens=max_new_tokens, suppress_ids=suppress,
-                        device=next(vlm.parameters()).device)
-        for s, g in zip(chunk, gens):
-            text = processor.tokenizer.decode(g, skip_special_tokens=True).strip()
+        answers = policy.generate([s["prompt"] for s in chunk], greedy=True, max_new_tokens=max_new_tokens)
+        for s, text in zip(chunk, tokenizer.batch_decode(answers, skip_special_tokens=True)):
+            text = text.strip()
             exact += text == s["answer"]
             k_pred, k_true = find_action_key(text), find_action_key(s["answer"])
             prefix += k_pred is not None and k_true is not None and text[:k_pred[0]] == s["answer"][:k_true[0]]
     return {"exact": exact / len(samples), "cot_prefix": prefix / len(samples)}
 
 
-def _reading_batch(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel values and the true number fields of ``batch``."""
-    return torch.stack([s["pixels"] for s in batch]), torch.tensor([s["fields"] for s in batch], dtype=torch.long)
+def _reading_batch(batch: list[dict]) -> tuple[dict, torch.Tensor]:
+    """Image inputs and the true number fields of ``batch``."""
+    return stack_images([s["prompt"] for s in batch]), torch.tensor([s["fields"] for s in batch], dtype=torch.long)
 
 
-def align_vision(cfg: Config, vlm, processor, head: ReadingHead, samples: list[dict], rng: random.Random, log) -> float:
+def align_vision(cfg: Config, vlm, head: ReadingHead, samples: list[dict], rng: random.Random, log) -> float:
     """Stage 1 (LLaVA-style alignment, on the reading objective): train only the vision tower, the
     projector and the reading head for ``align_steps`` steps so the image tokens carry the numbers."""
     from tqdm.auto import tqdm
 
-    device = next(vlm.parameters()).device
-    params = [p for n, p in vlm.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
-    params += list(head.parameters())
+    params = vision_path_parameters(vlm) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
     vlm.train()
     acc = float("nan")
     t0 = time.time()
     bar = tqdm(range(cfg.align_steps), desc="align")
     for step in bar:
-        pixels, labels = _reading_batch(rng.sample(samples, min(cfg.sft_batch_size, len(samples))))
-        loss, acc = reading_loss(head, vlm, pixels.to(device), labels)
+        images, labels = _reading_batch(rng.sample(samples, min(cfg.sft_batch_size, len(samples))))
+        loss, acc = reading_loss(head, vlm, images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -197,19 +172,24 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     if cfg.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         vlm.enable_input_require_grads()
-    samples = load_sft_data(cfg, processor)
+    encoder = Encoder(processor, vlm.config, cfg.conv_template, cfg.image_mode)
+    samples = load_sft_data(cfg, encoder)
     rng = random.Random(cfg.seed)
     held_out = rng.sample(samples, min(64, len(samples)))
-    ac = ActorCritic(vlm, suppressed_token_ids(processor.tokenizer))
+    ac = ActorCritic(vlm, encoder, temperature=1.0, thought_coef=1.0)
     has_fields = any(f >= 0 for s in samples for f in s["fields"])
-    head = ReadingHead(num_image_tokens(vlm.config), hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
     use_reading = has_fields and (cfg.align_steps > 0 or cfg.aux_reading_coef > 0)
+    head = None
+    if use_reading:  # sized by the model's own image tokens for one frame
+        with torch.no_grad():
+            tokens = image_tokens(vlm, _reading_batch(samples[:1])[0]).shape[1]
+        head = ReadingHead(tokens, hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
     out = Path(cfg.output_dir) / "sft" if not cfg.sft_output else Path(cfg.sft_output)
     log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
     log.write("step,loss,lr,elapsed_s,lm_loss,reading_loss,reading_acc\n")
     t0 = time.time()
     if use_reading and cfg.align_steps > 0:
-        acc = align_vision(cfg, vlm, processor, head, samples, rng, log)
+        acc = align_vision(cfg, vlm, head, samples, rng, log)
         print(f"vision alignment: {cfg.align_steps} steps in {time.time() - t0:.0f}s, reading-head accuracy {acc:.2f}")
     params = [p for p in vlm.parameters() if p.requires_grad] + (list(head.parameters()) if use_reading else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
@@ -217,15 +197,14 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.sft_steps, 1.0))))
     vlm.train()
-    device = next(vlm.parameters()).device
     bar = tqdm(range(cfg.sft_steps), desc="sft")
     for step in bar:
         batch = rng.sample(samples, min(cfg.sft_batch_size, len(samples)))
-        lm_loss = sft_loss(ac, processor, batch)
+        lm_loss = sft_loss(ac, batch)
         r_loss, r_acc = torch.zeros(()), float("nan")
         if use_reading and cfg.aux_reading_coef > 0:
-            pixels, labels = _reading_batch(batch)
-            r_loss, r_acc = reading_loss(head, vlm, pixels.to(device), labels)
+            images, labels = _reading_batch(batch)
+            r_loss, r_acc = reading_loss(head, vlm, images, labels)
         loss = lm_loss + cfg.aux_reading_coef * r_loss
         optimizer.zero_grad()
         loss.backward()
@@ -237,11 +216,11 @@ def train_sft(cfg: Config, model_path: str) -> Path:
                   f"{lm_loss.item():.6f},{r_loss.item():.6f},{r_acc:.3f}\n")
     log.close()
     seconds = time.time() - t0
-    acc = answer_accuracy(vlm, processor, held_out, cfg.max_new_tokens)
+    acc = answer_accuracy(ac, held_out, cfg.max_new_tokens)
     print(f"SFT done in {seconds:.0f}s; greedy answers on {len(held_out)} training samples: "
           f"exact {acc['exact']:.2f}, CoT prefix {acc['cot_prefix']:.2f}")
     if has_fields:
-        gate = reading_accuracy(cfg, vlm, processor)
+        gate = reading_accuracy(cfg, ac)
         acc.update(gate)
         print("reading gate (greedy CoT fields on {:.0f} held-out states): target {:.2f}, current {:.2f}, both {:.2f}; "
               "oracle action {:.2f}".format(gate["read/states"], gate["read/target_number"],
@@ -253,11 +232,17 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     return out
 
 
-def sft_loss(ac: ActorCritic, processor, batch: list[dict]) -> torch.Tensor:
+def sft_loss(policy: ActorCritic, batch: list[dict]) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens (temperature 1, the same token mask as RL)."""
-    device = next(ac.parameters()).device
-    b = collate(processor, [s["prompt_ids"] for s in batch], [s["image"] for s in batch],
-                [s["answer_ids"] for s in batch], device)
-    token_lp, _, _ = ac(b.inputs, b.prompt_len, b.gen_ids.shape[1], b.gen_ids, 1.0)
-    mask = b.gen_mask.float()
-    return -(token_lp * mask).sum() / mask.sum()
+    out = policy([s["prompt"] for s in batch], [s["answer_ids"] for s in batch], [None] * len(batch), temperature=1.0)
+    mask = out.answer_mask.float()
+    return -(out.token_logprobs * mask).sum() / mask.sum()
+
+
+def vision_path_parameters(vlm) -> list[torch.nn.Parameter]:
+    """The vision tower's and the projector's parameters (what the alignment stage trains): every
+    parameter outside the language model and its output head."""
+    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    text = base.model.language_model if hasattr(base.model, "language_model") else base.model.text_model
+    lm = {id(p) for p in text.parameters()} | {id(p) for p in base.get_output_embeddings().parameters()}
+    return [p for p in base.parameters() if id(p) not in lm]

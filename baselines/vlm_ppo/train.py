@@ -1,35 +1,31 @@
-"""PPO for a VLM policy, read top to bottom: setup, rollout, GAE, update, eval, log, checkpoint.
+"""PPO for a VLM policy, read top to bottom: setup, then per update rollout, scoring, GAE, update, log.
 
-``python -m baselines.vlm_ppo ppo --model runs/numberline/sft ...``; multi-GPU with
-``accelerate launch -m baselines.vlm_ppo ppo ...`` (every process runs its own envs and rollout,
-gradients are averaged by accelerate's data parallelism, as in the reference).
+``python -m baselines.vlm_ppo ppo --model runs/numberline/sft ...``; several processes with
+``accelerate launch --num_processes N -m baselines.vlm_ppo ppo ...`` (each process runs its own
+envs and rollout on its own seeds; accelerate's data parallelism averages the gradients).
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import pickle
+import contextlib
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses
+from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses
+from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
-from baselines.vlm_ppo.envs import final_obs, full_prompt, make_vec_env, prompt_task, step_info
+from baselines.vlm_ppo.encoding import Encoder
+from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
+from baselines.vlm_ppo.evaluation import evaluate
 from baselines.vlm_ppo.logger import MetricsLogger
-from baselines.vlm_ppo.policy import (
-    ActorCritic,
-    action_boundary,
-    collate,
-    encode_prompts,
-    generate,
-    load_policy,
-    suppressed_token_ids,
-)
+from baselines.vlm_ppo.policy import ActorCritic, load_policy
+from baselines.vlm_ppo.rollout import EpisodeStats, Rollout, collect_rollout, minibatches, score_rollout
 
 
 def seed_everything(seed: int) -> None:
@@ -50,360 +46,242 @@ def resolve_model(cfg: Config) -> str:
     return str(path)
 
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def check_config(cfg: Config) -> None:
+    """Refuse, at start, combinations that would crash late or silently waste the run."""
+    if cfg.dtype != "float32" and cfg.lora_r == 0:
+        raise ValueError(f"dtype={cfg.dtype} with full fine-tuning (lora_r=0) keeps no fp32 master copy: updates of "
+                         f"lr {cfg.lr:g} round away in {cfg.dtype} weights. Use --lora-r > 0 (adapters stay fp32) "
+                         f"or --dtype float32")
+    if cfg.kl_coef > 0 and cfg.lora_r == 0:
+        raise ValueError("--kl-coef needs LoRA (--lora-r > 0): the initial policy is the model with its adapter off")
+    if cfg.minibatch_size > cfg.num_steps * cfg.num_envs:
+        raise ValueError(f"minibatch_size={cfg.minibatch_size} is larger than a rollout "
+                         f"(num_steps*num_envs={cfg.num_steps * cfg.num_envs}): no update would ever run")
+    if cfg.temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (log-probs use softmax(z/T)), got {cfg.temperature}")
+    check_eval_seeds(cfg.eval_seed, max(cfg.eval_episodes, cfg.eval_greedy_episodes))
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-# ----------------------------------------------------------------------------------------------
-# scoring: the one function that gives log π and V for rollouts (no grad) and updates (grad)
-# ----------------------------------------------------------------------------------------------
-def score(ac, processor, cfg: Config, prompt_ids, images, gens, boundaries, device):
-    """λ-weighted action log-probs (B,), values (B,), mean token entropies (B,) of ``gens``."""
-    batch = collate(processor, prompt_ids, images, gens, device)
-    l_max = batch.gen_ids.shape[1]
-    token_lp, entropy, values = ac(batch.inputs, batch.prompt_len, l_max, batch.gen_ids, cfg.temperature)
-    thought = torch.zeros_like(batch.gen_mask, dtype=torch.float32)
-    action = torch.zeros_like(thought)
-    for i, (k, g) in enumerate(zip(boundaries, gens)):
-        if k is not None:
-            thought[i, :k] = 1.0
-            action[i, k:len(g)] = 1.0
-    logp = action_logprob(token_lp, thought, action, cfg.thought_coef)
-    mask = batch.gen_mask.float()
-    mean_entropy = (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1.0) if l_max else values * 0
-    return logp, values, mean_entropy, (token_lp * thought).sum(-1), (token_lp * action).sum(-1)
-
-
-def boundaries_of(tokenizer, gens, no_key: str) -> list[int | None]:
-    """Per answer: the first action token (see ``policy.action_boundary``), or None (policy-invalid)."""
-    out = []
-    for g in gens:
-        k = action_boundary(tokenizer, g) if g else None
-        if k is None and g and no_key == "last5":
-            k = max(len(g) - 5, 0)
-        out.append(k)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# held-out evaluation
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(cfg: Config, vlm, processor, *, greedy: bool, episodes: int | None = None) -> dict[str, float]:
-    """Play ``episodes`` episodes on the fixed seeds ``eval_seed + k``; success, return, parse-failure rate.
-
-    Greedy answers are deterministic per observation, so they are decoded once per distinct
-    observation and cached (``eval_greedy_episodes`` can then be large at little cost);
-    ``start_success`` is the mean success over distinct start observations, each counted once
-    (on NumberLine with enough episodes: the exact greedy success over all 30 start states).
-    Runs under its own RNG (forked), so evaluating never changes the training run's random stream.
-    """
-    episodes = episodes or ((cfg.eval_greedy_episodes or cfg.eval_episodes) if greedy else cfg.eval_episodes)
-    width = min(episodes, 64 if greedy else max(cfg.num_envs, 8))
-    suppress = suppressed_token_ids(processor.tokenizer)
-    device = next(vlm.parameters()).device
-    was_training = vlm.training
-    vlm.eval()
-    envs = make_vec_env(cfg, width)
-    task = prompt_task(envs)
-    results, start_keys = [], []
-    cache: dict[str, str] = {}  # greedy: observation key -> answer text
-    key_of = lambda text, image: hashlib.sha1(np.ascontiguousarray(image).tobytes() + text.encode()).hexdigest()  # noqa: E731
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.eval_seed)
-        for start in range(0, episodes, width):
-            obs, _ = envs.reset(seed=[cfg.eval_seed + start + i for i in range(width)])
-            first = [key_of(obs["text"][i], obs["image"][i]) for i in range(width)]
-            active = np.ones(width, bool)
-            ret, length, parse_fail = np.zeros(width), np.zeros(width), np.zeros(width)
-            success = np.zeros(width, bool)
-            for _ in range(cfg.eval_max_steps):
-                idx = np.flatnonzero(active)
-                keys = {i: key_of(obs["text"][i], obs["image"][i]) for i in idx}
-                if greedy:  # one decode per distinct observation not seen before
-                    todo = list({keys[i]: i for i in idx if keys[i] not in cache}.values())
-                else:
-                    todo = list(idx)
-                if todo:
-                    texts = [full_prompt(cfg, processor, task, obs["text"][i]) for i in todo]
-                    pids = encode_prompts(processor, texts, [obs["image"][i] for i in todo])
-                    gens = generate(vlm, processor, pids, [obs["image"][i] for i in todo], greedy=greedy,
-                                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                    suppress_ids=suppress, device=device)
-                    fresh = {i: processor.tokenizer.decode(g, skip_special_tokens=True) for i, g in zip(todo, gens)}
-                    if greedy:
-                        cache.update({keys[i]: text for i, text in fresh.items()})
-                answers = [""] * width
-                for i in idx:
-                    answers[i] = cache[keys[i]] if greedy else fresh[i]
-                obs, rewards, term, trunc, infos = envs.step(answers)
-                for i in idx:
-                    done = bool(term[i] or trunc[i])
-                    info = step_info(infos, i, done)
-                    ret[i] += rewards[i]
-                    length[i] += 1
-                    parse_fail[i] += not bool(info["parse_ok"])
-                    if done:
-                        success[i] = bool(info["success"])
-                        active[i] = False
-                if not active.any():
-                    break
-            for i in range(min(width, episodes - start)):
-                results.append((success[i], ret[i], length[i], parse_fail[i] / max(length[i], 1)))
-                start_keys.append(first[i])
-    envs.close()
-    vlm.train(was_training)
-    arr = np.asarray(results, dtype=float)
-    per_start = collections.defaultdict(list)
-    for k, r in zip(start_keys, arr[:, 0]):
-        per_start[k].append(r)
-    return {"success": arr[:, 0].mean(), "return": arr[:, 1].mean(), "length": arr[:, 2].mean(),
-            "parse_fail": arr[:, 3].mean(), "start_success": float(np.mean([np.mean(v) for v in per_start.values()])),
-            "starts": float(len(per_start))}
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoints
-# ----------------------------------------------------------------------------------------------
-def save_checkpoint(cfg, accelerator, ac, processor, optimizer, scheduler, update, state) -> None:
-    path = Path(cfg.output_dir) / "checkpoints" / f"update_{update:05d}"
-    path.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(ac)
-        model.vlm.save_pretrained(path / "model")
-        processor.save_pretrained(path / "model")
-        torch.save(model.value_head.state_dict(), path / "value_head.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optim.pt")
-    torch.save({"update": update, "rng": rng_state(), **state}, path / f"state_{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (Path(cfg.output_dir) / "checkpoints" / "latest").write_text(path.name)
-
-
-def latest_checkpoint(cfg) -> Path | None:
-    marker = Path(cfg.output_dir) / "checkpoints" / "latest"
-    return marker.parent / marker.read_text().strip() if marker.exists() else None
-
-
-# ----------------------------------------------------------------------------------------------
-# the main loop
-# ----------------------------------------------------------------------------------------------
-def train_ppo(cfg: Config) -> dict[str, float]:
-    from accelerate import Accelerator
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
-    device = accelerator.device
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ppo_config.json").write_text(to_json(cfg))
-    ckpt = latest_checkpoint(cfg) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
-
-    # --- model: one code path for the tiny model, an SFT output or a Hub checkpoint -----------
-    seed = cfg.seed + 1000 * accelerator.process_index  # distinct streams per process (bug T13)
-    seed_everything(seed)
-    base = resolve_model(cfg)
-    if ckpt is not None and cfg.lora_r == 0:
-        processor, vlm = load_policy(str(ckpt / "model"), dtype=cfg.dtype, train_vision=cfg.train_vision)
-    else:
-        processor, vlm = load_policy(base, dtype=cfg.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                     lora_dropout=cfg.lora_dropout, train_vision=cfg.train_vision,
-                                     adapter_path=str(ckpt / "model") if ckpt is not None else None)
+def build_policy(cfg: Config, checkpoint: Path | None = None) -> ActorCritic:
+    """The actor-critic of ``cfg.model`` (or of a checkpoint's weights), LoRA-wrapped if asked."""
+    full_weights = checkpoint is not None and cfg.lora_r == 0
+    processor, vlm = load_policy(
+        str(checkpoint / "model") if full_weights else resolve_model(cfg), dtype=cfg.dtype, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, train_vision=cfg.train_vision,
+        adapter_path=str(checkpoint / "model") if checkpoint is not None and not full_weights else None)
     if cfg.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         vlm.enable_input_require_grads()
-    tokenizer = processor.tokenizer
-    suppress = suppressed_token_ids(tokenizer)
-    ac = ActorCritic(vlm, suppress)
-    if ckpt is not None:
-        ac.value_head.load_state_dict(torch.load(ckpt / "value_head.pt"))
-    params = [p for p in ac.parameters() if p.requires_grad]
+    encoder = Encoder(processor, vlm.config, cfg.conv_template, cfg.image_mode)
+    return ActorCritic(vlm, encoder, temperature=cfg.temperature, thought_coef=cfg.thought_coef)
+
+
+@dataclass
+class Run:
+    """Everything one process holds during training."""
+
+    cfg: Config
+    accelerator: object
+    model: torch.nn.Module  # the accelerate-prepared ActorCritic (DDP-wrapped with several processes)
+    policy: ActorCritic  # the same module unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    envs: TrainingEnvs
+    episodes: EpisodeStats
+    recent: collections.deque
+    logger: MetricsLogger
+    start_update: int = 0
+    global_step: int = 0
+
+
+def setup(cfg: Config) -> Run:
+    from accelerate import Accelerator
+
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ppo_config.json").write_text(to_json(cfg))
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+    seed_everything(cfg.seed + 1000 * accelerator.process_index)  # distinct streams per process
+    policy = build_policy(cfg, ckpt).to(accelerator.device)
+    params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.num_updates, cfg.lr, cfg.end_lr))
-    ac, optimizer = accelerator.prepare(ac, optimizer)  # the scheduler is stepped by hand, once per update
-    policy = accelerator.unwrap_model(ac)
+    model, optimizer = accelerator.prepare(policy, optimizer)  # the scheduler is stepped by hand, once per update
+    envs = TrainingEnvs(cfg, accelerator.process_index)
+    run = Run(cfg, accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler, envs,
+              EpisodeStats(np.zeros(cfg.num_envs), np.zeros(cfg.num_envs, dtype=int)),
+              collections.deque(maxlen=cfg.success_window), None)
+    if ckpt is None:
+        envs.reset()
+        run.logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process)
+        return run
+    state = load_training_state(ckpt, accelerator.process_index, run.policy, optimizer, scheduler)
+    envs.restore(state["envs"])
+    run.episodes = EpisodeStats(np.asarray(state["ep_return"], dtype=float), np.asarray(state["ep_len"], dtype=int))
+    run.recent.extend(tuple(r) for r in state["recent"])
+    run.start_update, run.global_step = state["update"] + 1, state["global_step"]
+    run.logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_after=state["update"])
+    return run
 
-    # --- envs ------------------------------------------------------------------------------------
-    envs = make_vec_env(cfg, cfg.num_envs)
-    task = prompt_task(envs)
-    obs, _ = envs.reset(seed=[seed * 10_000 + i for i in range(cfg.num_envs)])
-    ep_return = np.zeros(cfg.num_envs)
-    ep_len = np.zeros(cfg.num_envs)
-    recent = collections.deque(maxlen=cfg.success_window)  # (success, return, length) of finished episodes
-    start_update, global_step = 0, 0
-    logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_after=None)
-    if ckpt is not None:
-        opt_state = torch.load(ckpt / "optim.pt", weights_only=False)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
-        state = torch.load(ckpt / f"state_{accelerator.process_index}.pt", weights_only=False)
-        for i, env in enumerate(pickle.loads(state["envs"])):
-            envs.envs[i] = env
-        obs, ep_return, ep_len = state["obs"], state["ep_return"], state["ep_len"]
-        recent.extend(state["recent"])
-        start_update, global_step = state["update"] + 1, state["global_step"]
-        set_rng_state(state["rng"])
-        logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_after=state["update"])
 
-    def held_out(update: int) -> dict[str, float]:
-        metrics = {}
-        if accelerator.is_main_process:
-            for mode in ("greedy", "sampled") if cfg.eval_sampled else ("greedy",):
-                result = evaluate(cfg, policy.vlm, processor, greedy=mode == "greedy")
-                metrics.update({f"eval/{mode}_{k}": v for k, v in result.items()})
-        accelerator.wait_for_everyone()
-        return metrics
-
-    if start_update == 0 and cfg.eval_every:
-        logger.log(-1, global_step, held_out(-1))
-
-    t_start = time.time()
+def train_ppo(cfg: Config) -> dict[str, float]:
+    """The main loop. Returns the last logged metrics."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start_update, cfg.num_updates), desc="ppo", disable=not accelerator.is_main_process,
-               initial=start_update, total=cfg.num_updates)
+    run = setup(cfg)
+    policy = run.policy
+    if run.start_update == 0 and cfg.eval_every:
+        run.logger.log(-1, run.global_step, held_out(run))
+    t_start = time.time()
+    bar = tqdm(range(run.start_update, cfg.num_updates), desc="ppo", initial=run.start_update,
+               total=cfg.num_updates, disable=not run.accelerator.is_main_process)
     for update in bar:
-        # ---------------- rollout: sample answers, step the envs, keep every prompt -------------
+        # 1. rollout: sample answers and step the envs (no scoring pass yet)
         t0 = time.time()
-        policy.eval()  # no dropout (LoRA included) while collecting (bug T6)
-        buf = collections.defaultdict(list)
-        gen_tokens = 0
-        n_parse_fail = 0
-        for _ in range(cfg.num_steps):
-            texts = [full_prompt(cfg, processor, task, t) for t in obs["text"]]
-            images = [np.array(im) for im in obs["image"]]
-            pids = encode_prompts(processor, texts, images)
-            gens = generate(policy.vlm, processor, pids, images, greedy=False, temperature=cfg.temperature,
-                            max_new_tokens=cfg.max_new_tokens, suppress_ids=suppress, device=device)
-            bounds = boundaries_of(tokenizer, gens, cfg.no_key)
-            with torch.no_grad():
-                logp, values, _, thought_lp, action_lp = score(policy, processor, cfg, pids, images, gens, bounds, device)
-            answers = tokenizer.batch_decode(gens, skip_special_tokens=True)
-            obs, rewards, term, trunc, infos = envs.step(answers)
-            final_v = torch.zeros(cfg.num_envs)
-            cut = [i for i in range(cfg.num_envs) if trunc[i] and not term[i]]
-            if cut and cfg.bootstrap_on_truncation:  # V(final observation) of truncated episodes (bug T11)
-                f_obs = [final_obs(infos, i) for i in cut]
-                f_pids = encode_prompts(processor, [full_prompt(cfg, processor, task, o["text"]) for o in f_obs],
-                                        [o["image"] for o in f_obs])
-                with torch.no_grad():
-                    _, f_values, *_ = score(policy, processor, cfg, f_pids, [o["image"] for o in f_obs],
-                                            [[] for _ in cut], [None for _ in cut], device)
-                final_v[cut] = f_values.float().cpu()
-            for i in range(cfg.num_envs):
-                done = bool(term[i] or trunc[i])
-                info = step_info(infos, i, done)
-                n_parse_fail += not bool(info["parse_ok"])
-                ep_return[i] += rewards[i]
-                ep_len[i] += 1
-                if done:
-                    recent.append((bool(info["success"]), ep_return[i], ep_len[i]))
-                    ep_return[i], ep_len[i] = 0.0, 0
-            gen_tokens += sum(len(g) for g in gens)
-            buf["prompt_ids"] += pids
-            buf["images"] += images
-            buf["gens"] += gens
-            buf["bounds"] += bounds
-            buf["logp"].append(logp.float().cpu())
-            buf["values"].append(values.float().cpu())
-            buf["thought_lp"].append(thought_lp.float().cpu())
-            buf["action_lp"].append(action_lp.float().cpu())
-            buf["rewards"].append(torch.as_tensor(rewards, dtype=torch.float32))
-            buf["term"].append(torch.as_tensor(term))
-            buf["trunc"].append(torch.as_tensor(trunc))
-            buf["final_v"].append(final_v)
-            global_step += cfg.num_envs
-        rollout_time = time.time() - t0
+        rollout = collect_rollout(policy, run.envs, run.episodes, cfg.num_steps, cfg.max_new_tokens,
+                                  cfg.missing_action_key, cfg.bootstrap_on_truncation)
+        run.recent.extend(run.episodes.finished)
+        run.episodes.finished = []
+        run.global_step += cfg.num_steps * cfg.num_envs
+        rollout_s = time.time() - t0
 
-        # ---------------- returns: GAE, bootstrapping from the next observation's value ---------
-        with torch.no_grad():
-            texts = [full_prompt(cfg, processor, task, t) for t in obs["text"]]
-            images = [np.array(im) for im in obs["image"]]
-            _, next_value, *_ = score(policy, processor, cfg, encode_prompts(processor, texts, images), images,
-                                      [[] for _ in texts], [None for _ in texts], device)
-        stack = {k: torch.stack(buf[k]) for k in ("logp", "values", "rewards", "term", "trunc", "final_v")}
-        advantages, returns = compute_gae(stack["rewards"], stack["values"], stack["term"], stack["trunc"],
-                                          next_value.float().cpu(), stack["final_v"], cfg.gamma, cfg.gae_lambda,
-                                          cfg.bootstrap_on_truncation)
-        b_logp, b_values = stack["logp"].flatten(), stack["values"].flatten()
-        b_adv, b_returns = advantages.flatten(), returns.flatten()
-        if cfg.norm_adv:
-            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-5)
-        b_valid = torch.tensor([k is not None for k in buf["bounds"]])
-
-        # ---------------- PPO update ----------------------------------------------------------
+        # 2. behaviour log-probs and values, in epoch 0's mini-batches; bootstrap value; GAE
         t1 = time.time()
-        ac.train()
-        n = len(b_logp)
-        stats = collections.defaultdict(list)
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n)
-            for s in range(0, n - cfg.minibatch_size + 1, cfg.minibatch_size):
-                mb = perm[s:s + cfg.minibatch_size].tolist()
-                with accelerator.accumulate(ac):
-                    new_logp, new_values, entropy, *_ = score(
-                        ac, processor, cfg, [buf["prompt_ids"][j] for j in mb], [buf["images"][j] for j in mb],
-                        [buf["gens"][j] for j in mb], [buf["bounds"][j] for j in mb], device)
-                    to = lambda x: x[mb].to(device)  # noqa: E731
-                    losses = ppo_losses(new_logp, to(b_logp), to(b_adv), to(b_valid), new_values.float(),
-                                        to(b_values), to(b_returns), cfg.clip, cfg.ratio_guard)
-                    loss = losses["policy_loss"] + cfg.vf_coef * losses["value_loss"] - cfg.entropy_coef * entropy.mean()
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss at update {update}: {losses}")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                for k, v in losses.items():
-                    stats[k].append(float(v.detach()))
-                stats["entropy"].append(float(entropy.detach().mean()))
-        scheduler.step()
-        update_time = time.time() - t1
+        order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1000 * run.accelerator.process_index + update)
+        epochs = [minibatches(len(rollout.answers), cfg.minibatch_size, order) for _ in range(cfg.ppo_epochs)]
+        score_rollout(policy, rollout, epochs[0], with_reference=cfg.kl_coef > 0)
+        with torch.no_grad():
+            obs = run.envs.obs
+            next_value = policy.get_value(policy.encoder.encode([run.envs.prompt_for(t) for t in obs["text"]],
+                                                                list(obs["image"]))).float().cpu()
+        advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.terminated, rollout.truncated,
+                                          next_value, rollout.final_values, cfg.gamma, cfg.gae_lambda,
+                                          cfg.bootstrap_on_truncation)
 
-        # ---------------- log, evaluate, checkpoint ----------------------------------------------
-        done_eps = np.asarray(list(recent), dtype=float).reshape(-1, 3)
-        metrics = {
-            "charts/lr": scheduler.get_last_lr()[0],
-            "charts/train_success": done_eps[:, 0].mean() if len(done_eps) else float("nan"),
-            "charts/train_return": done_eps[:, 1].mean() if len(done_eps) else float("nan"),
-            "charts/episodes_in_window": len(done_eps),
-            "charts/parse_fail": n_parse_fail / (cfg.num_steps * cfg.num_envs),
-            "charts/policy_valid": float(b_valid.float().mean()),
-            "charts/tokens_per_s": gen_tokens / max(rollout_time, 1e-9),
-            "charts/rollout_s": rollout_time,
-            "charts/update_s": update_time,
-            "charts/gen_tokens": gen_tokens / (cfg.num_steps * cfg.num_envs),
-            "charts/thought_tokens": float(np.mean([k or 0 for k in buf["bounds"]])),
-            "charts/thought_logp": float(torch.stack(buf["thought_lp"]).mean()),
-            "charts/action_logp": float(torch.stack(buf["action_lp"]).mean()),
-            "charts/value_mean": float(b_values.mean()),
-            "charts/return_mean": float(b_returns.mean()),
-            **{f"losses/{k}": float(np.mean(v)) for k, v in stats.items()},
-        }
+        # 3. PPO epochs
+        stats = ppo_update(run, rollout, advantages.flatten(), returns.flatten(), epochs)
+        run.scheduler.step()
+        update_s = time.time() - t1
+
+        # 4. log, evaluate, checkpoint
+        metrics = {**rollout_metrics(run, rollout, returns, rollout_s, update_s), **stats}
         last = update == cfg.num_updates - 1
         out_of_time = cfg.time_limit_min > 0 and time.time() - t_start > 60 * cfg.time_limit_min
         if cfg.eval_every and ((update + 1) % cfg.eval_every == 0 or last or out_of_time):
-            metrics.update(held_out(update))
-        logger.log(update, global_step, metrics)
+            metrics.update(held_out(run))
+        run.logger.log(update, run.global_step, metrics)
         bar.set_postfix(train=f"{metrics['charts/train_success']:.2f}",
                         greedy=f"{metrics.get('eval/greedy_success', float('nan')):.2f}")
         if (cfg.save_every and (update + 1) % cfg.save_every == 0) or last or out_of_time:
-            state = {"envs": pickle.dumps(list(envs.envs)), "obs": obs, "ep_return": ep_return.copy(),
-                     "ep_len": ep_len.copy(), "recent": list(recent), "global_step": global_step}
-            save_checkpoint(cfg, accelerator, ac, processor, optimizer, scheduler, update, state)
+            save_checkpoint(checkpoint_dir(cfg.output_dir, update), run.accelerator, policy, run.optimizer,
+                            run.scheduler, trainer_state(run, update))
         if out_of_time:
             print(f"time limit of {cfg.time_limit_min} min reached after update {update}")
             break
-    logger.close()
-    envs.close()
-    return logger.last
+    run.logger.close()
+    run.envs.close()
+    return run.logger.last
+
+
+def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+               epochs: list[list[list[int]]]) -> dict[str, float]:
+    """``len(epochs)`` passes of clipped PPO; ``grad_accum_steps`` mini-batches per optimizer step."""
+    cfg, policy, accelerator = run.cfg, run.policy, run.accelerator
+    if cfg.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
+    old_logp, old_values = rollout.logprobs.flatten(), rollout.values.flatten()
+    valid = rollout.policy_valid.flatten()
+    value_params = list(policy.value_head.parameters())
+    policy_params = [p for p in policy.vlm.parameters() if p.requires_grad]
+    stats = collections.defaultdict(list)
+    first_step_dev = 0.0  # largest |ratio - 1| before the first optimizer step: 0 up to numerics
+    stepped = False
+    policy.eval()  # no dropout: the policy being optimised is the one that acted
+    for batches in epochs:
+        for start in range(0, len(batches), cfg.grad_accum_steps):
+            window = batches[start:start + cfg.grad_accum_steps]
+            for k, mb in enumerate(window):
+                sync = k == len(window) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
+                    out = run.model([rollout.prompts[j] for j in mb], [rollout.answers[j] for j in mb],
+                                    [rollout.boundaries[j] for j in mb], with_entropy=cfg.entropy_coef > 0)
+                    at = lambda x: x[mb].to(out.value.device)  # noqa: E731
+                    losses = ppo_losses(out.logprob, at(old_logp), at(advantages), at(valid), out.value,
+                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard)
+                    loss = losses["policy_loss"] + cfg.vf_coef * losses["value_loss"]
+                    if cfg.entropy_coef > 0:
+                        losses["entropy"] = out.entropy.mean()
+                        loss = loss - cfg.entropy_coef * losses["entropy"]
+                    if cfg.kl_coef > 0:
+                        losses["kl"] = reference_kl(out, rollout, mb, at(valid))
+                        loss = loss + cfg.kl_coef * losses["kl"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss: {({k: float(v) for k, v in losses.items()})}")
+                    accelerator.backward(loss / len(window))
+                if not stepped:
+                    first_step_dev = max(first_step_dev, float(losses["ratio_dev"]))
+                for name, v in losses.items():
+                    stats[f"losses/{name}"].append(float(v.detach()))
+            if cfg.max_grad_norm > 0:  # each group to its own norm: the value head's cannot shrink the policy's
+                stats["losses/grad_norm_policy"].append(float(accelerator.clip_grad_norm_(policy_params, cfg.max_grad_norm)))
+                stats["losses/grad_norm_value"].append(float(accelerator.clip_grad_norm_(value_params, cfg.max_grad_norm)))
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+            stepped = True
+    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out["charts/epoch0_ratio_dev"] = first_step_dev
+    return out
+
+
+def reference_kl(out, rollout: Rollout, mb: list[int], valid: torch.Tensor) -> torch.Tensor:
+    """Per-token KL to the initial policy over the mini-batch's policy-valid answers."""
+    ref = torch.zeros_like(out.token_logprobs)
+    for k, j in enumerate(mb):
+        ref[k, :len(rollout.answers[j])] = rollout.ref_token_logprobs[j].to(ref.device)
+    return kl_to_reference(out.token_logprobs, ref, out.answer_mask & valid[:, None])
+
+
+def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s: float, update_s: float) -> dict:
+    done = np.asarray(list(run.recent), dtype=float).reshape(-1, 3)
+    steps = rollout.num_steps * rollout.num_envs
+    thought = [k or 0 for k in rollout.boundaries]
+    return {
+        "charts/lr": run.scheduler.get_last_lr()[0],
+        "charts/train_success": done[:, 0].mean() if len(done) else float("nan"),
+        "charts/train_return": done[:, 1].mean() if len(done) else float("nan"),
+        "charts/episodes_in_window": len(done),
+        "charts/parse_fail": rollout.parse_failures / steps,
+        "charts/policy_valid": float(rollout.policy_valid.float().mean()),
+        "charts/tokens_per_s": rollout.answer_tokens / max(rollout_s, 1e-9),
+        "charts/rollout_s": rollout_s,
+        "charts/update_s": update_s,
+        "charts/answer_tokens": rollout.answer_tokens / steps,
+        "charts/thought_tokens": float(np.mean(thought)),
+        "charts/thought_logp": float(rollout.thought_logprobs.mean()),
+        "charts/action_logp": float(rollout.action_logprobs.mean()),
+        "charts/value_mean": float(rollout.values.mean()),
+        "charts/return_mean": float(returns.mean()),
+    }
+
+
+def held_out(run: Run) -> dict[str, float]:
+    """Greedy (and sampled) held-out evaluation on the main process."""
+    metrics = {}
+    if run.accelerator.is_main_process:
+        for mode in ("greedy", "sampled") if run.cfg.eval_sampled else ("greedy",):
+            result = evaluate(run.cfg, run.policy, greedy=mode == "greedy")
+            metrics.update({f"eval/{mode}_{k}": v for k, v in result.items()})
+    run.accelerator.wait_for_everyone()
+    return metrics
+
+
+def trainer_state(run: Run, update: int) -> dict:
+    return {"update": update, "global_step": run.global_step, "envs": run.envs.state(),
+            "ep_return": run.episodes.returns.tolist(), "ep_len": run.episodes.lengths.tolist(),
+            "recent": [list(r) for r in run.recent]}

@@ -93,7 +93,8 @@ class ALFWorldEnv(VLMEnv):
     The paper's shaping, ``success_bonus * won + progress - illegal_penalty * illegal``, with the
     goal-condition progress computed from the game's facts. ``reward_mode="delta"`` (default) pays
     the *change* of ``goal_condition_success_rate`` at each step, so a return counts progress once;
-    ``reward_mode="reference"`` pays its *level* at every step, as the RL4VLM code did (spec A6),
+    ``reward_mode="reference"`` pays its *level* at every step, as the RL4VLM code did (see
+    docs/reference_differences.md, "Progress reward"),
     which rewards standing still once a sub-goal is met.
     Defaults ``success_bonus=50``, ``illegal_penalty=1``. Progress is computed from the game's
     facts (:mod:`vlm_envs.alfworld_wrap.tasks`).
@@ -101,7 +102,7 @@ class ALFWorldEnv(VLMEnv):
     ## Episode End
 
     * Termination: the task is done (``won``).
-    * Truncation: ``max_steps`` (default 50) steps taken, illegal ones included (spec A8: the
+    * Truncation: ``max_steps`` (default 50) steps taken, illegal ones included (docs/reference_differences.md, "Step limit": the
       reference's off-by-one let 52 happen).
 
     ## Info
@@ -122,6 +123,8 @@ class ALFWorldEnv(VLMEnv):
     * ``obs_text_format``: ``"plain"`` (default) or ``"list_repr"``.
     * ``match_mode``: ``"fixed"`` (default) or ``"compat"`` (the reference matcher).
     * ``image_size=(300, 300)``, ``render_mode`` (``"rgb_array"``, ``"human"``), ``text_mode``.
+    * ``skip_invalid_games``: a game whose files cannot be read raises an error naming the file
+      (default); ``True`` skips it with a warning naming it, and lists it in ``env.unwrapped.skipped_games``.
 
     ## Registered Configurations
 
@@ -160,6 +163,7 @@ class ALFWorldEnv(VLMEnv):
         match_mode: str = "fixed",
         image_size: tuple[int, int] = (300, 300),
         text_mode: str = "prompt",
+        skip_invalid_games: bool = False,
     ):
         from vlm_envs.alfworld_wrap.engine import Engine  # raises DependencyNotInstalled without the extra
 
@@ -176,7 +180,9 @@ class ALFWorldEnv(VLMEnv):
         super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode)
         self.split = split
         self.task_types = normalize_task_types(task_types)
-        self.games: list[GameInfo] = resolve_games(split, self.task_types, game_dir, game_files)
+        self.skipped_games: list[str] = []  # why each invalid game was skipped (skip_invalid_games=True)
+        self.games: list[GameInfo] = resolve_games(split, self.task_types, game_dir, game_files,
+                                                   self.skipped_games if skip_invalid_games else None)
         self.max_steps = max_steps
         self.reward_mode = reward_mode
         self.success_bonus = float(success_bonus)

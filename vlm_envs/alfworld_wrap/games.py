@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -66,8 +67,35 @@ def split_dir(root: str | os.PathLike, split: str) -> Path:
     return root
 
 
-def find_games(folder: str | os.PathLike, task_types: Sequence[str]) -> list[GameInfo]:
-    """Every playable game under ``folder`` (recursively) of the given task types, sorted by path."""
+class InvalidGame(ValueError):
+    """A game whose files cannot be read; the message names the file and the cause."""
+
+
+def _read_json_object(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InvalidGame(f"{path}: cannot be read as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InvalidGame(f"{path}: a JSON object was expected, found {type(data).__name__}")
+    return data
+
+
+def _skip_or_raise(err: InvalidGame, skipped: list[str] | None) -> None:
+    if skipped is None:
+        raise InvalidGame(f"{err} (skip_invalid_games=True skips invalid games with a warning)") from None
+    warnings.warn(f"skipping an invalid ALFWorld game: {err}", stacklevel=4)
+    skipped.append(str(err))
+
+
+def find_games(folder: str | os.PathLike, task_types: Sequence[str], skipped: list[str] | None = None) -> list[GameInfo]:
+    """Every playable game under ``folder`` (recursively) of the given task types, sorted by path.
+
+    A game whose ``traj_data.json`` or ``game.tw-pddl`` cannot be read raises :class:`InvalidGame`
+    naming the file; when a ``skipped`` list is given it is skipped instead, with a warning, and
+    its reason appended to the list.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no game folder at {folder}")
@@ -77,16 +105,15 @@ def find_games(folder: str | os.PathLike, task_types: Sequence[str]) -> list[Gam
             continue
         if "movable" in root or "Sliced" in root:
             continue
-        with open(os.path.join(root, "traj_data.json")) as f:
-            traj = json.load(f)
-        if traj.get("task_type") not in task_types:
-            continue
         game_file = os.path.join(root, "game.tw-pddl")
-        if not os.path.exists(game_file):
-            continue
-        with open(game_file) as f:
-            solvable = json.load(f).get("solvable")
-        if solvable is not True:
+        try:
+            traj = _read_json_object(os.path.join(root, "traj_data.json"))
+            if traj.get("task_type") not in task_types or not os.path.exists(game_file):
+                continue
+            if _read_json_object(game_file).get("solvable") is not True:
+                continue
+        except InvalidGame as err:
+            _skip_or_raise(err, skipped)
             continue
         games.append(GameInfo(game_file, traj["task_type"], dict(traj.get("pddl_params") or {})))
     games.sort(key=lambda g: g.game_file)
@@ -94,22 +121,28 @@ def find_games(folder: str | os.PathLike, task_types: Sequence[str]) -> list[Gam
 
 
 def resolve_games(split: str, task_types: Sequence[str], game_dir: str | os.PathLike | None = None,
-                  game_files: Sequence[str | os.PathLike] | None = None) -> list[GameInfo]:
-    """The games an env plays: explicit ``game_files``, else ``game_dir`` (or the shipped set) for ``split``."""
+                  game_files: Sequence[str | os.PathLike] | None = None, skipped: list[str] | None = None) -> list[GameInfo]:
+    """The games an env plays: explicit ``game_files``, else ``game_dir`` (or the shipped set) for ``split``.
+
+    Invalid games raise :class:`InvalidGame`, or are skipped into ``skipped`` (see :func:`find_games`).
+    """
     if game_files is not None:
         games = []
         for path in game_files:
             traj_file = Path(path).parent / "traj_data.json"
             if not traj_file.exists():
                 raise FileNotFoundError(f"{path}: no traj_data.json next to the game file")
-            with open(traj_file) as f:
-                traj = json.load(f)
+            try:
+                traj = _read_json_object(traj_file)
+            except InvalidGame as err:
+                _skip_or_raise(err, skipped)
+                continue
             if traj.get("task_type") in task_types:
                 games.append(GameInfo(str(path), traj["task_type"], dict(traj.get("pddl_params") or {})))
         where = "the given game_files"
     else:
         folder = split_dir(game_dir if game_dir is not None else shipped_games_dir(), split)
-        games = find_games(folder, task_types)
+        games = find_games(folder, task_types, skipped)
         where = str(folder)
     if not games:
         raise ValueError(f"no playable game of task types {list(task_types)} in {where}")

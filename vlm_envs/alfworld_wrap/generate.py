@@ -449,23 +449,57 @@ def write_game(folder: Path, game: dict, traj: dict) -> Path:
     return folder / "game.tw-pddl"
 
 
-def generate(out: Path, seed: int = 0, games_per_type: int = 2, splits: Sequence[str] = SPLITS,
-             task_types: Sequence[str] = tuple(TASK_TYPES.values()), progress: bool = True) -> list[Path]:
-    """Generate ``games_per_type`` games for every (split, task type) under ``out/<split>/``.
+# ALFWorld's official split sizes per task type (alfworld's json_2.1.1: train, valid_seen, valid_unseen).
+OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
+    "train": {"pick_and_place_simple": 790, "look_at_obj_in_light": 308, "pick_clean_then_place_in_recep": 650,
+              "pick_heat_then_place_in_recep": 459, "pick_cool_then_place_in_recep": 533, "pick_two_obj_and_place": 813},
+    "eval_in_distribution": {"pick_and_place_simple": 35, "look_at_obj_in_light": 13, "pick_clean_then_place_in_recep": 27,
+                             "pick_heat_then_place_in_recep": 16, "pick_cool_then_place_in_recep": 25,
+                             "pick_two_obj_and_place": 24},
+    "eval_out_of_distribution": {"pick_and_place_simple": 24, "look_at_obj_in_light": 18,
+                                 "pick_clean_then_place_in_recep": 31, "pick_heat_then_place_in_recep": 23,
+                                 "pick_cool_then_place_in_recep": 21, "pick_two_obj_and_place": 17},
+}
+# The official preset writes the evaluation splits first, so they never depend on whether the
+# (large, optional) train split was generated; train games then avoid every evaluation game.
+OFFICIAL_ORDER = ("eval_in_distribution", "eval_out_of_distribution", "train")
 
-    Games are unique across splits (by problem content); a duplicate is replaced by the next index.
+
+def uniform_counts(games_per_type: int, splits: Sequence[str] = SPLITS,
+                   task_types: Sequence[str] = tuple(TASK_TYPES.values())) -> dict[str, dict[str, int]]:
+    return {split: {t: games_per_type for t in task_types} for split in splits}
+
+
+def problem_digest(game: dict) -> str:
+    return hashlib.sha256(game["pddl_problem"].encode()).hexdigest()
+
+
+def generate(out: Path, seed: int = 0, games_per_type: int = 2, splits: Sequence[str] = SPLITS,
+             task_types: Sequence[str] = tuple(TASK_TYPES.values()), progress: bool = True,
+             counts: dict[str, dict[str, int]] | None = None, avoid: Sequence[str | Path] = ()) -> list[Path]:
+    """Generate ``games_per_type`` games (or ``counts[split][task_type]``) for every split and task type under ``out/<split>/``.
+
+    Games are unique across splits (by problem content), and differ from the games under the
+    folders in ``avoid``; a duplicate is replaced by the next index. Splits are written in the
+    order of ``counts`` (default: ``splits``).
     """
+    from vlm_envs.alfworld_wrap.games import find_games
+
+    counts = counts if counts is not None else uniform_counts(games_per_type, splits, task_types)
     written: list[Path] = []
     seen: set[str] = set()
-    total = len(splits) * len(task_types) * games_per_type
+    for folder in avoid:
+        for game in find_games(folder, tuple(TASK_TYPES.values())):
+            seen.add(problem_digest(json.loads(Path(game.game_file).read_text())))
+    total = sum(sum(per_type.values()) for per_type in counts.values())
     start = time.perf_counter()
-    for split in splits:
-        for task_type in task_types:
+    for split, per_type in counts.items():
+        for task_type, wanted in per_type.items():
             index, made = 0, 0
-            while made < games_per_type:
+            while made < wanted:
                 game, traj = generate_game(split, task_type, seed, index)
                 index += 1
-                digest = hashlib.sha256(game["pddl_problem"].encode()).hexdigest()
+                digest = problem_digest(game)
                 if digest in seen:
                     continue
                 seen.add(digest)
@@ -488,11 +522,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--games-per-type", type=int, default=2, help="games per (split, task type) (default 2)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--task-types", nargs="+", default=list(TASK_TYPES.values()), choices=list(TASK_TYPES.values()))
+    parser.add_argument("--preset", choices=("official",),
+                        help="official: ALFWorld's split sizes (3,553 train, 140 in-distribution, 134 out-of-distribution "
+                             "games, with its task-type mix), evaluation splits first; --splits picks some of them")
+    parser.add_argument("--avoid", nargs="*", type=Path, default=[], help="folders whose games must not be repeated")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.games_per_type < 1:
         parser.error("--games-per-type must be positive")
-    paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet)
+    counts = None
+    if args.preset == "official":
+        counts = {s: {t: n for t, n in OFFICIAL_COUNTS[s].items() if t in args.task_types}
+                  for s in OFFICIAL_ORDER if s in args.splits}
+    paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet,
+                     counts=counts, avoid=args.avoid)
     print(f"wrote {len(paths)} games under {args.out}")
     return 0
 

@@ -42,7 +42,7 @@ def has_usable_ace(hand: list[Card]) -> bool:
 
 
 def is_natural(hand: list[Card]) -> bool:
-    """An ace and a ten-valued card as the first two cards (compares values, fixing spec E12)."""
+    """An ace and a ten-valued card as the first two cards (compares values: docs/reference_differences.md, "Blackjack naturals")."""
     return sorted(card[0] for card in hand) == [1, 10]
 
 
@@ -71,7 +71,7 @@ def _card_code(card: Card) -> str:
 
 
 def player_card_positions(n: int) -> list[tuple[int, int]]:
-    """Up to four cards side by side; more overlap on one row so every card stays visible (E14)."""
+    """Up to four cards side by side; more overlap on one row so every card stays visible ("Blackjack layout" in docs/reference_differences.md)."""
     if n <= 4:
         return [(5 + 74 * i, 150) for i in range(n)]
     step = (_CANVAS_WIDTH - 10 - _CARD_SIZE[0]) / (n - 1)
@@ -129,7 +129,7 @@ class BlackjackEnv(VLMEnv):
     | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
     | ``image_size`` | (300, 300) | (height, width) of the image |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
-    | ``compat`` | False | the reference's rules: ``natural`` and ``sab`` never take effect (E12) |
+    | ``compat`` | False | the reference's rules: ``natural`` and ``sab`` never take effect ("Blackjack naturals" in docs/reference_differences.md) |
     | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
 
     ## Version History

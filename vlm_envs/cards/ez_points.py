@@ -49,7 +49,7 @@ class EZPointsEnv(FormulaCardEnv):
 
     ## Info
     ``Cards`` (codes like ``"HQ"``), ``Numbers`` (values, display order), ``Formula`` (token list),
-    ``solvable``, ``success``.
+    ``solvable``, ``target_points``, ``success``.
 
     ## Arguments
     | argument | default | meaning |

@@ -49,6 +49,7 @@ class FormulaCardEnv(VLMEnv):
     ):
         super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode)
         self.target_points = int(target_points)
+        self.prompt_params = {"target": self.target_points}
         self.compat = bool(compat)
         self.card_art = card_art
         self.action_names = NUMBER_NAMES + tuple(self.operators) + ("=",)
@@ -139,6 +140,7 @@ class FormulaCardEnv(VLMEnv):
             "Numbers": list(self.numbers),
             "Formula": list(self.formula),
             "solvable": self.solution() is not None,
+            "target_points": self.target_points,
             "success": success,
         }
 

@@ -46,7 +46,7 @@ class Points24Env(FormulaCardEnv):
     return (fewer than 10 invalid-number penalties before it).
 
     ## Info
-    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``success``.
+    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``target_points``, ``success``.
 
     ## Arguments
     | argument | default | meaning |
@@ -84,7 +84,7 @@ class Points24Env(FormulaCardEnv):
         if not treat_face_cards_as_10:
             raise ValueError(
                 "treat_face_cards_as_10=False is not supported: the reference prompts and parser "
-                "only know the numbers 1..10 (spec envs.md E11)"
+                "only know the numbers 1..10 (docs/reference_differences.md, \"Points24 face cards\")"
             )
         super().__init__(target_points=target_points, **kwargs)
         self.solvable_only = bool(solvable_only)

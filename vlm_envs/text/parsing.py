@@ -35,6 +35,7 @@ _WHITESPACE_RE = re.compile(r"\s+")
 # Characters stripped from both ends of an extracted command (quotes, brackets, sentence marks).
 _EDGE_PUNCTUATION = " \t\r\n\"'`.,;:!?()[]{}<>"
 _COMPAT_TAIL_CHARS = 30
+_NUMBER_RE = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def parse_action(
         text: the decoded model output.
         vocab: action names in index order (``env.unwrapped.action_names``), lowercase.
         mode: ``"strict"`` accepts only an exact match of the extracted value;
-            ``"lenient"`` then falls back to the reference containment rule on that value;
+            ``"lenient"`` then falls back to the reference containment rule on that value, except
+            that numbers are whole tokens (``"11"`` is the number 11, a parse failure, never ``1``);
             ``"compat"`` reproduces the reference parser (first ``"action":`` key, or only the
             last character of the text when the key is missing).
         aliases: extra spellings mapped to vocabulary entries, e.g. ``{"stick": "stand"}``.
@@ -164,7 +166,24 @@ def parse_action(
         return ParseResult(lookup[value], value, "")
     if mode == "strict":
         return ParseResult(None, value, f"action value {_preview(value)} is not in the vocabulary")
+    if any(entry.isdigit() for entry in vocab):
+        return _whole_number_matches(value, vocab)
     return _single(_containment_matches(value, vocab), value)
+
+
+def _whole_number_matches(value: str, vocab: Sequence[str]) -> ParseResult:
+    """Containment where numbers are whole tokens: ``"11"`` is the number 11, never the action ``1``.
+
+    The reference's substring rule reads ``11`` as ``1`` (and ``12`` as ambiguous); a number that is
+    not in the vocabulary is a parse failure instead, with the number as the reason.
+    """
+    numbers = _NUMBER_RE.findall(value)
+    outside = [n for n in numbers if n not in vocab]
+    if outside:
+        return ParseResult(None, value, f"the number {outside[0]} is not an action (numbers: {', '.join(e for e in vocab if e.isdigit())})")
+    found = {list(vocab).index(n) for n in numbers}
+    found |= {i for i, entry in enumerate(vocab) if not entry.isdigit() and entry in value}
+    return _single(found, value)
 
 
 def normalize_command(text: str) -> str:

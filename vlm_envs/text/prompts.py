@@ -10,6 +10,10 @@ exactly the prompt the env itself would::
 
 ``wording="reference"`` (default) gives the RL4VLM templates byte for byte;
 ``wording="clean"`` fixes their typos and stray backslashes.
+
+The point games take the env's target (``build_prompt("ezpoints", text, target=10)``; envs pass
+their own ``prompt_params``). The reference text hard-codes 12 and 24, so it refuses any other
+target rather than state the wrong goal.
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ _NUMBERLINE_INTRO = (
 _BLACKJACK_INTRO = "You are a blackjack player. You are observing the current game state, you can choose between ['stand', 'hit']. "
 
 
-def _points_intro(n_cards: str, target: int, choices: str) -> str:
+def _points_intro(n_cards: str, choices: str) -> str:
     return (
         f"You are an expert card game player. You are observing {n_cards} cards in the image. "
         "You are observing the current formula: {formula}. "
         f"You can choose between [{choices}]. The number or operator you choose will be appended "
         "to the current formula. Note that 'J', 'Q', and 'K' count as '10'. Your goal is to output "
-        f"a formula that evaluates to {target}, and each number can only be used once. "
+        "a formula that evaluates to {target}, and each number can only be used once. "
     )
 
 
@@ -68,16 +72,14 @@ CLEAN_TEMPLATES: dict[str, tuple[str, str]] = {
         _BLACKJACK_INTRO + _CLEAN_JSON_FOOTER + '{"action": "stand" or "hit"}',
     ),
     "ezpoints": (
-        _points_intro("two", 12, _EZ_CHOICES) + _CLEAN_JSON_FOOTER + '{\n"cards": [x, y],\n'
-        '"current formula": "{formula}",\n' + _POINTS_THOUGHTS.replace("{target}", "12")
-        + '"action": "number or operator"\n}',
-        _points_intro("two", 12, _EZ_CHOICES) + _CLEAN_JSON_FOOTER + '{"action": "number or operator"}',
+        _points_intro("two", _EZ_CHOICES) + _CLEAN_JSON_FOOTER + '{\n"cards": [x, y],\n'
+        '"current formula": "{formula}",\n' + _POINTS_THOUGHTS + '"action": "number or operator"\n}',
+        _points_intro("two", _EZ_CHOICES) + _CLEAN_JSON_FOOTER + '{"action": "number or operator"}',
     ),
     "points24": (
-        _points_intro("four", 24, _P24_CHOICES) + _CLEAN_JSON_FOOTER + '{\n"cards": [x, y, z, w],\n'
-        '"current formula": "{formula}",\n' + _POINTS_THOUGHTS.replace("{target}", "24")
-        + '"action": "number or operator"\n}',
-        _points_intro("four", 24, _P24_CHOICES) + _CLEAN_JSON_FOOTER + '{"action": "number or operator"}',
+        _points_intro("four", _P24_CHOICES) + _CLEAN_JSON_FOOTER + '{\n"cards": [x, y, z, w],\n'
+        '"current formula": "{formula}",\n' + _POINTS_THOUGHTS + '"action": "number or operator"\n}',
+        _points_intro("four", _P24_CHOICES) + _CLEAN_JSON_FOOTER + '{"action": "number or operator"}',
     ),
     "alfworld": (
         _ALFWORLD_INTRO + _CLEAN_JSON_FOOTER + '{\n"thoughts": "first describe what you see using the '
@@ -150,12 +152,36 @@ def template(task: str, *, cot: bool = True, wording: Wording = "reference") -> 
     return templates[task][0 if cot else 1]
 
 
-def build_prompt(task: str, text: str, *, cot: bool = True, wording: Wording = "reference") -> str:
-    """The task prompt for one step, from the task name and that step's ``obs["text"]``."""
+# The target the reference prompts state (they hard-code it): EZPoints 12, Points24 24.
+DEFAULT_TARGETS: dict[str, int] = {"ezpoints": 12, "points24": 24}
+
+
+def build_prompt(task: str, text: str, *, cot: bool = True, wording: Wording = "reference", target: int | None = None) -> str:
+    """The task prompt for one step, from the task name and that step's ``obs["text"]``.
+
+    ``target``: the value the point games must reach (default: the reference's 12 / 24); envs
+    pass theirs through ``env.unwrapped.prompt_params``. ``wording="reference"`` refuses a
+    non-default target: its text says 12 / 24.
+    """
     prompt = template(task, cot=cot, wording=wording)
-    for key, value in TASKS[task].fields_from_text(text).items():
+    fields = TASKS[task].fields_from_text(text)
+    if task in DEFAULT_TARGETS:
+        default = DEFAULT_TARGETS[task]
+        target = default if target is None else int(target)
+        if wording == "reference" and target != default:
+            raise ValueError(f"the reference {task} prompt states the target {default} and cannot say {target}; "
+                             "use wording='clean', which states the env's target")
+        fields["target"] = str(target)
+    elif target is not None:
+        raise ValueError(f"the {task} prompt has no target")
+    for key, value in fields.items():
         prompt = prompt.replace("{" + key + "}", value)
     return prompt
+
+
+def text_only_prompt(state: str, prompt: str) -> str:
+    """The prompt for a text-only model: the state in words (``env.unwrapped.describe()``), then the task prompt."""
+    return f"State: {state}\n{prompt}"
 
 
 def chat_messages(prompt: str) -> list[dict]:

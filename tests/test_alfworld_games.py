@@ -1,0 +1,73 @@
+"""Unreadable ALFWorld games are named, and can be skipped with a warning that the result card counts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+pytest.importorskip("alfworld")
+
+import vlm_envs  # noqa: E402,F401
+from vlm_envs.alfworld_wrap.games import InvalidGame  # noqa: E402
+from vlm_envs.evaluation import Episode, Manifest, evaluate  # noqa: E402
+from vlm_envs.evaluation.manifests import file_sha256  # noqa: E402
+
+SPLIT = "eval_out_of_distribution"
+
+
+@pytest.fixture
+def game_dir(tmp_path) -> tuple[Path, Path]:
+    """Three shipped games copied into a folder, the second with a corrupt traj_data.json."""
+    from vlm_envs.alfworld_wrap.env import ALFWorldEnv
+
+    games = ALFWorldEnv(split=SPLIT).games[:3]
+    for game in games:
+        source = Path(game.game_file).parent
+        shutil.copytree(source, tmp_path / SPLIT / source.parent.name / source.name)
+    corrupt = tmp_path / SPLIT / Path(games[1].game_file).parent.parent.name / Path(games[1].game_file).parent.name / "traj_data.json"
+    corrupt.write_text('{"task_type": "pick_and_place_simple", ')
+    return tmp_path, corrupt
+
+
+def test_a_corrupt_game_file_is_named(game_dir):
+    root, corrupt = game_dir
+    with pytest.raises(InvalidGame, match=f"{corrupt}: cannot be read as JSON.*skip_invalid_games=True"):
+        gym.make("alfworld/ALFWorld-v0", split=SPLIT, game_dir=str(root))
+
+
+def test_invalid_games_can_be_skipped_with_a_warning_and_are_counted_on_the_card(game_dir):
+    root, corrupt = game_dir
+    with pytest.warns(UserWarning, match=str(corrupt)):
+        env = gym.make("alfworld/ALFWorld-v0", split=SPLIT, game_dir=str(root), skip_invalid_games=True)
+    assert len(env.unwrapped.games) == 2 and len(env.unwrapped.skipped_games) == 1
+    assert str(corrupt) in env.unwrapped.skipped_games[0]
+
+    episodes = tuple(
+        Episode("alfworld/ALFWorld-v0", {"split": SPLIT, "game_dir": str(root)}, i,
+                {"path": str(Path(g.game_file).relative_to(root)), "sha256": file_sha256(g.game_file)})
+        for i, g in enumerate(env.unwrapped.games)
+    )
+    manifest = Manifest("two-games", episodes).with_hash()
+    with pytest.warns(UserWarning, match=str(corrupt)):
+        card = evaluate(manifest, "oracle", games_root=root, skip_invalid_games=True)
+    assert card["complete"] and [r["success"] for r in card["episodes"]] == [True, True]
+    assert len(card["skipped_games"]) == 1 and str(corrupt) in card["skipped_games"][0]
+    assert {r["task_type"] for r in card["episodes"]} == set(card["summary"]["per_task_type"])
+
+
+def test_a_manifest_game_whose_bytes_changed_is_refused_or_skipped():
+    from vlm_envs.alfworld_wrap import shipped_games_dir
+    from vlm_envs.alfworld_wrap.env import ALFWorldEnv
+
+    game = ALFWorldEnv(split=SPLIT).games[0]
+    episode = Episode("alfworld/ALFWorld-v0", {"split": SPLIT}, 0,
+                      {"path": str(Path(game.game_file).relative_to(shipped_games_dir())), "sha256": "0" * 64})
+    manifest = Manifest("bad-hash", (episode,)).with_hash()
+    with pytest.raises(ValueError, match="sha256 differs from the manifest's"):
+        evaluate(manifest, "oracle")
+    with pytest.warns(UserWarning, match="skipping manifest episode 0"):
+        card = evaluate(manifest, "oracle", skip_invalid_games=True)
+    assert card["complete"] and card["episodes"] == [] and card["skipped"][0]["index"] == 0

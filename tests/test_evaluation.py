@@ -1,0 +1,161 @@
+"""Manifests, result cards, invariance to num_envs / vectorization / completion order, and resume after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import pytest
+
+from vlm_envs.__main__ import main
+from vlm_envs.evaluation import Episode, Manifest, Reply, Settings, evaluate, load_manifest, manifest_names, wilson_interval
+from vlm_envs.evaluation.evaluate import journal_path
+from vlm_envs.evaluation.manifests import BUILDERS, manifests_dir, numberline_start_states
+from vlm_envs.evaluation.policies import RandomPolicy, action_text
+from vlm_envs.registration import CARD_ENVS
+
+
+def test_shipped_manifests_are_what_the_builders_make():
+    assert {"cards-v0", "smoke-v0"} <= set(manifest_names())
+    for name in ("cards-v0", "smoke-v0"):
+        path = manifests_dir() / f"{name}.json"
+        built = BUILDERS[name]()
+        assert path.read_text() == built.to_json()
+        loaded = load_manifest(name)
+        assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == built.sha256
+        assert loaded.episodes == built.episodes
+
+
+def test_cards_manifest_covers_every_env_and_every_numberline_start():
+    manifest = load_manifest("cards-v0")
+    counts = {env_id: sum(e.env_id == env_id for e in manifest.episodes) for env_id in CARD_ENVS}
+    assert min(counts.values()) >= 500
+    env = gym.make("gym_cards/NumberLine-v0").unwrapped
+    starts = {}
+    for episode in manifest.episodes:
+        if episode.env_id == "gym_cards/NumberLine-v0":
+            env.reset(seed=episode.seed)
+            starts[(env.current, env.target)] = starts.get((env.current, env.target), 0) + 1
+    assert set(starts) == set(numberline_start_states()) and len(set(starts.values())) == 1
+    assert len({(e.env_id, e.seed) for e in manifest.episodes}) == len(manifest.episodes)
+
+
+def test_unknown_manifest_and_bad_file_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown manifest 'nope'.*cards-v0"):
+        load_manifest("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "episodes": [{"seed": 1}]}')
+    with pytest.raises(ValueError, match="bad.json is not a valid manifest"):
+        load_manifest(bad)
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert low == pytest.approx(0.7225, abs=1e-4) and high == 1.0
+
+
+def _small_manifest(per_env: int = 6) -> Manifest:
+    cards = load_manifest("cards-v0")
+    picked = [e for env_id in CARD_ENVS for e in [x for x in cards.episodes if x.env_id == env_id][:per_env]]
+    return Manifest("small", tuple(picked)).with_hash()
+
+
+class NoisyPolicy(RandomPolicy):
+    """Random, but a third of the answers are garbage (so the parse-failure fallback draws are exercised)."""
+
+    def act(self, requests):
+        out = []
+        for r in requests:
+            rng = r.rng()
+            out.append("no idea" if rng.integers(3) == 0 else action_text(r.actions[int(rng.integers(len(r.actions)))]))
+        return out
+
+
+def test_result_card_layout(tmp_path):
+    manifest = _small_manifest(2)
+    card = evaluate(manifest, "oracle", out=tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == card
+    assert {"manifest", "episodes", "summary", "versions", "policy", "settings"} <= set(card)
+    assert card["manifest"] == {"name": "small", "sha256": manifest.sha256, "episodes": 8}
+    assert set(card["versions"]) == {"vlm_envs", "python", "gymnasium", "alfworld"}
+    assert [r["index"] for r in card["episodes"]] == list(range(8))
+    for record, episode in zip(card["episodes"], manifest.episodes):
+        assert record["env_id"] == episode.env_id and record["seed"] == episode.seed
+        assert {"return", "length", "success", "parse_failures", "final_info"} <= set(record)
+    numberline = card["summary"]["per_env"]["gym_cards/NumberLine-v0"]
+    assert numberline["success_rate"] == 1.0 and numberline["wilson_95"] == list(wilson_interval(2, 2))
+    assert not journal_path(tmp_path / "r.json").exists()
+
+
+def test_results_do_not_depend_on_num_envs_vectorization_or_order():
+    manifest = _small_manifest()
+    settings = Settings(on_parse_failure="random")
+    runs = {
+        (n, mode, order): evaluate(manifest, NoisyPolicy(), num_envs=n, vectorization=mode, settings=settings,
+                                   schedule_seed=order)["episodes"]
+        for n, mode, order in [(1, "sync", None), (3, "sync", None), (8, "sync", 7), (3, "sync", 1), (3, "async", None),
+                               (8, "async", None)]
+    }
+    reference = runs[(1, "sync", None)]
+    assert sum(r["parse_failures"] for r in reference) > 0  # the fallback draws were exercised
+    for key, episodes in runs.items():
+        assert episodes == reference, key
+
+
+class CountingPolicy(RandomPolicy):
+    def __init__(self):
+        self.episodes: set[int] = set()
+
+    def act(self, requests):
+        self.episodes.update(r.episode for r in requests)
+        return super().act(requests)
+
+
+def test_resume_after_kill_neither_repeats_nor_loses_episodes(tmp_path):
+    episodes = tuple(Episode("gym_cards/Points24-v0", {}, 5000 + i) for i in range(400))
+    manifest = Manifest("resume-test", episodes).with_hash()
+    manifest_file = tmp_path / "resume-test.json"
+    manifest_file.write_text(manifest.to_json())
+    out = tmp_path / "results.json"
+    process = subprocess.Popen([sys.executable, "-m", "vlm_envs", "evaluate", "--manifest", str(manifest_file),
+                                "--policy", "random", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = journal_path(out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 20):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    done_before = journal.read_text().count("\n") - 1  # minus the header
+    assert 0 < done_before < 400
+
+    counter = CountingPolicy()
+    with pytest.raises(ValueError, match="cannot resume"):
+        evaluate(manifest, "oracle", out=out, resume=True)
+    card = evaluate(load_manifest(manifest_file), counter, out=out, resume=True)
+    assert card["complete"] and [r["index"] for r in card["episodes"]] == list(range(400))
+    assert len(counter.episodes) == 400 - done_before and not counter.episodes & set(range(done_before))
+    fresh = evaluate(manifest, "random")["episodes"]
+    assert card["episodes"] == fresh
+
+    assert main(["evaluate", "--manifest", str(manifest_file), "--policy", "random", "--resume", str(out)]) == 0
+    assert json.loads(out.read_text())["episodes"] == fresh  # resuming a finished run plays nothing new
+
+
+def test_policy_errors_count_as_parse_failures_with_reason():
+    class Failing(RandomPolicy):
+        def act(self, requests):
+            return [Reply("", error="server kept failing: HTTP 500") for _ in requests]
+
+    card = evaluate(_small_manifest(1), Failing(), settings=Settings(on_parse_failure="random"))
+    for record in card["episodes"]:
+        assert record["parse_failures"] == record["length"]
+        assert record["parse_failure_reasons"] == {"policy: server kept failing: HTTP 500": record["length"]}

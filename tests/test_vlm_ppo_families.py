@@ -1,0 +1,366 @@
+"""The PPO trainer on every image-text-to-text family, through tiny random checkpoints saved and
+reloaded with ``from_pretrained`` (the path a Hub checkpoint takes): exactness, image modes,
+sampling config, λ boundary, SFT targets, checkpoints, vectorization modes, multi-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from baselines.vlm_ppo.algo import ppo_losses  # noqa: E402
+from baselines.vlm_ppo.config import Config  # noqa: E402
+from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
+from baselines.vlm_ppo.policy import (  # noqa: E402
+    ActorCritic,
+    action_boundary,
+    load_policy,
+    trainable_vision_parameters,
+)
+from baselines.vlm_ppo.tiny_families import FAMILIES, LLAVA_NEXT_7B_GEOMETRY, build_metaspace_tokenizer, build_tiny  # noqa: E402
+from vlm_envs.text import build_prompt  # noqa: E402
+
+TEMPLATE = {f: ("llava_v1" if f.startswith("llava") else "chat_template") for f in FAMILIES}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_torch_thread):
+    """One torch thread for every test here."""
+
+
+@pytest.fixture(scope="module")
+def family_path(tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model")
+        return cache[family]
+
+    return get
+
+
+def _policy(path, family, temperature=0.7, **load):
+    processor, vlm = load_policy(str(path), **load)
+    encoder = Encoder(processor, vlm.config, TEMPLATE[family])
+    return ActorCritic(vlm, encoder, temperature=temperature, thought_coef=0.5).eval()
+
+
+def _frames(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (300, 300, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def canonical_logprobs(policy, prompt: str, image, answer, temperature):
+    """The model's own forward on the processor's outputs for ONE sample, no positions given."""
+    processor, vlm = policy.encoder.processor, policy.vlm
+    from PIL import Image
+
+    inputs = processor(text=[policy.encoder.render(prompt)], images=[Image.fromarray(image)], return_tensors="pt",
+                       add_special_tokens=policy.encoder.conv_template != "chat_template")  # templates write BOS
+    p = inputs["input_ids"].shape[1]
+    extra = torch.tensor([answer])
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], 1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.zeros_like(extra)], 1)
+    with torch.no_grad():
+        logits = vlm(**inputs).logits[0, p - 1:p - 1 + len(answer)].float() / temperature
+    logits = logits.index_fill(-1, policy.suppress_ids, float("-inf"))
+    return torch.log_softmax(logits, -1)[torch.arange(len(answer)), torch.tensor(answer)]
+
+
+# --- (a) exactness: rollout == re-scoring == canonical forward, every family ------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
+    policy = _policy(family_path(family), family)
+    prompts = [build_prompt("points24", f) for f in ("", "10+", "(3+5)*")]
+    images = _frames(3)
+    encoded = policy.encoder.encode(prompts, images)
+    torch.manual_seed(0)
+    answers, scores = policy.generate(encoded, greedy=False, max_new_tokens=12, return_scores=True)
+    with torch.no_grad():
+        rescored = policy(encoded, answers, [None] * 3).token_logprobs
+    sampled = torch.log_softmax(torch.stack(scores, 1).float(), -1)
+    worst = 0.0
+    for i, a in enumerate(answers):
+        assert len(a) > 3
+        from_rollout = sampled[i, torch.arange(len(a)), torch.tensor(a)]
+        canonical = canonical_logprobs(policy, prompts[i], images[i], a, 0.7)
+        worst = max(worst, float((from_rollout - rescored[i, :len(a)]).abs().max()),
+                    float((canonical - rescored[i, :len(a)]).abs().max()))
+    print(f"\nEXACTNESS {family}: max |delta log p| = {worst:.2e}")
+    assert worst < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_tower_frozen_by_structure(family_path, family):
+    processor, vlm = load_policy(str(family_path(family)))
+    assert trainable_vision_parameters(vlm) == []
+    assert any(p.requires_grad for p in vlm.parameters())
+    _, lora = load_policy(str(family_path(family)), lora_r=4, lora_alpha=8)
+    assert trainable_vision_parameters(lora) == []
+    assert any("lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
+
+
+def test_wrong_template_names_the_right_one(family_path):
+    processor, vlm = load_policy(str(family_path("qwen2_vl")))
+    with pytest.raises(ValueError, match="use conv_template='chat_template'"):
+        Encoder(processor, vlm.config, "llava_v1")
+    with pytest.raises(ValueError, match="image_mode='native' only"):
+        Encoder(processor, vlm.config, "chat_template", image_mode="reference")
+
+
+# --- (b) a checkpoint's generation_config cannot reshape sampling ----------------------------
+def test_checkpoint_generation_config_does_not_leak(tmp_path):
+    path = build_tiny("llava", tmp_path / "m")
+    config = json.loads((path / "generation_config.json").read_text())
+    config.update(repetition_penalty=1.8, no_repeat_ngram_size=2, top_k=3, temperature=5.0)
+    (path / "generation_config.json").write_text(json.dumps(config))
+    policy = _policy(path, "llava", temperature=1.0)
+    assert policy.vlm.generation_config.repetition_penalty == 1.8  # the checkpoint really ships it
+    encoded = policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))
+    torch.manual_seed(1)
+    answers, scores = policy.generate(encoded, greedy=False, max_new_tokens=24, return_scores=True)
+    with torch.no_grad():
+        rescored = policy(encoded, answers, [None, None]).token_logprobs
+    sampled = torch.log_softmax(torch.stack(scores, 1).float(), -1)
+    for i, a in enumerate(answers):
+        assert (sampled[i, torch.arange(len(a)), torch.tensor(a)] - rescored[i, :len(a)]).abs().max() < 1e-5
+        assert torch.isfinite(sampled[i, :len(a)]).sum() > 3 * len(a)  # no top-k cut: the full vocabulary
+
+
+# --- (c) epoch-0 ratio is exactly 1, fp32 and bf16 ------------------------------------------
+def _config(tmp_path, path, family="llava", **overrides) -> Config:
+    base = dict(output_dir=str(tmp_path), model=str(path), threads=1, num_envs=2, num_steps=2, num_updates=1,
+                ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
+                temperature=1.0, max_new_tokens=10, eval_every=0, save_every=1, missing_action_key="last5",
+                conv_template=TEMPLATE[family], eval_sampled=False, eval_greedy_episodes=2, eval_episodes=2)
+    return Config(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("dtype,lora_r", [("float32", 0), ("bfloat16", 4)])
+def test_epoch0_ratio_is_one(tmp_path, family_path, dtype, lora_r):
+    from baselines.vlm_ppo.train import train_ppo
+
+    metrics = train_ppo(_config(tmp_path, family_path("llava"), dtype=dtype, lora_r=lora_r, lora_alpha=8))
+    assert metrics["charts/epoch0_ratio_dev"] == 0.0
+    assert metrics["losses/ratio_dev"] > 0.0  # after optimizer steps the policy really moved
+
+
+def test_bf16_full_finetuning_refused(tmp_path, family_path):
+    from baselines.vlm_ppo.train import train_ppo
+
+    with pytest.raises(ValueError, match="no fp32 master copy"):
+        train_ppo(_config(tmp_path, family_path("llava"), dtype="bfloat16", lora_r=0))
+
+
+# --- (d) the boundary on a sentencepiece (Metaspace) tokenizer --------------------------------
+def test_action_boundary_on_metaspace_tokenizer():
+    tokenizer = build_metaspace_tokenizer()
+    vocab = tokenizer.get_vocab()
+    assert "▁\"" in vocab and "\"," in vocab
+    text = '{"thoughts": "I should hit.", "action": "hit"}'
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    k = action_boundary(tokenizer, ids)
+    before = tokenizer.decode(ids[:k], skip_special_tokens=True)
+    through = tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
+    quote = text.rfind('"action"')
+    assert len(before) <= quote < len(through)  # token k holds the key's opening quote
+    assert through[quote] == '"' and tokenizer.convert_ids_to_tokens(ids)[k].lstrip("▁").startswith('"')
+
+
+# --- (e) SFT targets are the in-context tokens -------------------------------------------------
+@pytest.mark.parametrize("family", ["llava", "gemma3", "qwen2_vl"])
+def test_sft_targets_equal_in_context_tokens(family_path, family):
+    policy = _policy(family_path(family), family)
+    tokenizer = policy.encoder.tokenizer
+    prompt_text = policy.encoder.render(build_prompt("blackjack", ""))
+    answer = '{"thoughts": "I have 13 points.", "action": "hit"}'
+    target = policy.encoder.answer_ids(prompt_text, answer)
+    joint = tokenizer(prompt_text + answer, add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    # after the prompt's own tokens, the targets spell exactly the answer ...
+    assert tokenizer.decode(prompt + target[:-1]) == tokenizer.decode(prompt) + answer
+    # ... and are the joint tokenisation's where the join keeps the prompt's tokens
+    if joint[:len(prompt)] == prompt:
+        assert target[:-1] == joint[len(prompt):]
+    assert target[-1] == tokenizer.eos_token_id
+
+
+# --- (f) the ratio guard with a negative advantage --------------------------------------------
+def test_ratio_guard_with_negative_advantage():
+    old = torch.zeros(2)
+    adv = torch.tensor([-1.0, -2.0])
+    valid = torch.ones(2, dtype=torch.bool)
+    v = torch.zeros(2)
+    new = torch.tensor([3.0, 0.0])  # ratio e^3 > 10 triggers the guard
+    guarded = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1, ratio_guard=10.0)
+    assert guarded["policy_loss"].item() == pytest.approx(-(1.1 * -1.0 + 1.0 * -2.0) / 2)
+    plain = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1, ratio_guard=0.0)
+    assert plain["policy_loss"].item() == pytest.approx(-(np.exp(3.0) * -1.0 + 1.0 * -2.0) / 2)
+
+
+# --- image modes --------------------------------------------------------------------------------
+def test_reference_image_mode_gives_576_tokens_on_llava_next_7b_geometry(tmp_path):
+    path = build_tiny("llava_next", tmp_path / "m", **LLAVA_NEXT_7B_GEOMETRY)
+    processor, vlm = load_policy(str(path))
+    frame = _frames(1)
+    native = Encoder(processor, vlm.config, "llava_v1", "native").encode(["x"], frame)[0]
+    reference = Encoder(processor, vlm.config, "llava_v1", "reference")
+    encoded = reference.encode(["x"], frame)[0]
+    image_id = vlm.config.image_token_id
+    assert int((encoded.input_ids == image_id).sum()) == 576
+    assert int((native.input_ids == image_id).sum()) > 576  # AnyRes tiles + newlines
+    assert tuple(encoded.images["pixel_values"].shape) == (1, 3, 336, 336)
+    policy = ActorCritic(vlm, reference, temperature=1.0, thought_coef=0.5).eval()
+    torch.manual_seed(0)
+    answers, scores = policy.generate([encoded], greedy=False, max_new_tokens=6, return_scores=True)
+    with torch.no_grad():
+        rescored = policy([encoded], answers, [None]).token_logprobs[0, :len(answers[0])]
+    sampled = torch.log_softmax(torch.stack(scores, 1).float(), -1)[0, torch.arange(len(answers[0])), torch.tensor(answers[0])]
+    assert (sampled - rescored).abs().max() < 1e-5
+
+
+# --- every family: SFT step, PPO update, greedy eval, resume ------------------------------------
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(Path(path).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_sft_ppo_eval_resume(tmp_path, family_path, family):
+    from baselines.vlm_ppo.sft import train_sft
+    from baselines.vlm_ppo.train import train_ppo
+
+    path = family_path(family)
+    cfg = _config(tmp_path / "a", path, family, num_updates=2, eval_every=2, sft_samples=8, sft_steps=2,
+                  sft_batch_size=4, sft_lr=1e-3)
+    sft_dir = train_sft(cfg, str(path))
+    assert json.loads((sft_dir / "sft_metrics.json").read_text())["exact"] >= 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(_weights(path).values(), _weights(sft_dir).values()))
+    straight = train_ppo(cfg)
+    assert 0.0 <= straight["eval/greedy_success"] <= 1.0 and straight["eval/greedy_episodes"] == 2
+    resumed_dir = tmp_path / "b"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", resumed_dir / "checkpoints" / "update_00000")
+    (resumed_dir / "checkpoints" / "latest").write_text("update_00000")
+    train_ppo(dataclasses.replace(cfg, output_dir=str(resumed_dir), resume=True))
+    a = _weights(tmp_path / "a" / "checkpoints" / "update_00001" / "model")
+    b = _weights(resumed_dir / "checkpoints" / "update_00001" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), family
+
+
+# --- checkpoints: every vectorization mode, bit-identical; no code execution ---------------------
+def _metrics_rows(path):
+    import csv
+
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "charts/tokens_per_s"}
+                for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async", "ray"])
+def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, vectorization):
+    if vectorization == "ray":
+        pytest.importorskip("ray")
+    from baselines.vlm_ppo.train import train_ppo
+
+    cfg = _config(tmp_path / "a", family_path("llava"), env_id="gym_cards/Blackjack-v0", num_updates=3,
+                  num_steps=3, vectorization=vectorization)
+    train_ppo(cfg)
+    state = json.loads((tmp_path / "a" / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
+    assert "envs" in state and all(isinstance(t, str) for r in state["envs"]["records"] for t in r)
+    import shutil
+
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", tmp_path / "b" / "checkpoints" / "update_00000")
+    shutil.copy(tmp_path / "a" / "metrics.csv", tmp_path / "b" / "metrics.csv")
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("update_00000")
+    train_ppo(dataclasses.replace(cfg, output_dir=str(tmp_path / "b"), resume=True))
+    assert _metrics_rows(tmp_path / "a" / "metrics.csv") == _metrics_rows(tmp_path / "b" / "metrics.csv")
+    a, b = (_weights(tmp_path / d / "checkpoints" / "update_00002" / "model") for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('VLM_PWNED', '/tmp/vlm_pwned')}",))
+
+
+def test_crafted_checkpoint_does_not_execute_code(tmp_path, family_path, monkeypatch):
+    from baselines.vlm_ppo.train import train_ppo
+
+    cfg = _config(tmp_path, family_path("llava"))
+    train_ppo(cfg)
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("VLM_PWNED", str(marker))
+    ckpt = tmp_path / "checkpoints" / "update_00000"
+    (ckpt / "optimizer.pt").write_bytes(pickle.dumps({"state": _Exploit()}))
+    with pytest.raises(ValueError, match="refused"):
+        train_ppo(dataclasses.replace(cfg, resume=True, num_updates=2))
+    assert not marker.exists()
+
+
+# --- reproducibility and seed streams ------------------------------------------------------------
+def test_same_seed_same_metrics(tmp_path, family_path):
+    from baselines.vlm_ppo.train import train_ppo
+
+    for d in "ab":
+        train_ppo(_config(tmp_path / d, family_path("llava"), num_updates=2, eval_every=1, save_every=0))
+    assert _metrics_rows(tmp_path / "a" / "metrics.csv") == _metrics_rows(tmp_path / "b" / "metrics.csv")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 10, 100_000, 2**31 - 1])
+def test_train_and_eval_seeds_are_disjoint(seed):
+    from baselines.vlm_ppo.envs import TRAIN_SEED_BASE, check_eval_seeds, episode_seed
+
+    train = {episode_seed(seed, p, n, k) for p in range(2) for n in range(4) for k in range(50)}
+    assert min(train) >= TRAIN_SEED_BASE and len(train) == 400
+    check_eval_seeds(Config().eval_seed, 10_000)
+    with pytest.raises(ValueError):
+        check_eval_seeds(TRAIN_SEED_BASE - 5, 10)
+
+
+# --- KL penalty to the initial policy ------------------------------------------------------------
+def test_kl_penalty_uses_the_adapter_off_model(tmp_path, family_path):
+    from baselines.vlm_ppo.train import train_ppo
+
+    metrics = train_ppo(_config(tmp_path, family_path("llava"), lora_r=4, lora_alpha=8, kl_coef=0.5, num_updates=2,
+                                ppo_epochs=2))
+    assert metrics["losses/kl"] > 0.0 and np.isfinite(metrics["losses/kl"])
+    with pytest.raises(ValueError, match="needs LoRA"):
+        train_ppo(_config(tmp_path / "x", family_path("llava"), kl_coef=0.1))
+
+
+# --- multi-process (accelerate, gloo on CPU) -----------------------------------------------------
+def test_two_processes_hold_identical_weights_and_distinct_env_seeds(tmp_path, family_path):
+    out = tmp_path / "run"
+    # accelerate's multi-process launcher (torchrun underneath); ACCELERATE_USE_CPU selects gloo on CPU
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "baselines.vlm_ppo", "ppo", "--output-dir", str(out), "--model", str(family_path("llava")),
+           "--threads", "1", "--num-envs", "2", "--num-steps", "2", "--num-updates", "2", "--ppo-epochs", "1",
+           "--minibatch-size", "2", "--grad-accum-steps", "1", "--lr", "1e-3", "--max-new-tokens", "8",
+           "--temperature", "1.0", "--eval-every", "0", "--save-every", "1", "--max-grad-norm", "1.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    subprocess.run(cmd, check=True, timeout=600, env=env, capture_output=True)
+    states = [json.loads((out / "checkpoints" / "update_00001" / f"trainer_state_{r}.json").read_text()) for r in (0, 1)]
+    first = json.loads((out / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
+    assert states[0]["weights_sha256"] == states[1]["weights_sha256"] != first["weights_sha256"]
+    assert not set(states[0]["envs"]["seeds"]) & set(states[1]["envs"]["seeds"])
