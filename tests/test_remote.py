@@ -76,6 +76,7 @@ def test_remote_env_plays_exactly_as_the_local_env(env_id):
             assert remote.observation_space == local.observation_space
             assert remote.action_space == local.action_space
             assert remote.prompt_task == local.unwrapped.prompt_task
+            assert remote.prompt_params == local.unwrapped.prompt_params
             assert remote.action_names == tuple(local.unwrapped.action_names)
             rng = np.random.default_rng(0)
             assert_same_step(remote.reset(seed=7), local.reset(seed=7), "reset")
@@ -90,10 +91,11 @@ def test_remote_env_plays_exactly_as_the_local_env(env_id):
 
 
 def test_index_actions_and_make_kwargs_match_the_plain_env(points24_url):
-    kwargs = {"image_size": [64, 96], "text_mode": "full"}
+    kwargs = {"image_size": [64, 96], "text_mode": "full", "target_points": 21}
     remote = RemoteEnv(points24_url, text_actions=False, env_kwargs=kwargs)
-    local = gym.make(POINTS24, image_size=(64, 96), text_mode="full")
+    local = gym.make(POINTS24, image_size=(64, 96), text_mode="full", target_points=21)
     try:
+        assert remote.prompt_params == local.unwrapped.prompt_params == {"target": 21}
         assert remote.action_space == local.action_space == gym.spaces.Discrete(len(local.unwrapped.action_names))
         assert remote.observation_space == local.observation_space
         assert_same_step(remote.reset(seed=3), local.reset(seed=3), "reset")
@@ -160,6 +162,32 @@ def test_vector_env_matches_sync_vector_env_with_same_step_autoreset(points24_ur
             assert_same_step(remote.step(actions), expected, f"vector step {t}")
             ended += int(np.sum(expected[2] | expected[3]))
         assert ended > 0  # final_obs / final_info were compared too
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_vector_env_with_disabled_autoreset_and_reset_mask_matches_sync(points24_url):
+    """The trainer's way: autoreset off, finished envs reset by it with explicit seeds and a reset_mask."""
+    vector_kwargs = {"autoreset_mode": AutoresetMode.DISABLED}
+    remote = make_remote_vec(points24_url, 3, vector_kwargs=vector_kwargs)
+    local = gym.make_vec(POINTS24, 3, vectorization_mode="sync", vector_kwargs=vector_kwargs, wrappers=[vlm_envs.TextActions])
+    rng = np.random.default_rng(2)
+    try:
+        assert remote.get_attr("prompt_params") == local.get_attr("prompt_params")
+        assert_same_step(remote.reset(seed=[1, 2, 3]), local.reset(seed=[1, 2, 3]), "reset")
+        next_seed, resets = 100, 0
+        for t in range(40):
+            actions = tuple(rng.choice(['{"action": "="}', '{"action": "8"}', "?"], size=3))
+            expected = local.step(actions)
+            assert_same_step(remote.step(actions), expected, f"step {t}")
+            done = expected[2] | expected[3]
+            if done.any():
+                seeds = [next_seed + i if done[i] else None for i in range(3)]
+                options = {"reset_mask": done.copy()}
+                assert_same_step(remote.reset(seed=seeds, options=options), local.reset(seed=seeds, options=options), f"reset {t}")
+                next_seed, resets = next_seed + 3, resets + 1
+        assert resets > 0
     finally:
         remote.close()
         local.close()
