@@ -6,6 +6,7 @@ thread of the test process (quick to start), except the one killed mid-episode, 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -127,30 +128,34 @@ def test_remote_env_passes_gymnasium_check_env(points24_url):
         env.close()
 
 
+@contextlib.contextmanager
+def vector_pair(url: str, n: int, autoreset: AutoresetMode):
+    """``make_remote_vec`` and the local ``SyncVectorEnv`` it must equal, closed afterwards."""
+    vector_kwargs = {"autoreset_mode": autoreset}
+    remote = make_remote_vec(url, n, vector_kwargs=vector_kwargs)
+    local = gym.make_vec(POINTS24, n, vectorization_mode="sync", vector_kwargs=vector_kwargs, wrappers=[vlm_envs.TextActions])
+    try:
+        yield remote, local
+    finally:
+        remote.close()
+        local.close()
+
+
 @pytest.mark.parametrize("autoreset", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
 def test_run_agent_gives_the_same_records_remotely(points24_url, autoreset):
     def policy(prompts, images):  # deterministic in the state: the same records iff the same states
         return ['{"action": "%s"}' % ("=" if len(p) % 3 == 0 else "8") for p in prompts]
 
-    vector_kwargs = {"autoreset_mode": autoreset}
-    remote = make_remote_vec(points24_url, 4, vector_kwargs=vector_kwargs)
-    local = gym.make_vec(POINTS24, 4, vectorization_mode="sync", vector_kwargs=vector_kwargs, wrappers=[vlm_envs.TextActions])
-    try:
+    with vector_pair(points24_url, 4, autoreset) as (remote, local):
         got, want = (run_agent(envs, policy, episodes=12, seed=5) for envs in (remote, local))
-    finally:
-        remote.close()
-        local.close()
     assert len(got) == len(want) > 12
     for a, b in zip(got, want):
         assert data_equivalence(a.to_dict(), b.to_dict(), exact=True)
 
 
 def test_vector_env_matches_sync_vector_env_with_same_step_autoreset(points24_url):
-    vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
-    remote = make_remote_vec(points24_url, 3, vector_kwargs=vector_kwargs)
-    local = gym.make_vec(POINTS24, 3, vectorization_mode="sync", vector_kwargs=vector_kwargs, wrappers=[vlm_envs.TextActions])
     rng = np.random.default_rng(1)
-    try:
+    with vector_pair(points24_url, 3, AutoresetMode.SAME_STEP) as (remote, local):
         assert remote.single_observation_space == local.single_observation_space
         assert remote.single_action_space == local.single_action_space
         assert remote.get_attr("prompt_task") == local.get_attr("prompt_task")
@@ -162,18 +167,12 @@ def test_vector_env_matches_sync_vector_env_with_same_step_autoreset(points24_ur
             assert_same_step(remote.step(actions), expected, f"vector step {t}")
             ended += int(np.sum(expected[2] | expected[3]))
         assert ended > 0  # final_obs / final_info were compared too
-    finally:
-        remote.close()
-        local.close()
 
 
 def test_vector_env_with_disabled_autoreset_and_reset_mask_matches_sync(points24_url):
     """The trainer's way: autoreset off, finished envs reset by it with explicit seeds and a reset_mask."""
-    vector_kwargs = {"autoreset_mode": AutoresetMode.DISABLED}
-    remote = make_remote_vec(points24_url, 3, vector_kwargs=vector_kwargs)
-    local = gym.make_vec(POINTS24, 3, vectorization_mode="sync", vector_kwargs=vector_kwargs, wrappers=[vlm_envs.TextActions])
     rng = np.random.default_rng(2)
-    try:
+    with vector_pair(points24_url, 3, AutoresetMode.DISABLED) as (remote, local):
         assert remote.get_attr("prompt_params") == local.get_attr("prompt_params")
         assert_same_step(remote.reset(seed=[1, 2, 3]), local.reset(seed=[1, 2, 3]), "reset")
         next_seed, resets = 100, 0
@@ -188,9 +187,6 @@ def test_vector_env_with_disabled_autoreset_and_reset_mask_matches_sync(points24
                 assert_same_step(remote.reset(seed=seeds, options=options), local.reset(seed=seeds, options=options), f"reset {t}")
                 next_seed, resets = next_seed + 3, resets + 1
         assert resets > 0
-    finally:
-        remote.close()
-        local.close()
 
 
 # -- load -----------------------------------------------------------------------------------------
