@@ -189,6 +189,19 @@ def test_vector_env_with_disabled_autoreset_and_reset_mask_matches_sync(points24
         assert resets > 0
 
 
+def test_replay_on_reset_restores_episodes_as_text_actions_does(points24_url):
+    """The trainer's checkpoint restore: set_attr("replay_on_reset", texts) then reset(seed=...)."""
+    records = [('{"action": "8"}', "?"), (), ('{"action": "+"}',)]
+    with vector_pair(points24_url, 3, AutoresetMode.DISABLED) as (remote, local):
+        for envs in (remote, local):
+            envs.set_attr("replay_on_reset", records)
+        assert_same_step(remote.reset(seed=[5, 6, 7]), local.reset(seed=[5, 6, 7]), "restored")
+        assert_same_step(remote.step(("=",) * 3), local.step(("=",) * 3), "after the restore")
+        remote.set_attr("replay_on_reset", [("=",) * 300] * 3)  # longer than any episode
+        with pytest.raises(ServerError, match="does not belong to this env or seed"):
+            remote.reset(seed=[5, 6, 7])
+
+
 # -- load -----------------------------------------------------------------------------------------
 def _trajectory(env: gym.Env, seed: int, steps: int) -> list:
     """``steps`` steps of seeded random text (autoreset by hand), as comparable records."""

@@ -174,6 +174,7 @@ class RemoteEnv(gym.Env):
                         "image_encoding": image_encoding, "env_id": env_id}
         self.reconnect, self.reconnect_timeout_s = reconnect, reconnect_timeout_s
         self._history: list[tuple[str, Any, str]] = []  # (kind, payload, digest of the answer) since the last seeded reset
+        self.replay_on_reset: tuple[str, ...] = ()  # as vlm_envs.TextActions: texts the next reset plays (on the server)
         self._client = None
         self._open()
 
@@ -258,7 +259,8 @@ class RemoteEnv(gym.Env):
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        result = self._call("reset", {"seed": seed, "options": options})
+        replay, self.replay_on_reset = list(self.replay_on_reset), []
+        result = self._call("reset", {"seed": seed, "options": options, "replay": replay})
         obs, _, _, _, info = self._unpack(result)
         return obs, info
 

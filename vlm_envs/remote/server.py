@@ -154,6 +154,7 @@ class ServedEnv(Environment):
         text_actions: bool | dict[str, Any] = True,
         image_encoding: str = DEFAULT_IMAGE_ENCODING,
         env_id: str | None = None,
+        replay: list[str] | None = None,
         **unknown: Any,
     ) -> StepObservation:
         """Start an episode; ``env_kwargs`` (over the server's defaults), ``text_actions`` and ``image_encoding`` configure the session."""
@@ -168,12 +169,18 @@ class ServedEnv(Environment):
             raise TypeError(f"options must be a JSON object or null, got {options!r}")
         if image_encoding not in IMAGE_ENCODINGS:
             raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
+        if replay is not None and (not isinstance(replay, list) or not all(isinstance(t, str) for t in replay)):
+            raise TypeError("replay must be a list of texts")
         config = ({**self._defaults, **check_env_kwargs(self.env_id, env_kwargs or {})}, check_text_actions(text_actions))
         if config != self._config:
             env = self._build(*config)  # first, so that a refused configuration leaves the session as it was
             self._close_env()
             self._env, self._config = env, config
         self._image_encoding = image_encoding
+        if replay:  # TextActions replays the texts after the reset (restoring a checkpointed episode)
+            if not isinstance(self._env, TextActions):
+                raise ValueError("replay needs a text-action session (text_actions=true)")
+            self._env.replay_on_reset = tuple(replay)
         obs, info = self._env.reset(seed=seed, options=options)
         self._episode_id, self._steps = episode_id or uuid.uuid4().hex[:12], 0
         return self._answer(obs, None, False, False, info)
