@@ -173,7 +173,8 @@ class RemoteEnv(gym.Env):
         self._config = {"env_kwargs": dict(env_kwargs or {}), "text_actions": text_actions,
                         "image_encoding": image_encoding, "env_id": env_id}
         self.reconnect, self.reconnect_timeout_s = reconnect, reconnect_timeout_s
-        self._history: list[tuple[str, Any, str]] = []  # (kind, payload, digest of the answer) since the last seeded reset
+        # (kind, payload, digest of the answer) since the last seeded reset; None: nothing seeded to replay from
+        self._history: list[tuple[str, Any, str]] | None = []
         self.replay_on_reset: tuple[str, ...] = ()  # as vlm_envs.TextActions: texts the next reset plays (on the server)
         self._client = None
         self._open()
@@ -229,15 +230,16 @@ class RemoteEnv(gym.Env):
         else:
             result = self._client.step(payload)
         if self.reconnect:
-            if kind == "reset" and payload.get("seed") is not None:
-                self._history = []
-            self._history.append((kind, payload, _digest(result)))
+            if kind == "reset" and (payload.get("seed") is not None or not self._history):
+                self._history = [] if payload.get("seed") is not None else None
+            if self._history is not None:
+                self._history.append((kind, payload, _digest(result)))
         return result
 
     def _restore(self, lost: str) -> None:
         """A fresh session, the episode replayed from the last seeded reset, every answer checked."""
         history, self._history = self._history, []
-        if history and (history[0][0] != "reset" or history[0][1].get("seed") is None):
+        if history is None:
             raise ConnectionError(f"{lost}; cannot restore: this session was never reset with a seed, so its episode cannot be replayed")
         deadline = time.monotonic() + self.reconnect_timeout_s
         while True:
@@ -251,7 +253,7 @@ class RemoteEnv(gym.Env):
                     raise ConnectionError(f"{lost}; reconnecting failed for {self.reconnect_timeout_s:g} s: {err}") from err
                 time.sleep(0.2)
         for step, (kind, payload, digest) in enumerate(history):
-            result = self._send(kind, payload)
+            self._send(kind, payload)
             if self._history[-1][2] != digest:
                 raise RuntimeError(f"session {self.session_id}: the replayed episode differs from the lost one at "
                                    f"message {step} ({kind}); the server is not serving the same env")
