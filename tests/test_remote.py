@@ -309,6 +309,7 @@ def server_process():
 
 def test_killed_server_raises_connection_error_naming_the_session_and_reconnect_replays(server_process):
     proc, url, port = server_process
+    patient = RemoteEnv(url, message_timeout_s=2)
     plain = RemoteEnv(url, message_timeout_s=5)
     durable = RemoteEnv(url, reconnect=True, message_timeout_s=5, reconnect_timeout_s=20)
     local = local_env("gym_cards/NumberLine-v0")
@@ -318,6 +319,13 @@ def test_killed_server_raises_connection_error_naming_the_session_and_reconnect_
         for action in ['{"action": "+"}', "??", '{"action": "-"}']:
             assert_same_step(durable.step(action), local.step(action), action)
             plain.step(action)
+        patient.reset(seed=0)
+        os.kill(proc.pid, signal.SIGSTOP)  # hung: the answer never comes
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"session {patient.session_id} on .*: no answer within 2 s"):
+            patient.step('{"action": "+"}')
+        patient.close()  # drops the connection without waiting for the hung server
+        assert time.monotonic() - start < 6
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
@@ -332,8 +340,8 @@ def test_killed_server_raises_connection_error_naming_the_session_and_reconnect_
                 assert_same_step(durable.step(action), local.step(action), f"after reconnect {action}")
             assert durable.session_id != lost_session
     finally:
-        plain.close()
-        durable.close()
+        for env in (patient, plain, durable):
+            env.close()
 
 
 def test_reconnect_refuses_a_server_that_replays_differently():

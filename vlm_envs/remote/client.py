@@ -65,6 +65,7 @@ class _SessionClient(EnvClient[dict, dict, dict]):
     def __init__(self, url: str, token: str | None, connect_timeout_s: float, message_timeout_s: float, compression: bool):
         super().__init__(url, connect_timeout_s=connect_timeout_s, message_timeout_s=message_timeout_s, max_message_size_mb=64)
         self._token, self._compression = token, compression
+        self._broken = False  # a message failed: the connection is only dropped, never used again
         self.name = f"session on {url}"
 
     async def connect(self) -> _SessionClient:
@@ -92,6 +93,10 @@ class _SessionClient(EnvClient[dict, dict, dict]):
         """
         if self._ws is None:
             return
+        if self._broken:  # the server is gone or hung: do not wait for it
+            self._ws.transport.abort()
+            self._ws = None
+            return
         try:
             await self._send({"type": "close"})
             await asyncio.wait_for(self._ws.wait_closed(), timeout=self._connect_timeout)
@@ -102,14 +107,16 @@ class _SessionClient(EnvClient[dict, dict, dict]):
             self._ws = None
 
     async def _send_and_receive(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._broken:
+            raise ConnectionError(f"{self.name}: the connection was lost earlier")
         try:
             await self._send(message)
             response = await self._receive()
-        except TimeoutError as err:
-            raise ConnectionError(f"{self.name}: no answer within {self._message_timeout:g} s") from err
-        except (OSError, ConnectionError) as err:
-            raise ConnectionError(f"{self.name}: connection lost ({err})") from err
-        except Exception as err:  # websockets' ConnectionClosed and friends
+        except Exception as err:
+            self._broken = True
+            if isinstance(err, TimeoutError):
+                raise ConnectionError(f"{self.name}: no answer within {self._message_timeout:g} s") from err
+            # OSError, websockets' ConnectionClosed and friends
             raise ConnectionError(f"{self.name}: connection lost ({type(err).__name__}: {err})") from err
         if response.get("type") == "error":
             data = response.get("data", {})
