@@ -488,6 +488,17 @@ def test_bad_messages_get_an_error_with_a_reason_and_the_server_keeps_serving(po
         bystander.close()
 
 
+def test_no_stateless_http_episode_endpoints(points24_url):
+    """Episodes live on the WebSocket; OpenEnv's stateless HTTP /reset and /step are not served."""
+    for path in ("/reset", "/step"):
+        request = urllib.request.Request(f"{points24_url}{path}", data=b"{}", headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code in (404, 405)
+    with urllib.request.urlopen(f"{points24_url}/health", timeout=30) as answer:
+        assert answer.status == 200
+
+
 def test_unknown_session_ids_get_an_error(points24_url):
     for method, params in (("tools/list", {"session_id": "no-such-session"}), ("openenv/session/close", {"session_id": "no-such-session"})):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()

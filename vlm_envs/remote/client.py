@@ -114,10 +114,12 @@ class _SessionClient(EnvClient[dict, dict, dict]):
             response = await self._receive()
         except Exception as err:
             self._broken = True
-            if isinstance(err, TimeoutError):
-                raise ConnectionError(f"{self.name}: no answer within {self._message_timeout:g} s") from err
-            # OSError, websockets' ConnectionClosed and friends
-            raise ConnectionError(f"{self.name}: connection lost ({type(err).__name__}: {err})") from err
+            response = None if isinstance(err, TimeoutError) else await self._last_words()
+            if response is None:
+                if isinstance(err, TimeoutError):
+                    raise ConnectionError(f"{self.name}: no answer within {self._message_timeout:g} s") from err
+                # OSError, websockets' ConnectionClosed and friends
+                raise ConnectionError(f"{self.name}: connection lost ({type(err).__name__}: {err})") from err
         if response.get("type") == "error":
             data = response.get("data", {})
             code, reason = str(data.get("code", "UNKNOWN")), str(data.get("message", "unknown error"))
@@ -125,6 +127,15 @@ class _SessionClient(EnvClient[dict, dict, dict]):
                 raise SessionRefused(f"{self.name}: the server is full ({reason})")
             raise ServerError(self.name, code, reason, {k: v for k, v in data.items() if k not in ("code", "message")})
         return response
+
+    async def _last_words(self) -> dict[str, Any] | None:
+        """The error the server sent before closing, if any: a full server refuses and closes at once,
+        possibly before the client's first message goes out."""
+        try:
+            message = json.loads(await asyncio.wait_for(self._ws.recv(), timeout=1.0))
+        except Exception:
+            return None
+        return message if isinstance(message, dict) and message.get("type") == "error" else None
 
     def _step_payload(self, action: dict) -> dict:
         return action

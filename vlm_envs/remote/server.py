@@ -2,7 +2,7 @@
 
     python -m vlm_envs serve --env gym_cards/Points24-v0 --port 8000 --max-sessions 32 --token SECRET
 
-The server is OpenEnv's FastAPI app (:func:`openenv.core.env_server.create_fastapi_app`): each
+The server is OpenEnv's (:class:`openenv.core.env_server.HTTPEnvServer` on a FastAPI app): each
 WebSocket connection to ``/ws`` is one session that owns one env, built by :class:`ServedEnv`;
 OpenEnv caps the sessions (``--max-sessions``), reaps idle ones (``--idle-timeout``) and answers
 malformed messages with an error while the other sessions go on. This module adds what OpenEnv
@@ -43,8 +43,8 @@ from vlm_envs.remote.codec import IMAGE_ENCODINGS, encode_image, encode_value, s
 from vlm_envs.wrappers import TextActions
 
 import_openenv("the env server")
-from openenv.core.env_server import Action, ConcurrencyConfig, Environment, Observation, State  # noqa: E402
-from openenv.core.env_server import create_fastapi_app  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from openenv.core.env_server import Action, ConcurrencyConfig, Environment, HTTPEnvServer, Observation, ServerMode, State  # noqa: E402
 
 MAX_TEXT_CHARS = 1_000_000  # a step's text; longer is refused (a model's answer is a few KB)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame; larger closes that session's connection
@@ -286,8 +286,13 @@ def create_app(
     session_class = ServedEnv if probe.thread_safe else SerialServedEnv
     probe.close()
     config = ConcurrencyConfig(max_concurrent_envs=max_sessions, session_timeout=idle_timeout_s)
-    app = create_fastapi_app(functools.partial(session_class, env_id, env_kwargs), StepAction, StepObservation,
-                             concurrency_config=config)
+    app = FastAPI(title=f"vlm_envs: {env_id}", description="OpenEnv server; sessions on the /ws WebSocket (docs/serving.md)")
+    # OpenEnv's "production" mode: the session WebSocket without the stateless HTTP /reset, /step and
+    # /state, which build a fresh env per request (so they never continue an episode, and they
+    # would build envs past --max-sessions).
+    server = HTTPEnvServer(functools.partial(session_class, env_id, env_kwargs), StepAction, StepObservation,
+                           concurrency_config=config)
+    server.register_routes(app, mode=ServerMode.PRODUCTION)
     return BearerToken(app, token) if token else app
 
 
