@@ -29,6 +29,7 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     trainable_vision_parameters,
 )
 from baselines.vlm_ppo.tiny_families import FAMILIES, LLAVA_NEXT_7B_GEOMETRY, build_metaspace_tokenizer, build_tiny  # noqa: E402
+from tests.utils import checkpoint_copy  # noqa: E402
 from vlm_envs.text import build_prompt  # noqa: E402
 
 TEMPLATE = {f: ("llava_v1" if f.startswith("llava") else "chat_template") for f in FAMILIES}
@@ -254,12 +255,7 @@ def test_family_sft_ppo_eval_resume(tmp_path, family_path, family):
     assert any(not torch.equal(a, b) for a, b in zip(_weights(path).values(), _weights(sft_dir).values()))
     straight = train_ppo(cfg)
     assert 0.0 <= straight["eval/greedy_success"] <= 1.0 and straight["eval/greedy_episodes"] == 2
-    resumed_dir = tmp_path / "b"
-    (resumed_dir / "checkpoints").mkdir(parents=True)
-    import shutil
-
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", resumed_dir / "checkpoints" / "update_00000")
-    (resumed_dir / "checkpoints" / "latest").write_text("update_00000")
+    resumed_dir = checkpoint_copy(tmp_path / "a", tmp_path / "b")
     train_ppo(dataclasses.replace(cfg, output_dir=str(resumed_dir), resume=True))
     a = _weights(tmp_path / "a" / "checkpoints" / "update_00001" / "model")
     b = _weights(resumed_dir / "checkpoints" / "update_00001" / "model")
@@ -286,12 +282,7 @@ def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, v
     train_ppo(cfg)
     state = json.loads((tmp_path / "a" / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
     assert "envs" in state and all(isinstance(t, str) for r in state["envs"]["records"] for t in r)
-    import shutil
-
-    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", tmp_path / "b" / "checkpoints" / "update_00000")
-    shutil.copy(tmp_path / "a" / "metrics.csv", tmp_path / "b" / "metrics.csv")
-    (tmp_path / "b" / "checkpoints" / "latest").write_text("update_00000")
+    checkpoint_copy(tmp_path / "a", tmp_path / "b")
     train_ppo(dataclasses.replace(cfg, output_dir=str(tmp_path / "b"), resume=True))
     assert _metrics_rows(tmp_path / "a" / "metrics.csv") == _metrics_rows(tmp_path / "b" / "metrics.csv")
     a, b = (_weights(tmp_path / d / "checkpoints" / "update_00002" / "model") for d in "ab")

@@ -163,11 +163,11 @@ class Config:
     sft_output: str = ""
     """Where the SFT model is saved; default ``output_dir/sft``."""
     align_steps: int = 0
-    """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the CoT's number fields from mean-pooled image tokens). 0: off."""
+    """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the numbers the CoT states about the image from the flattened image tokens: NumberLine's target and current number, Blackjack's player total and dealer card, the point games' card values). 0: off."""
     align_lr: float = 1e-3
     """Learning rate of the vision alignment stage (constant)."""
     aux_reading_coef: float = 0.0
-    """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs answers with number fields (NumberLine)."""
+    """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs CoT answers that state the image's numbers (every card env; not ALFWorld or action-only data)."""
 
 
 PRESETS: dict[str, dict[str, object]] = {

@@ -29,21 +29,28 @@ class Rollout:
     """Sampled answer ids of each transition (stop token included)."""
     boundaries: list[int | None] = field(default_factory=list)
     """First action token of each answer; None when the answer has no action key (policy-invalid)."""
-    rewards: torch.Tensor = None
-    terminated: torch.Tensor = None
-    truncated: torch.Tensor = None
-    final_values: torch.Tensor = None
+    rewards: torch.Tensor = field(init=False)
+    """Reward of each step."""
+    terminated: torch.Tensor = field(init=False)
+    """The step ended its episode in a terminal state (no future value)."""
+    truncated: torch.Tensor = field(init=False)
+    """The step hit the step limit (its future value is ``final_values``)."""
+    final_values: torch.Tensor = field(init=False)
     """V(final observation) of truncated steps (0 elsewhere)."""
-    logprobs: torch.Tensor = None
+    logprobs: torch.Tensor = field(init=False)
     """Behaviour λ-weighted log-probs, from :func:`score_rollout`."""
-    values: torch.Tensor = None
+    values: torch.Tensor = field(init=False)
     """V(prompt) of each step, from :func:`score_rollout`."""
     ref_token_logprobs: list[torch.Tensor] | None = None
     """Per-token log-probs under the initial policy (adapter disabled), when the KL penalty is on."""
-    thought_logprobs: torch.Tensor = None
-    action_logprobs: torch.Tensor = None
+    thought_logprobs: torch.Tensor = field(init=False)
+    """Σ thought-token log-probs of each answer (logged: the paper compares their size with the action's)."""
+    action_logprobs: torch.Tensor = field(init=False)
+    """Σ action-token log-probs of each answer."""
     parse_failures: int = 0
+    """Answers the env could not parse into an action."""
     answer_tokens: int = 0
+    """Sampled tokens in all answers (for tokens/s)."""
 
     def __post_init__(self):
         shape = (self.num_steps, self.num_envs)
