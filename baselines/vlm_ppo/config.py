@@ -63,7 +63,7 @@ class Config:
     lora_alpha: int = 256
     """LoRA alpha (paper: 256)."""
     lora_dropout: float = 0.05
-    """LoRA dropout (paper: 0.05); off during rollouts, as all dropout."""
+    """LoRA dropout (paper: 0.05). Used in SFT only: every PPO pass runs without dropout, so the policy scored and optimised is exactly the one that sampled."""
     train_vision: bool = False
     """Also train the vision tower in PPO (default: frozen, which is what RL4VLM effectively did: its tower ran under no_grad)."""
     gradient_checkpointing: bool = False

@@ -14,7 +14,7 @@ import torch
 
 from baselines.vlm_ppo.encoding import Encoded
 from baselines.vlm_ppo.envs import TrainingEnvs
-from baselines.vlm_ppo.policy import ActorCritic, boundaries_of
+from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, train_without_dropout
 
 
 @dataclass
@@ -85,14 +85,15 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
     rollout = Rollout(num_steps, envs.num_envs)
     obs = envs.obs
     for t in range(num_steps):
-        prompts = policy.encoder.encode([envs.prompt_for(text) for text in obs["text"]], list(obs["image"]))
+        prompts = policy.encoder.encode_observations(obs, envs.prompt_for)
         answers = policy.generate(prompts, greedy=False, max_new_tokens=max_new_tokens)
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         step = envs.step(texts)
         cut = [i for i, o in enumerate(step.final_obs) if o is not None]
         if cut and bootstrap_on_truncation:
-            finals = policy.encoder.encode([envs.prompt_for(step.final_obs[i]["text"]) for i in cut],
-                                           [step.final_obs[i]["image"] for i in cut])
+            finals = policy.encoder.encode_observations({"text": [step.final_obs[i]["text"] for i in cut],
+                                                         "image": [step.final_obs[i]["image"] for i in cut]},
+                                                        envs.prompt_for)
             rollout.final_values[t, cut] = policy.get_value(finals).float().cpu()
         rollout.prompts += prompts
         rollout.answers += answers
@@ -124,9 +125,10 @@ def score_rollout(policy: ActorCritic, rollout: Rollout, batches: list[list[int]
 
     Transitions that fall in no mini-batch (the dropped remainder) are scored in one extra batch,
     since GAE needs every value. With ``with_reference``, also the initial policy's per-token
-    log-probs (the LoRA adapter switched off: no second copy of the model).
+    log-probs (the LoRA adapter switched off: no second copy of the model). Runs in the same mode
+    as the update passes (train mode, dropout off), so the first epoch's ratios start at exactly 1.
     """
-    policy.eval()
+    train_without_dropout(policy)
     covered = {j for b in batches for j in b}
     rest = [j for j in range(len(rollout.answers)) if j not in covered]
     flat_lp, flat_v = rollout.logprobs.view(-1), rollout.values.view(-1)
