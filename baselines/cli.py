@@ -24,8 +24,14 @@ def parse_config(cls: type[T], argv: Sequence[str], *, prog: str, description: s
 def _normalise_booleans(cls: type, argv: list[str]) -> list[str]:
     """``--flag true`` -> ``--flag True`` for boolean fields (tyro spells them ``True``/``False``)."""
     flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
-    out = list(argv)
-    for i, (arg, value) in enumerate(zip(argv, argv[1:])):
-        if arg in flags and value.lower() in _TRUE + _FALSE:
-            out[i + 1] = "True" if value.lower() in _TRUE else "False"
+    spell = lambda v: "True" if v.lower() in _TRUE else "False"  # noqa: E731
+    out = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in flags and value.lower() in _TRUE + _FALSE:  # --flag=value
+            out.append(f"{flag}={spell(value)}")
+        elif i and argv[i - 1] in flags and arg.lower() in _TRUE + _FALSE:  # --flag value
+            out.append(spell(arg))
+        else:
+            out.append(arg)
     return out

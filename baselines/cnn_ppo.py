@@ -11,7 +11,7 @@ games and every number of NumberLine/Blackjack are drawn in it) and resizes it t
 Atari convention SB3's ``NatureCNN`` was designed for. ``obs["text"]`` is dropped: a CNN policy
 reads pixels only, as the paper's baseline. Nothing of SB3 is forked or patched.
 
-What is reported (the paper's metric, spec results.md §2): ``info["success"]`` of every finished
+What is reported (the paper's metric): ``info["success"]`` of every finished
 training episode, as a rolling success rate over the last ``--window`` episodes (200; 1000 for
 Blackjack, as the reference). The paper's table reports the **peak** of that curve within the
 budget; we print the peak and the final value. Independently, every ``--eval-every`` steps the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from baselines.vlm_ppo.config import Config  # noqa: E402
 from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
 from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
 from vlm_envs.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
+from tests.utils import checkpoint_copy  # noqa: E402
 from vlm_envs.text import build_prompt, conversation  # noqa: E402
 
 CARD_ENVS = list(REGISTERED_CARD_ENVS)
@@ -297,10 +297,7 @@ def test_resume_gives_the_same_next_update(tmp_path, tiny_path):
 
     straight = tiny_config(tmp_path / "a", tiny_path, num_updates=2, eval_every=1, eval_episodes=2)
     train_ppo(straight)
-    resumed_dir = tmp_path / "b"
-    (resumed_dir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", resumed_dir / "checkpoints" / "update_00000")
-    (resumed_dir / "checkpoints" / "latest").write_text("update_00000")
+    resumed_dir = checkpoint_copy(tmp_path / "a", tmp_path / "b")
     train_ppo(dataclasses.replace(straight, output_dir=str(resumed_dir), resume=True))
     a = _weights(tmp_path / "a" / "checkpoints" / "update_00001" / "model")
     b = _weights(resumed_dir / "checkpoints" / "update_00001" / "model")

@@ -29,6 +29,7 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     trainable_vision_parameters,
 )
 from baselines.vlm_ppo.tiny_families import FAMILIES, LLAVA_NEXT_7B_GEOMETRY, build_metaspace_tokenizer, build_tiny  # noqa: E402
+from tests.utils import checkpoint_copy  # noqa: E402
 from vlm_envs.text import build_prompt  # noqa: E402
 
 TEMPLATE = {f: ("llava_v1" if f.startswith("llava") else "chat_template") for f in FAMILIES}
@@ -85,7 +86,7 @@ def canonical_logprobs(policy, prompt: str, image, answer, temperature):
 # --- (a) exactness: rollout == re-scoring == canonical forward, every family ------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
-    policy = _policy(family_path(family), family)
+    policy = _policy(family_path(family), family, temperature=1.0)
     prompts = [build_prompt("points24", f) for f in ("", "10+", "(3+5)*")]
     images = _frames(3)
     encoded = policy.encoder.encode(prompts, images)
@@ -98,16 +99,25 @@ def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
     for i, a in enumerate(answers):
         assert len(a) > 3
         from_rollout = sampled[i, torch.arange(len(a)), torch.tensor(a)]
-        canonical = canonical_logprobs(policy, prompts[i], images[i], a, 0.7)
+        canonical = canonical_logprobs(policy, prompts[i], images[i], a, 1.0)
         worst = max(worst, float((from_rollout - rescored[i, :len(a)]).abs().max()),
                     float((canonical - rescored[i, :len(a)]).abs().max()))
     print(f"\nEXACTNESS {family}: max |delta log p| = {worst:.2e}")
     assert worst < 1e-5
 
 
+TOWER = {"llava": "model.vision_tower", "llava_next": "model.vision_tower", "qwen2_vl": "model.visual",
+         "qwen2_5_vl": "model.visual", "qwen3_vl": "model.visual", "gemma3": "model.vision_tower",
+         "smolvlm": "model.vision_model"}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vision_tower_frozen_by_structure(family_path, family):
+    from baselines.vlm_ppo.encoding import vision_tower_of
+
     processor, vlm = load_policy(str(family_path(family)))
+    assert vision_tower_of(vlm)[0] == TOWER[family]
+    assert not any(p.requires_grad for n, p in vlm.named_parameters() if n.startswith(TOWER[family] + "."))
     assert trainable_vision_parameters(vlm) == []
     assert any(p.requires_grad for p in vlm.parameters())
     _, lora = load_policy(str(family_path(family)), lora_r=4, lora_alpha=8)
@@ -127,7 +137,10 @@ def test_wrong_template_names_the_right_one(family_path):
 def test_checkpoint_generation_config_does_not_leak(tmp_path):
     path = build_tiny("llava", tmp_path / "m")
     config = json.loads((path / "generation_config.json").read_text())
-    config.update(repetition_penalty=1.8, no_repeat_ngram_size=2, top_k=3, temperature=5.0)
+    # repetition_penalty etc. are overridden explicitly; min_p and sequence_bias are left None in the
+    # trainer's config, so only hiding the checkpoint's generation_config keeps them out
+    config.update(repetition_penalty=1.8, no_repeat_ngram_size=2, top_k=3, temperature=5.0, min_p=0.5,
+                  sequence_bias=[[[5], 8.0], [[6], -8.0]])
     (path / "generation_config.json").write_text(json.dumps(config))
     policy = _policy(path, "llava", temperature=1.0)
     assert policy.vlm.generation_config.repetition_penalty == 1.8  # the checkpoint really ships it
@@ -153,9 +166,13 @@ def _config(tmp_path, path, family="llava", **overrides) -> Config:
 
 @pytest.mark.parametrize("dtype,lora_r", [("float32", 0), ("bfloat16", 4)])
 def test_epoch0_ratio_is_one(tmp_path, family_path, dtype, lora_r):
+    """With LoRA dropout configured and gradient checkpointing on: a pass with dropout active, or in
+    another mode than the behaviour scoring, would move the ratio off 1."""
     from baselines.vlm_ppo.train import train_ppo
 
-    metrics = train_ppo(_config(tmp_path, family_path("llava"), dtype=dtype, lora_r=lora_r, lora_alpha=8))
+    metrics = train_ppo(_config(tmp_path, family_path("llava"), dtype=dtype, lora_r=lora_r, lora_alpha=8,
+                                lora_dropout=0.5, gradient_checkpointing=True, num_steps=3, num_updates=2))
+    # (the second update's: once LoRA's B has moved off 0, its dropout would show)
     assert metrics["charts/epoch0_ratio_dev"] == 0.0
     assert metrics["losses/ratio_dev"] > 0.0  # after optimizer steps the policy really moved
 
@@ -254,12 +271,7 @@ def test_family_sft_ppo_eval_resume(tmp_path, family_path, family):
     assert any(not torch.equal(a, b) for a, b in zip(_weights(path).values(), _weights(sft_dir).values()))
     straight = train_ppo(cfg)
     assert 0.0 <= straight["eval/greedy_success"] <= 1.0 and straight["eval/greedy_episodes"] == 2
-    resumed_dir = tmp_path / "b"
-    (resumed_dir / "checkpoints").mkdir(parents=True)
-    import shutil
-
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", resumed_dir / "checkpoints" / "update_00000")
-    (resumed_dir / "checkpoints" / "latest").write_text("update_00000")
+    resumed_dir = checkpoint_copy(tmp_path / "a", tmp_path / "b")
     train_ppo(dataclasses.replace(cfg, output_dir=str(resumed_dir), resume=True))
     a = _weights(tmp_path / "a" / "checkpoints" / "update_00001" / "model")
     b = _weights(resumed_dir / "checkpoints" / "update_00001" / "model")
@@ -286,12 +298,7 @@ def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, v
     train_ppo(cfg)
     state = json.loads((tmp_path / "a" / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
     assert "envs" in state and all(isinstance(t, str) for r in state["envs"]["records"] for t in r)
-    import shutil
-
-    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "update_00000", tmp_path / "b" / "checkpoints" / "update_00000")
-    shutil.copy(tmp_path / "a" / "metrics.csv", tmp_path / "b" / "metrics.csv")
-    (tmp_path / "b" / "checkpoints" / "latest").write_text("update_00000")
+    checkpoint_copy(tmp_path / "a", tmp_path / "b")
     train_ppo(dataclasses.replace(cfg, output_dir=str(tmp_path / "b"), resume=True))
     assert _metrics_rows(tmp_path / "a" / "metrics.csv") == _metrics_rows(tmp_path / "b" / "metrics.csv")
     a, b = (_weights(tmp_path / d / "checkpoints" / "update_00002" / "model") for d in "ab")
@@ -338,6 +345,31 @@ def test_train_and_eval_seeds_are_disjoint(seed):
 
 
 # --- KL penalty to the initial policy ------------------------------------------------------------
+def test_reference_logprobs_are_the_initial_model(family_path):
+    """The KL reference (adapter switched off) equals the model loaded without LoRA, and differs
+    from the current policy once the adapter has moved."""
+    from baselines.vlm_ppo.rollout import Rollout, score_rollout
+
+    policy = _policy(family_path("llava"), "llava", temperature=1.0, lora_r=4, lora_alpha=8)
+    base = _policy(family_path("llava"), "llava", temperature=1.0)
+    with torch.no_grad():
+        for name, p in policy.vlm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    encoded = policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))
+    torch.manual_seed(0)
+    answers = policy.generate(encoded, greedy=False, max_new_tokens=8)
+    rollout = Rollout(1, 2)
+    rollout.prompts, rollout.answers, rollout.boundaries = encoded, answers, [None, None]
+    score_rollout(policy, rollout, [[0, 1]], with_reference=True)
+    with torch.no_grad():
+        initial = base(encoded, answers, [None, None]).token_logprobs
+        current = policy(encoded, answers, [None, None]).token_logprobs
+    for i, a in enumerate(answers):
+        assert torch.allclose(rollout.ref_token_logprobs[i], initial[i, :len(a)], atol=1e-5)
+        assert not torch.allclose(rollout.ref_token_logprobs[i], current[i, :len(a)], atol=1e-3)
+
+
 def test_kl_penalty_uses_the_adapter_off_model(tmp_path, family_path):
     from baselines.vlm_ppo.train import train_ppo
 
@@ -346,6 +378,27 @@ def test_kl_penalty_uses_the_adapter_off_model(tmp_path, family_path):
     assert metrics["losses/kl"] > 0.0 and np.isfinite(metrics["losses/kl"])
     with pytest.raises(ValueError, match="needs LoRA"):
         train_ppo(_config(tmp_path / "x", family_path("llava"), kl_coef=0.1))
+
+
+def test_accumulation_remainder_is_stepped_not_carried(tmp_path, family_path, monkeypatch):
+    """3 mini-batches per epoch with 2 accumulated: 2 optimizer steps per epoch, no gradient left over."""
+    from baselines.vlm_ppo import train
+
+    steps, leftovers = [], []
+    original = train.ppo_update
+
+    def counting(run, *args):
+        step = run.optimizer.step
+        run.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+        out = original(run, *args)
+        leftovers.append(max((float(p.grad.abs().max()) for p in run.policy.parameters() if p.grad is not None),
+                             default=0.0))
+        return out
+
+    monkeypatch.setattr(train, "ppo_update", counting)
+    train.train_ppo(_config(tmp_path, family_path("llava"), num_envs=2, num_steps=3, minibatch_size=2,
+                            grad_accum_steps=2, ppo_epochs=2))
+    assert len(steps) == 2 * 2 and leftovers == [0.0]
 
 
 # --- multi-process (accelerate, gloo on CPU) -----------------------------------------------------

@@ -18,3 +18,18 @@ def _needs(spec) -> str | None:
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
 AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.find_spec(_needs(s)) is not None]
 CARD_SPECS = [s for s in ALL_SPECS if s.id.startswith("gym_cards/")]
+
+
+def checkpoint_copy(run_dir, new_dir, update: int = 0):
+    """A fresh output dir holding only ``run_dir``'s checkpoint of ``update`` (and its metrics), marked latest."""
+    import shutil
+    from pathlib import Path
+
+    name = f"update_{update:05d}"
+    new_dir = Path(new_dir)
+    (new_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(Path(run_dir) / "checkpoints" / name, new_dir / "checkpoints" / name)
+    if (Path(run_dir) / "metrics.csv").exists():
+        shutil.copy(Path(run_dir) / "metrics.csv", new_dir / "metrics.csv")
+    (new_dir / "checkpoints" / "latest").write_text(name)
+    return new_dir

@@ -63,7 +63,7 @@ class Config:
     lora_alpha: int = 256
     """LoRA alpha (paper: 256)."""
     lora_dropout: float = 0.05
-    """LoRA dropout (paper: 0.05); off during rollouts, as all dropout."""
+    """LoRA dropout (paper: 0.05). Used in SFT only: every PPO pass runs without dropout, so the policy scored and optimised is exactly the one that sampled."""
     train_vision: bool = False
     """Also train the vision tower in PPO (default: frozen, which is what RL4VLM effectively did: its tower ran under no_grad)."""
     gradient_checkpointing: bool = False
@@ -163,11 +163,11 @@ class Config:
     sft_output: str = ""
     """Where the SFT model is saved; default ``output_dir/sft``."""
     align_steps: int = 0
-    """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the CoT's number fields from mean-pooled image tokens). 0: off."""
+    """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the numbers the CoT states about the image from the flattened image tokens: NumberLine's target and current number, Blackjack's player total and dealer card, the point games' card values). 0: off."""
     align_lr: float = 1e-3
     """Learning rate of the vision alignment stage (constant)."""
     aux_reading_coef: float = 0.0
-    """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs answers with number fields (NumberLine)."""
+    """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs CoT answers that state the image's numbers (every card env; not ALFWorld or action-only data)."""
 
 
 PRESETS: dict[str, dict[str, object]] = {

@@ -1,8 +1,8 @@
 """Templated chain-of-thought answers in the reference output format (for SFT data and the tokenizer).
 
 Each function turns one step's ``info`` (the env's own fields) and a chosen action name into the
-answer text an SFT'd RL4VLM model gives: a JSON-like object whose last key is ``"action"``
-(spec prompts_and_parsers.md §3). The thoughts follow the *given* action, so an answer whose
+answer text an SFT'd RL4VLM model gives: a JSON-like object whose last key is ``"action"``.
+The thoughts follow the *given* action, so an answer whose
 action was deliberately corrupted still reads as one consistent (wrong) decision.
 """
 
@@ -74,8 +74,20 @@ def _points(default_target: int) -> Callable[[dict, str], str]:
     return answer
 
 
+def alfworld(info: dict, action: str) -> str:
+    """The expert's step as a CoT over the admissible commands: the task, how many commands the
+    state admits, and the chosen one (``info`` is the env's: ``task``, ``admissible_commands``)."""
+    task = str(info.get("task", "")).rstrip(". ")
+    admissible = info.get("admissible_commands", [])
+    return (
+        f'{{"thoughts": "My task is to {task}. Of the {len(admissible)} admissible actions, '
+        f'{action} brings me closer to completing it. I should {action}.", "action": "{action}"}}'
+    )
+
+
 ANSWERS: dict[str, Callable[[dict, str], str]] = {
     "numberline": numberline,
+    "alfworld": alfworld,
     "blackjack": blackjack,
     "ezpoints": _points(DEFAULT_TARGETS["ezpoints"]),
     "points24": _points(DEFAULT_TARGETS["points24"]),
@@ -86,6 +98,11 @@ def answer(task: str, info: dict, action: str, cot: bool = True) -> str:
     """The reference-format answer for ``task`` given the step's ``info`` and the action name."""
     if not cot:
         return f'{{"action": "{action}"}}'
-    if task == "alfworld":
-        return f'{{"thoughts": "I should {action}.", "action": "{action}"}}'
     return ANSWERS[task](info, action)
+
+
+def env_action(env, name: str):
+    """What ``env`` (unwrapped) takes for the action ``name``: its index for an env with
+    ``action_names`` (the card games), else the action-only answer text (ALFWorld's commands)."""
+    names = tuple(getattr(env, "action_names", ()))
+    return names.index(name) if names else answer(env.prompt_task, {}, name, cot=False)

@@ -112,7 +112,6 @@ class Encoder:
         self.config = config
         self.conv_template = conv_template
         self.image_mode = image_mode
-        self.image_token_id = _image_token_id(config)
         self.family = getattr(config, "model_type", type(config).__name__)
         self._check_template()
         if image_mode == "reference":
@@ -174,6 +173,11 @@ class Encoder:
         """One :class:`Encoded` per (task prompt, uint8 frame) pair."""
         return [self._encode_one(self.render(p), np.asarray(im)) for p, im in zip(prompts, images)]
 
+    def encode_observations(self, obs: dict, prompt_for) -> list[Encoded]:
+        """Encode a batch of observations (``obs["text"]``, ``obs["image"]``); ``prompt_for`` maps an
+        observation's text to its task prompt. The one path from observations to model inputs."""
+        return self.encode([prompt_for(text) for text in obs["text"]], list(obs["image"]))
+
     def _encode_one(self, text: str, image: np.ndarray) -> Encoded:
         if self.image_mode == "reference":
             expanded = text.replace(LLAVA_IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOLDER * self.reference_tokens)
@@ -230,14 +234,6 @@ def reference_image_features(model: torch.nn.Module, pixel_values: torch.Tensor)
     if config.vision_feature_select_strategy == "default":
         hidden = hidden[:, 1:]
     return projector(hidden)
-
-
-def _image_token_id(config) -> int | None:
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    return None
 
 
 # --- batching -----------------------------------------------------------------------------------

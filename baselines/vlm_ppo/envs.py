@@ -141,6 +141,8 @@ class TrainingEnvs:
             raise ValueError(f"checkpoint has {len(state['episodes'])} envs per process, this run has {self.num_envs}")
         self.episodes = [int(e) for e in state["episodes"]]
         self.records = [[str(t) for t in r] for r in state["records"]]
+        if [self._seed(i) for i in range(self.num_envs)] != list(state["seeds"]):
+            raise ValueError("the checkpoint's episode seeds are not this run's: resume with the --seed it was written with")
         self.envs.set_attr("replay_on_reset", [tuple(r) for r in self.records])
         self.obs, _ = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
         return self.obs

@@ -50,8 +50,8 @@ def evaluate(cfg, policy, *, greedy: bool, episodes: int | None = None) -> dict[
                 todo = list({keys[i]: i for i in idx if keys[i] not in cache}.values()) if greedy else list(idx)
                 fresh = {}
                 if todo:
-                    prompts = policy.encoder.encode([prompt_for(obs["text"][i]) for i in todo],
-                                                    [obs["image"][i] for i in todo])
+                    prompts = policy.encoder.encode_observations(
+                        {"text": [obs["text"][i] for i in todo], "image": [obs["image"][i] for i in todo]}, prompt_for)
                     answers = policy.generate(prompts, greedy=greedy, max_new_tokens=cfg.max_new_tokens)
                     fresh = dict(zip(todo, tokenizer.batch_decode(answers, skip_special_tokens=True)))
                     if greedy:

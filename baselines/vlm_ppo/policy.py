@@ -26,6 +26,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from baselines.vlm_ppo.algo import action_logprob
 from baselines.vlm_ppo.encoding import Encoded, Encoder, batch_prompts, batch_sequences, to_device, vision_tower_of
 from vlm_envs.text.parsing import find_action_key
 
@@ -110,6 +111,15 @@ def split_masks(answer_mask: torch.Tensor, boundaries: Sequence[int | None]) -> 
     return thought, action
 
 
+def train_without_dropout(module: nn.Module) -> None:
+    """Train mode (so gradient checkpointing is active) with every dropout off, LoRA's included:
+    the policy being scored and optimised is then exactly the one that sampled."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+
+
 class ActorCritic(nn.Module):
     """A VLM (optionally peft-wrapped), its :class:`Encoder` and a value head at the last prompt token."""
 
@@ -149,12 +159,12 @@ class ActorCritic(nn.Module):
         lp = lp.masked_fill(~answer_mask, 0.0)
         thought, action = (m.to(value.device) for m in split_masks(answer_mask.cpu(), boundaries))
         thought_lp, action_lp = (lp * thought).sum(-1), (lp * action).sum(-1)
+        logprob = action_logprob(lp, thought, action, self.thought_coef)
         mean_entropy = None
         if entropy is not None:
             mask = answer_mask.float()
             mean_entropy = (entropy.masked_fill(~answer_mask, 0.0) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return LogprobValue(self.thought_coef * thought_lp + action_lp, value, lp, answer_mask, thought_lp,
-                            action_lp, mean_entropy)
+        return LogprobValue(logprob, value, lp, answer_mask, thought_lp, action_lp, mean_entropy)
 
     get_logprob_and_value = forward
 
@@ -294,7 +304,13 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, l
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor  # the train extra (checked by the CLI)
 
-    processor = AutoProcessor.from_pretrained(name_or_path)
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path)
+    except (ImportError, ValueError) as err:
+        if "torchvision" in str(err).lower():
+            raise ImportError(f"the processor of {name_or_path} needs torchvision (Qwen-VL's bundles a video processor): "
+                              f"pip install torchvision (the build matching your torch)") from err
+        raise
     processor.tokenizer.padding_side = "left"  # not kept across save/load in transformers v5
     vlm = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype), use_safetensors=True)
     tower_name, tower = vision_tower_of(vlm)

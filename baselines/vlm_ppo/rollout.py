@@ -14,7 +14,7 @@ import torch
 
 from baselines.vlm_ppo.encoding import Encoded
 from baselines.vlm_ppo.envs import TrainingEnvs
-from baselines.vlm_ppo.policy import ActorCritic, boundaries_of
+from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, train_without_dropout
 
 
 @dataclass
@@ -29,21 +29,28 @@ class Rollout:
     """Sampled answer ids of each transition (stop token included)."""
     boundaries: list[int | None] = field(default_factory=list)
     """First action token of each answer; None when the answer has no action key (policy-invalid)."""
-    rewards: torch.Tensor = None
-    terminated: torch.Tensor = None
-    truncated: torch.Tensor = None
-    final_values: torch.Tensor = None
+    rewards: torch.Tensor = field(init=False)
+    """Reward of each step."""
+    terminated: torch.Tensor = field(init=False)
+    """The step ended its episode in a terminal state (no future value)."""
+    truncated: torch.Tensor = field(init=False)
+    """The step hit the step limit (its future value is ``final_values``)."""
+    final_values: torch.Tensor = field(init=False)
     """V(final observation) of truncated steps (0 elsewhere)."""
-    logprobs: torch.Tensor = None
+    logprobs: torch.Tensor = field(init=False)
     """Behaviour λ-weighted log-probs, from :func:`score_rollout`."""
-    values: torch.Tensor = None
+    values: torch.Tensor = field(init=False)
     """V(prompt) of each step, from :func:`score_rollout`."""
     ref_token_logprobs: list[torch.Tensor] | None = None
     """Per-token log-probs under the initial policy (adapter disabled), when the KL penalty is on."""
-    thought_logprobs: torch.Tensor = None
-    action_logprobs: torch.Tensor = None
+    thought_logprobs: torch.Tensor = field(init=False)
+    """Σ thought-token log-probs of each answer (logged: the paper compares their size with the action's)."""
+    action_logprobs: torch.Tensor = field(init=False)
+    """Σ action-token log-probs of each answer."""
     parse_failures: int = 0
+    """Answers the env could not parse into an action."""
     answer_tokens: int = 0
+    """Sampled tokens in all answers (for tokens/s)."""
 
     def __post_init__(self):
         shape = (self.num_steps, self.num_envs)
@@ -78,14 +85,15 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
     rollout = Rollout(num_steps, envs.num_envs)
     obs = envs.obs
     for t in range(num_steps):
-        prompts = policy.encoder.encode([envs.prompt_for(text) for text in obs["text"]], list(obs["image"]))
+        prompts = policy.encoder.encode_observations(obs, envs.prompt_for)
         answers = policy.generate(prompts, greedy=False, max_new_tokens=max_new_tokens)
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         step = envs.step(texts)
         cut = [i for i, o in enumerate(step.final_obs) if o is not None]
         if cut and bootstrap_on_truncation:
-            finals = policy.encoder.encode([envs.prompt_for(step.final_obs[i]["text"]) for i in cut],
-                                           [step.final_obs[i]["image"] for i in cut])
+            finals = policy.encoder.encode_observations({"text": [step.final_obs[i]["text"] for i in cut],
+                                                         "image": [step.final_obs[i]["image"] for i in cut]},
+                                                        envs.prompt_for)
             rollout.final_values[t, cut] = policy.get_value(finals).float().cpu()
         rollout.prompts += prompts
         rollout.answers += answers
@@ -117,9 +125,10 @@ def score_rollout(policy: ActorCritic, rollout: Rollout, batches: list[list[int]
 
     Transitions that fall in no mini-batch (the dropped remainder) are scored in one extra batch,
     since GAE needs every value. With ``with_reference``, also the initial policy's per-token
-    log-probs (the LoRA adapter switched off: no second copy of the model).
+    log-probs (the LoRA adapter switched off: no second copy of the model). Runs in the same mode
+    as the update passes (train mode, dropout off), so the first epoch's ratios start at exactly 1.
     """
-    policy.eval()
+    train_without_dropout(policy)
     covered = {j for b in batches for j in b}
     rest = [j for j in range(len(rollout.answers)) if j not in covered]
     flat_lp, flat_v = rollout.logprobs.view(-1), rollout.values.view(-1)

@@ -29,7 +29,14 @@ from baselines.vlm_ppo.config import Config, to_json
 from baselines.vlm_ppo.encoding import Encoder, stack_images
 from baselines.vlm_ppo.envs import make_env
 from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
-from baselines.vlm_ppo.reading import ReadingHead, image_tokens, read_fields, reading_accuracy, reading_loss
+from baselines.vlm_ppo.reading import (
+    ReadingHead,
+    image_tokens,
+    read_fields,
+    reading_accuracy,
+    reading_loss,
+    reading_task,
+)
 from vlm_envs.text import build_prompt
 from vlm_envs.text.parsing import find_action_key
 
@@ -45,6 +52,44 @@ def sft_data_dir(cfg: Config) -> Path:
     return Path(cfg.sft_data or Path(cfg.output_dir) / "sft_data")
 
 
+def prompt_task_of(cfg: Config) -> str:
+    env = make_env(cfg)
+    task = env.unwrapped.prompt_task
+    env.close()
+    return task
+
+
+def action_choices(env, info: dict) -> list[str]:
+    """The action names the env offers now: its fixed ``action_names`` (the card games), else the
+    step's admissible commands (ALFWorld)."""
+    return list(getattr(env, "action_names", ())) or list(info.get("admissible_commands", []))
+
+
+def oracle_name(env) -> str:
+    oracle = env.oracle_action()
+    return oracle if isinstance(oracle, str) else env.action_names[oracle]
+
+
+def state_key(task: str, info: dict, name: str) -> str:
+    """The state as the CoT answer describes it (true numbers, task, the oracle's action), with or
+    without ``cot`` in the data: the action-only answer alone would make every state with the same
+    oracle action one state."""
+    return cot.answer(task, info, name)
+
+
+def corrupted(cfg: Config, key: str) -> bool:
+    """Whether ``key``'s state is in the fixed, seeded subset of states whose label may be wrong."""
+    return _unit_hash(cfg.seed, key) < cfg.sft_wrong_state_frac
+
+
+def wrong_action(cfg: Config, key: str, right: str, choices: list[str]) -> str:
+    """The one wrong action of a corrupted state, fixed per state (a seeded hash): with many actions
+    (EZPoints' 13, ALFWorld's commands) random wrong labels would leave the right action the most
+    frequent label of the state, and a greedy imitator would play it."""
+    others = [a for a in choices if a != right]
+    return others[int(_unit_hash(cfg.seed, "wrong", key) * len(others))]
+
+
 def generate_sft_data(cfg: Config) -> Path:
     """Play oracle episodes (with ``sft_explore`` random moves) and write labelled steps as LLaVA JSON + PNGs."""
     from PIL import Image
@@ -53,21 +98,19 @@ def generate_sft_data(cfg: Config) -> Path:
     (out / "images").mkdir(parents=True, exist_ok=True)
     env = make_env(cfg)
     rng = np.random.default_rng(cfg.seed)
-    task = env.unwrapped.prompt_task
+    u = env.unwrapped
+    task = u.prompt_task
     records, episode, n_wrong = [], 0, 0
     while len(records) < cfg.sft_samples:
         obs, info = env.reset(seed=cfg.seed * 1_000_003 + episode)
         episode += 1
         done = False
         while not done and len(records) < cfg.sft_samples:
-            u = env.unwrapped
-            oracle = u.oracle_action()
-            vocab = list(getattr(u, "action_names", []))
-            name = oracle if isinstance(oracle, str) else vocab[oracle]
-            label = name
-            state_key = cot.answer(task, info, name, cfg.cot)  # the state as the CoT reads it
-            if vocab and _unit_hash(cfg.seed, state_key) < cfg.sft_wrong_state_frac and rng.random() < cfg.sft_wrong_action_prob:
-                label = str(rng.choice([a for a in vocab if a != name]))
+            choices = action_choices(u, info)
+            name = label = oracle_name(u)
+            key = state_key(task, info, name)
+            if len(choices) > 1 and corrupted(cfg, key) and rng.random() < cfg.sft_wrong_action_prob:
+                label = wrong_action(cfg, key, name, choices)
                 n_wrong += 1
             idx = f"{len(records):06d}"
             Image.fromarray(obs["image"]).save(out / "images" / f"{idx}.png")
@@ -80,16 +123,52 @@ def generate_sft_data(cfg: Config) -> Path:
                     {"from": "gpt", "value": cot.answer(task, info, label, cfg.cot)},
                 ],
             })
-            play = oracle
+            play = name
             if rng.random() < cfg.sft_explore:
-                play = int(rng.integers(len(vocab))) if vocab else oracle
-            obs, _, term, trunc, info = env.step(play)
+                play = choices[int(rng.integers(len(choices)))]
+            obs, _, term, trunc, info = env.step(cot.env_action(u, play))
             done = term or trunc
+    env.close()
+    start = imitation_start(cfg)
     (out / "data.json").write_text(json.dumps(records, indent=1))
     (out / "meta.json").write_text(json.dumps({"env_id": cfg.env_id, "samples": len(records), "episodes": episode,
-                                               "wrong_labels": n_wrong, "config": json.loads(to_json(cfg))}, indent=1))
+                                               "wrong_labels": n_wrong, "imitation_start": start,
+                                               "config": json.loads(to_json(cfg))}, indent=1))
     print(f"wrote {len(records)} SFT samples ({n_wrong} with a wrong action) from {episode} episodes to {out}")
+    print("a model imitating this data's majority label in every state would succeed in {success:.3f} of "
+          "{episodes:.0f} held-out episodes (greedy; the oracle: {oracle:.3f})".format(**start))
     return out
+
+
+def imitation_start(cfg: Config, episodes: int = 0) -> dict[str, float]:
+    """The weak start the data asks for: held-out greedy success (evaluation seeds) of a policy that
+    plays each state's majority label, i.e. the fixed wrong action in a corrupted state when
+    ``sft_wrong_action_prob > 0.5`` and the oracle's elsewhere; with the oracle's own success.
+
+    It is what SFT aims at (a model that reads perfectly and fits the labels), not a model's start:
+    the reading gate and the evaluation before PPO measure that."""
+    from baselines.vlm_ppo.envs import check_eval_seeds
+
+    episodes = episodes or cfg.eval_greedy_episodes or cfg.eval_episodes
+    check_eval_seeds(cfg.eval_seed, episodes)
+    env = make_env(cfg)
+    u = env.unwrapped
+    wins = {"success": 0, "oracle": 0}
+    for k in range(episodes):
+        for rule in wins:
+            obs, info = env.reset(seed=cfg.eval_seed + k)
+            done, steps = False, 0
+            while not done and steps < cfg.eval_max_steps:
+                name = oracle_name(u)
+                key = state_key(u.prompt_task, info, name)
+                choices = action_choices(u, info)
+                if rule == "success" and len(choices) > 1 and corrupted(cfg, key) and cfg.sft_wrong_action_prob > 0.5:
+                    name = wrong_action(cfg, key, name, choices)
+                obs, _, term, trunc, info = env.step(cot.env_action(u, name))
+                done, steps = term or trunc, steps + 1
+            wins[rule] += bool(info.get("success", False))
+    env.close()
+    return {rule: n / episodes for rule, n in wins.items()} | {"episodes": float(episodes)}
 
 
 def load_sft_data(cfg: Config, encoder: Encoder) -> list[dict]:
@@ -98,6 +177,7 @@ def load_sft_data(cfg: Config, encoder: Encoder) -> list[dict]:
 
     root = sft_data_dir(cfg)
     records = json.loads((root / "data.json").read_text())
+    task = prompt_task_of(cfg)
     encoded: dict[tuple, object] = {}  # identical (prompt, frame) pairs (NumberLine has 30 frames) are encoded once
     samples = []
     for rec in records:
@@ -108,7 +188,7 @@ def load_sft_data(cfg: Config, encoder: Encoder) -> list[dict]:
         if key not in encoded:
             encoded[key] = encoder.encode([prompt], [image])[0]
         samples.append({"prompt": encoded[key], "image": image, "answer": gpt,
-                        "answer_ids": encoder.answer_ids(encoder.render(prompt), gpt), "fields": read_fields(gpt)})
+                        "answer_ids": encoder.answer_ids(encoder.render(prompt), gpt), "fields": read_fields(gpt, task)})
     return samples
 
 
@@ -180,10 +260,12 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     has_fields = any(f >= 0 for s in samples for f in s["fields"])
     use_reading = has_fields and (cfg.align_steps > 0 or cfg.aux_reading_coef > 0)
     head = None
-    if use_reading:  # sized by the model's own image tokens for one frame
+    if use_reading:  # sized by the model's own image tokens for one frame, and by the task's numbers
         with torch.no_grad():
             tokens = image_tokens(vlm, _reading_batch(samples[:1])[0]).shape[1]
-        head = ReadingHead(tokens, hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
+        reading = reading_task(prompt_task_of(cfg))
+        head = ReadingHead(tokens, hidden_size_of(vlm.config), len(reading.fields), reading.classes
+                           ).to(next(vlm.parameters()).device)
     out = Path(cfg.output_dir) / "sft" if not cfg.sft_output else Path(cfg.sft_output)
     log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
     log.write("step,loss,lr,elapsed_s,lm_loss,reading_loss,reading_acc\n")
@@ -222,9 +304,9 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     if has_fields:
         gate = reading_accuracy(cfg, ac)
         acc.update(gate)
-        print("reading gate (greedy CoT fields on {:.0f} held-out states): target {:.2f}, current {:.2f}, both {:.2f}; "
-              "oracle action {:.2f}".format(gate["read/states"], gate["read/target_number"],
-                                            gate["read/current_number"], gate["read/all"], gate["read/oracle_action"]))
+        fields = ", ".join(f"{k[5:]} {v:.2f}" for k, v in gate.items() if k not in ("read/states", "read/oracle_action"))
+        print(f"reading gate (greedy CoT fields on {gate['read/states']:.0f} held-out states): {fields}; "
+              f"oracle action {gate['read/oracle_action']:.2f}")
     vlm = vlm.merge_and_unload() if cfg.lora_r > 0 else vlm
     vlm.save_pretrained(out)
     processor.save_pretrained(out)

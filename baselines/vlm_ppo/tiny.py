@@ -2,6 +2,8 @@
 
 * tokenizer: a byte-level BPE trained here on the package's own prompt and answer text
   (``vlm_envs.text`` templates + :mod:`baselines.vlm_ppo.cot` answers), so any string still encodes;
+  :data:`ALFWORLD_SPEC` adds ALFWorld's text from the train games and a longer context
+  (``python -m baselines.vlm_ppo.tiny --path runs/tiny-alfworld --alfworld True``, then ``--model runs/tiny-alfworld``);
 * image processor: the PIL-backed CLIP processor (no torchvision needed), 96x96 input by default;
 * model: ``LlavaForConditionalGeneration`` with a 2-layer Llama text model and a 2-layer CLIP
   vision tower whose patch embedding gets a larger init (std 0.2): at CLIP's default 0.02 the
@@ -45,6 +47,19 @@ class TinySpec:
     vocab_size: int = 2048
     patch_init_std: float = 0.2
     seed: int = 0
+    max_positions: int = 1024
+    """Context length of the text model (RoPE: no parameters, only attention cost)."""
+    alfworld_text: bool = False
+    """Also train the tokenizer on ALFWorld's text (:func:`alfworld_corpus`). Opt-in: it changes
+    the merges, so the card games' prompts and answers get other tokens than the default model's."""
+    alfworld_games: str = ""
+    """Game folder that corpus plays (empty: the shipped ``train`` split)."""
+
+
+ALFWORLD_SPEC = TinySpec(vocab_size=4096, max_positions=2048, alfworld_text=True)
+"""The embedded model with room for ALFWorld: its longest shipped prompt (observation, task and
+admissible commands, plus 64 image tokens) exceeds the default 1,024 positions with the default
+tokenizer, whose merges never saw a room description (docs/training.md, "ALFWorld capacity")."""
 
 
 def training_corpus() -> list[str]:
@@ -76,8 +91,39 @@ def training_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 2048):
-    """Train a byte-level BPE on :func:`training_corpus` and wrap it in ``PreTrainedTokenizerFast``."""
+def alfworld_corpus(game_dir: str = "", random_steps: int = 20, seed: int = 0) -> list[str]:
+    """ALFWorld's text as the trainer sees it: on every game of the train split (of ``game_dir``,
+    default the shipped games), the expert's episode (each step's prompt in both wordings and
+    its CoT answer) and an episode of ``random_steps`` random admissible commands (other feedback:
+    opened receptacles, failed moves). Only the train split: evaluation games stay unseen."""
+    import gymnasium as gym
+    import numpy as np
+
+    import vlm_envs  # noqa: F401  (registers the ids)
+    from vlm_envs.text import build_prompt, conversation
+
+    from baselines.vlm_ppo import cot
+
+    env = gym.make("alfworld/ALFWorld-v0", split="train", **({"game_dir": game_dir} if game_dir else {}))
+    u = env.unwrapped
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    for game in range(len(u.games)):
+        for expert in (True, False):
+            obs, info = env.reset(seed=seed + game, options={"game_index": game})
+            for _ in range(u.max_steps if expert else random_steps):
+                command = u.oracle_action() if expert else str(rng.choice(info["admissible_commands"]))
+                texts += [conversation(build_prompt("alfworld", obs["text"], wording=w)) for w in ("reference", "clean")]
+                texts.append(cot.answer("alfworld", info, command))
+                obs, _, term, trunc, info = env.step(cot.env_action(u, command))
+                if term or trunc:
+                    break
+    env.close()
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 2048, corpus: list[str] | None = None, max_length: int = 2048):
+    """Train a byte-level BPE on ``corpus`` (default :func:`training_corpus`) and wrap it in ``PreTrainedTokenizerFast``."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -97,7 +143,7 @@ def build_tokenizer(vocab_size: int = 2048):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(training_corpus(), trainer=trainer)
+    bpe.train_from_iterator(training_corpus() if corpus is None else corpus, trainer=trainer)
     bos = bpe.token_to_id("<s>")
     bpe.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
@@ -111,7 +157,7 @@ def build_tokenizer(vocab_size: int = 2048):
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
-        model_max_length=2048,
+        model_max_length=max(2048, max_length),
     )
 
 
@@ -129,7 +175,8 @@ def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
 
     spec = spec or TinySpec()
     path = Path(path)
-    tokenizer = build_tokenizer(spec.vocab_size)
+    corpus = training_corpus() + alfworld_corpus(spec.alfworld_games) if spec.alfworld_text else None
+    tokenizer = build_tokenizer(spec.vocab_size, corpus, spec.max_positions)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": spec.image_size},
         crop_size={"height": spec.image_size, "width": spec.image_size},
@@ -150,7 +197,7 @@ def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
         num_hidden_layers=spec.text_layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.heads,
-        max_position_embeddings=1024,
+        max_position_embeddings=spec.max_positions,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
@@ -185,3 +232,14 @@ def build_tiny_llava(path: str | Path, spec: TinySpec | None = None) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def main(path: str, alfworld: bool = False) -> None:
+    """Build the embedded tiny LLaVA into ``path`` (``--alfworld true``: :data:`ALFWORLD_SPEC`), for ``--model path``."""
+    print(build_tiny_llava(path, ALFWORLD_SPEC if alfworld else None))
+
+
+if __name__ == "__main__":
+    import tyro
+
+    tyro.cli(main, config=(tyro.conf.FlagConversionOff,))

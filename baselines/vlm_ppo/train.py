@@ -24,7 +24,7 @@ from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
 from baselines.vlm_ppo.logger import MetricsLogger
-from baselines.vlm_ppo.policy import ActorCritic, load_policy
+from baselines.vlm_ppo.policy import ActorCritic, load_policy, train_without_dropout
 from baselines.vlm_ppo.rollout import EpisodeStats, Rollout, collect_rollout, minibatches, score_rollout
 
 
@@ -157,9 +157,8 @@ def train_ppo(cfg: Config) -> dict[str, float]:
         epochs = [minibatches(len(rollout.answers), cfg.minibatch_size, order) for _ in range(cfg.ppo_epochs)]
         score_rollout(policy, rollout, epochs[0], with_reference=cfg.kl_coef > 0)
         with torch.no_grad():
-            obs = run.envs.obs
-            next_value = policy.get_value(policy.encoder.encode([run.envs.prompt_for(t) for t in obs["text"]],
-                                                                list(obs["image"]))).float().cpu()
+            next_value = policy.get_value(policy.encoder.encode_observations(run.envs.obs, run.envs.prompt_for))
+        next_value = next_value.float().cpu()
         advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.terminated, rollout.truncated,
                                           next_value, rollout.final_values, cfg.gamma, cfg.gae_lambda,
                                           cfg.bootstrap_on_truncation)
@@ -202,7 +201,7 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
     stats = collections.defaultdict(list)
     first_step_dev = 0.0  # largest |ratio - 1| before the first optimizer step: 0 up to numerics
     stepped = False
-    policy.eval()  # no dropout: the policy being optimised is the one that acted
+    train_without_dropout(policy)  # as in score_rollout: checkpointing on, dropout off
     for batches in epochs:
         for start in range(0, len(batches), cfg.grad_accum_steps):
             window = batches[start:start + cfg.grad_accum_steps]
@@ -229,8 +228,10 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                 for name, v in losses.items():
                     stats[f"losses/{name}"].append(float(v.detach()))
             if cfg.max_grad_norm > 0:  # each group to its own norm: the value head's cannot shrink the policy's
-                stats["losses/grad_norm_policy"].append(float(accelerator.clip_grad_norm_(policy_params, cfg.max_grad_norm)))
-                stats["losses/grad_norm_value"].append(float(accelerator.clip_grad_norm_(value_params, cfg.max_grad_norm)))
+                for name, group in (("policy", policy_params), ("value", value_params)):
+                    norm = accelerator.clip_grad_norm_(group, cfg.max_grad_norm)
+                    if norm is not None:  # DeepSpeed clips by its own config (one global norm) and returns None
+                        stats[f"losses/grad_norm_{name}"].append(float(norm))
             run.optimizer.step()
             run.optimizer.zero_grad()
             stepped = True

@@ -221,7 +221,7 @@ class RemoteEnv(gym.Env):
         self.action_space = space_from_json(state["text_action_space" if text else "action_space"])
         self.metadata = decode_value(state["metadata"])
         self.prompt_task = state["prompt_task"]
-        self.prompt_params = decode_value(state["prompt_params"])
+        self.prompt_params = decode_value(state.get("prompt_params", {}))
         self.action_names = tuple(state["action_names"])
         self.max_episode_steps = state["max_episode_steps"]
         self._text_session = isinstance(self.action_space, gym.spaces.Text)

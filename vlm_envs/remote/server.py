@@ -208,8 +208,8 @@ class ServedEnv(Environment):
             episode_id=self._episode_id, step_count=self._steps, session_id=self.session_id, env_id=self.env_id,
             env_kwargs=self._config[0], observation_space=space_to_json(env.observation_space),
             action_space=space_to_json(base.action_space), text_action_space=space_to_json(TextActions(base).action_space),
-            prompt_task=env.unwrapped.prompt_task, prompt_params=encode_value(dict(env.unwrapped.prompt_params)),
-            action_names=list(env.unwrapped.action_names),
+            prompt_task=env.unwrapped.prompt_task, action_names=list(env.unwrapped.action_names),
+            prompt_params=encode_value(dict(env.unwrapped.prompt_params)),
             metadata=encode_value(dict(env.metadata)),
             max_episode_steps=env.spec.max_episode_steps if env.spec is not None else None,
         )
