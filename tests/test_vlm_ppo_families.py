@@ -4,6 +4,7 @@ sampling config, λ boundary, SFT targets, checkpoints, vectorization modes, mul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,14 +288,36 @@ def _metrics_rows(path):
                 for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("vectorization", ["sync", "async", "ray"])
-def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, vectorization):
-    if vectorization == "ray":
-        pytest.importorskip("ray")
+@pytest.fixture(scope="module")
+def sync_blackjack_metrics(tmp_path_factory, family_path):
+    """metrics.csv of the sync run that every vectorization mode must reproduce."""
     from baselines.vlm_ppo.train import train_ppo
 
+    out = tmp_path_factory.mktemp("sync_reference")
+    train_ppo(_config(out, family_path("llava"), env_id="gym_cards/Blackjack-v0", num_updates=3, num_steps=3))
+    return _metrics_rows(out / "metrics.csv")
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async", "ray", "remote"])
+def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, vectorization, sync_blackjack_metrics):
+    if vectorization == "ray":
+        pytest.importorskip("ray")
+    server = contextlib.nullcontext("")
+    if vectorization == "remote":
+        pytest.importorskip("openenv.core")
+        from vlm_envs.remote.server import create_app, serve_in_thread
+
+        server = serve_in_thread(create_app("gym_cards/Blackjack-v0", max_sessions=16))
+    from baselines.vlm_ppo.train import train_ppo
+
+    with server as url:
+        _resume_and_compare(tmp_path, family_path, vectorization, url, train_ppo)
+    assert _metrics_rows(tmp_path / "a" / "metrics.csv") == sync_blackjack_metrics  # same run in every mode
+
+
+def _resume_and_compare(tmp_path, family_path, vectorization, url, train_ppo):
     cfg = _config(tmp_path / "a", family_path("llava"), env_id="gym_cards/Blackjack-v0", num_updates=3,
-                  num_steps=3, vectorization=vectorization)
+                  num_steps=3, vectorization=vectorization, env_url=url)
     train_ppo(cfg)
     state = json.loads((tmp_path / "a" / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
     assert "envs" in state and all(isinstance(t, str) for r in state["envs"]["records"] for t in r)

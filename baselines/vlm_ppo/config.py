@@ -82,8 +82,10 @@ class Config:
     # --- PPO ---
     num_envs: int = 1
     """Parallel environments per process, each with its own per-step prompt."""
-    vectorization: Literal["sync", "async", "ray"] = "sync"
-    """How those envs run: ``sync`` (in this process), ``async`` (a subprocess each) or ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``)."""
+    vectorization: Literal["sync", "async", "ray", "remote"] = "sync"
+    """How the training envs run: ``sync`` (in this process), ``async`` (a subprocess each), ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``) or ``remote`` (sessions on ``--env-url``; ``pip install "vlm-envs[serve]"``). Held-out evaluation always runs its envs in this process."""
+    env_url: str = ""
+    """The env server of ``--vectorization remote``: ``http://host:port`` of ``python -m vlm_envs serve --env ID`` (docs/serving.md)."""
     num_steps: int = 512
     """Environment steps per env per PPO update (paper NumberLine: 512)."""
     num_updates: int = 29

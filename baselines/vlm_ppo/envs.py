@@ -24,7 +24,7 @@ import vlm_envs
 from vlm_envs.agent_loop import info_item
 from vlm_envs.text import build_prompt
 
-VECTORIZATIONS = ("sync", "async", "ray")
+VECTORIZATIONS = ("sync", "async", "ray", "remote")
 TRAIN_SEED_BASE = 2**31
 """Training episode seeds are at least this; evaluation seeds are below it."""
 
@@ -59,6 +59,14 @@ def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
         raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
     kwargs = dict(vector_kwargs={"autoreset_mode": autoreset_mode}, wrappers=[text_wrapper(cfg)],
                   **json.loads(cfg.env_kwargs))
+    if vectorization == "remote":
+        from vlm_envs.remote import make_remote_vec  # raises DependencyNotInstalled without the serve extra
+
+        if not cfg.env_url:
+            raise ValueError("--vectorization remote needs --env-url (a `python -m vlm_envs serve` address)")
+        text = dict(mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
+        return make_remote_vec(cfg.env_url, num_envs, vector_kwargs={"autoreset_mode": autoreset_mode},
+                               env_id=cfg.env_id, env_kwargs=json.loads(cfg.env_kwargs), text_actions=text)
     if vectorization == "ray":
         from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 
