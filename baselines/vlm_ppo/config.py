@@ -86,6 +86,8 @@ class Config:
     """How the training envs run: ``sync`` (in this process), ``async`` (a subprocess each), ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``) or ``remote`` (sessions on ``--env-url``; ``pip install "vlm-envs[serve]"``). Held-out evaluation always runs its envs in this process."""
     env_url: str = ""
     """The env server of ``--vectorization remote``: ``http://host:port`` of ``python -m vlm_envs serve --env ID`` (docs/serving.md)."""
+    env_token: str = ""
+    """Bearer token of that server, if it was started with ``--token`` (default: the ``VLM_ENVS_TOKEN`` environment variable)."""
     num_steps: int = 512
     """Environment steps per env per PPO update (paper NumberLine: 512)."""
     num_updates: int = 29

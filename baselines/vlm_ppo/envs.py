@@ -14,6 +14,7 @@ the two streams are disjoint for every run seed.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,9 @@ def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
         if not cfg.env_url:
             raise ValueError("--vectorization remote needs --env-url (a `python -m vlm_envs serve` address)")
         text = dict(mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
+        token = cfg.env_token or os.environ.get("VLM_ENVS_TOKEN") or None
         return make_remote_vec(cfg.env_url, num_envs, vector_kwargs={"autoreset_mode": autoreset_mode},
-                               env_id=cfg.env_id, env_kwargs=json.loads(cfg.env_kwargs), text_actions=text)
+                               env_id=cfg.env_id, env_kwargs=json.loads(cfg.env_kwargs), text_actions=text, token=token)
     if vectorization == "ray":
         from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 
