@@ -101,6 +101,12 @@ def answer(task: str, info: dict, action: str, cot: bool = True) -> str:
     return ANSWERS[task](info, action)
 
 
+def oracle_name(env) -> str:
+    """The name of ``env``'s (unwrapped) oracle action: a command already, or an index into ``action_names``."""
+    oracle = env.oracle_action()
+    return oracle if isinstance(oracle, str) else env.action_names[oracle]
+
+
 def env_action(env, name: str):
     """What ``env`` (unwrapped) takes for the action ``name``: its index for an env with
     ``action_names`` (the card games), else the action-only answer text (ALFWorld's commands)."""

@@ -127,8 +127,7 @@ def heldout_states(cfg, episodes: int = 200) -> list[dict]:
         obs, info = env.reset(seed=cfg.eval_seed + k)
         done = False
         while not done:
-            oracle = u.oracle_action()
-            name = oracle if isinstance(oracle, str) else u.action_names[oracle]
+            name = cot.oracle_name(u)
             key = hashlib.sha1(obs["image"].tobytes() + obs["text"].encode()).hexdigest()
             if key not in states:
                 truth = cot.answer(task, info, name)  # the CoT answer states the numbers, with or without cfg.cot

@@ -65,11 +65,6 @@ def action_choices(env, info: dict) -> list[str]:
     return list(getattr(env, "action_names", ())) or list(info.get("admissible_commands", []))
 
 
-def oracle_name(env) -> str:
-    oracle = env.oracle_action()
-    return oracle if isinstance(oracle, str) else env.action_names[oracle]
-
-
 def state_key(task: str, info: dict, name: str) -> str:
     """The state as the CoT answer describes it (true numbers, task, the oracle's action), with or
     without ``cot`` in the data: the action-only answer alone would make every state with the same
@@ -107,7 +102,7 @@ def generate_sft_data(cfg: Config) -> Path:
         done = False
         while not done and len(records) < cfg.sft_samples:
             choices = action_choices(u, info)
-            name = label = oracle_name(u)
+            name = label = cot.oracle_name(u)
             key = state_key(task, info, name)
             if len(choices) > 1 and corrupted(cfg, key) and rng.random() < cfg.sft_wrong_action_prob:
                 label = wrong_action(cfg, key, name, choices)
@@ -156,15 +151,15 @@ def imitation_start(cfg: Config, episodes: int = 0) -> dict[str, float]:
     wins = {"success": 0, "oracle": 0}
     for k in range(episodes):
         for rule in wins:
-            obs, info = env.reset(seed=cfg.eval_seed + k)
+            _, info = env.reset(seed=cfg.eval_seed + k)
             done, steps = False, 0
             while not done and steps < cfg.eval_max_steps:
-                name = oracle_name(u)
+                name = cot.oracle_name(u)
                 key = state_key(u.prompt_task, info, name)
                 choices = action_choices(u, info)
                 if rule == "success" and len(choices) > 1 and corrupted(cfg, key) and cfg.sft_wrong_action_prob > 0.5:
                     name = wrong_action(cfg, key, name, choices)
-                obs, _, term, trunc, info = env.step(cot.env_action(u, name))
+                _, _, term, trunc, info = env.step(cot.env_action(u, name))
                 done, steps = term or trunc, steps + 1
             wins[rule] += bool(info.get("success", False))
     env.close()
@@ -190,6 +185,18 @@ def load_sft_data(cfg: Config, encoder: Encoder) -> list[dict]:
         samples.append({"prompt": encoded[key], "image": image, "answer": gpt,
                         "answer_ids": encoder.answer_ids(encoder.render(prompt), gpt), "fields": read_fields(gpt, task)})
     return samples
+
+
+def check_context(samples: list[dict], config) -> None:
+    """Refuse data longer than the model's positions (RoPE models would run on, extrapolating silently)."""
+    text_config = getattr(config, "text_config", None) or config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    longest = max(len(s["prompt"]) + len(s["answer_ids"]) for s in samples)
+    if limit and longest > limit:
+        raise ValueError(
+            f"the longest SFT sample is {longest} tokens (prompt, image tokens and answer), more than the model's "
+            f"{limit} positions. For ALFWorld, build the embedded model with its vocabulary and context: "
+            f"python -m baselines.vlm_ppo.tiny --path DIR --alfworld True, then --model DIR")
 
 
 @torch.no_grad()
@@ -254,6 +261,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
         vlm.enable_input_require_grads()
     encoder = Encoder(processor, vlm.config, cfg.conv_template, cfg.image_mode)
     samples = load_sft_data(cfg, encoder)
+    check_context(samples, vlm.config)
     rng = random.Random(cfg.seed)
     held_out = rng.sample(samples, min(64, len(samples)))
     ac = ActorCritic(vlm, encoder, temperature=1.0, thought_coef=1.0)

@@ -56,10 +56,10 @@ class TinySpec:
     """Game folder that corpus plays (empty: the shipped ``train`` split)."""
 
 
-ALFWORLD_SPEC = TinySpec(vocab_size=4096, max_positions=2048, alfworld_text=True)
+ALFWORLD_SPEC = TinySpec(max_positions=2048, alfworld_text=True)
 """The embedded model with room for ALFWorld: its longest shipped prompt (observation, task and
 admissible commands, plus 64 image tokens) exceeds the default 1,024 positions with the default
-tokenizer, whose merges never saw a room description (docs/training.md, "ALFWorld capacity")."""
+tokenizer, whose merges never saw a room description (docs/training.md, "ALFWorld: the embedded model's capacity")."""
 
 
 def training_corpus() -> list[str]:

@@ -35,14 +35,15 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_model(cfg: Config) -> str:
-    """``tiny`` → build the embedded model once under ``output_dir/tiny-base``; anything else as given."""
+    """``tiny`` → build the embedded model once under ``output_dir/tiny-base`` (for ALFWorld the build
+    with its vocabulary and context, ``tiny.ALFWORLD_SPEC``); anything else as given."""
     if cfg.model != "tiny":
         return cfg.model
-    from baselines.vlm_ppo.tiny import build_tiny_llava
+    from baselines.vlm_ppo.tiny import ALFWORLD_SPEC, build_tiny_llava
 
     path = Path(cfg.output_dir) / "tiny-base"
     if not (path / "config.json").exists():
-        build_tiny_llava(path)
+        build_tiny_llava(path, ALFWORLD_SPEC if cfg.env_id.startswith("alfworld/") else None)
     return str(path)
 
 
