@@ -458,11 +458,21 @@ BAD_MESSAGES = [
     ({"type": "reset", "data": {"seed": 1, "colour": "red"}}, "EXECUTION_ERROR", "unknown reset field"),
     ({"type": "reset", "data": {"env_kwargs": {"command": "rm -rf /"}}}, "EXECUTION_ERROR", "has no argument"),
     ({"type": "reset", "data": {"env_kwargs": {"image_size": "huge"}}}, "EXECUTION_ERROR", "image_size"),
+    ({"type": "reset", "data": {"env_kwargs": {"image_size": [40000, 40000]}}}, "EXECUTION_ERROR", "at most"),
     ({"type": "reset", "data": {"env_kwargs": "text"}}, "EXECUTION_ERROR", "JSON object"),
     ({"type": "reset", "data": {"env_id": "os:system"}}, "EXECUTION_ERROR", "only ids registered by vlm_envs"),
     ({"type": "reset", "data": {"text_actions": {"mode": "psychic"}}}, "EXECUTION_ERROR", "mode"),
     ({"type": "reset", "data": {"image_encoding": "jpeg"}}, "EXECUTION_ERROR", "image_encoding"),
 ]
+
+
+def test_clients_cannot_name_server_files():
+    from vlm_envs.remote.server import check_env_kwargs
+
+    for kwargs in ({"game_dir": "/etc"}, {"game_files": ["/etc/passwd"]}):
+        with pytest.raises(ValueError, match="only the server's --env-kwargs"):
+            check_env_kwargs("alfworld/ALFWorld-v0", kwargs)
+        assert check_env_kwargs("alfworld/ALFWorld-v0", kwargs, from_client=False) == kwargs
 
 
 def test_bad_messages_get_an_error_with_a_reason_and_the_server_keeps_serving(points24_url):

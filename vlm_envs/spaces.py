@@ -70,6 +70,10 @@ def observation_space(image_size: tuple[int, int], max_text_length: int) -> spac
     )
 
 
+MAX_IMAGE_SIDE = 4096
+"""Largest frame side: a bigger one is a typo, or (from a remote client) an attempt to exhaust memory."""
+
+
 def validate_image_size(image_size: object) -> tuple[int, int]:
     """Check an ``(height, width)`` pair and return it as a tuple of ints."""
     try:
@@ -78,4 +82,7 @@ def validate_image_size(image_size: object) -> tuple[int, int]:
         raise ValueError(f"image_size must be a (height, width) pair of ints, got {image_size!r}") from None
     if height < 16 or width < 16:
         raise ValueError(f"image_size must be at least 16x16, got {image_size!r}")
+    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
+        raise ValueError(f"image_size must be at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} (a frame is rendered per step), "
+                         f"got {image_size!r}")
     return height, width

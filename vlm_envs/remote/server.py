@@ -34,7 +34,6 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
-from pydantic import Field, StrictInt, StrictStr
 
 from vlm_envs.optional import require
 from vlm_envs.registration import registered_ids
@@ -42,8 +41,9 @@ from vlm_envs.remote._openenv import import_openenv
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, encode_image, encode_value, space_to_json
 from vlm_envs.wrappers import TextActions
 
-import_openenv("the env server")
+import_openenv("the env server")  # before any of its dependencies, so a missing extra is named
 from fastapi import FastAPI  # noqa: E402
+from pydantic import Field, StrictInt, StrictStr  # noqa: E402
 from openenv.core.env_server import Action, ConcurrencyConfig, Environment, HTTPEnvServer, Observation, ServerMode, State  # noqa: E402
 
 MAX_TEXT_CHARS = 1_000_000  # a step's text; longer is refused (a model's answer is a few KB)
@@ -51,6 +51,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame; larger closes that ses
 DEFAULT_IMAGE_ENCODING = "png"
 # gym.make arguments that are not the env's own but are safe to pass from a client
 _MAKE_ARGUMENTS = ("max_episode_steps",)
+# Env arguments that name files on the server: only the server's own --env-kwargs may set them,
+# so client text never chooses what the server reads from disk.
+SERVER_ONLY_ARGUMENTS = ("game_dir", "game_files")
 
 
 class StepAction(Action):
@@ -77,10 +80,14 @@ def check_env_id(env_id: str) -> str:
     return env_id
 
 
-def check_env_kwargs(env_id: str, env_kwargs: Any) -> dict[str, Any]:
-    """``env_kwargs`` if every key is an argument of the env's own constructor (or ``max_episode_steps``)."""
+def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) -> dict[str, Any]:
+    """``env_kwargs`` if every key is an argument of the env's own constructor (or ``max_episode_steps``);
+    from a client, arguments naming server files (:data:`SERVER_ONLY_ARGUMENTS`) are refused."""
     if not isinstance(env_kwargs, dict):
         raise TypeError(f"env_kwargs must be a JSON object, got {type(env_kwargs).__name__}")
+    server_only = sorted(set(env_kwargs) & set(SERVER_ONLY_ARGUMENTS)) if from_client else []
+    if server_only:
+        raise ValueError(f"{server_only} name files on the server: only the server's --env-kwargs may set them")
     creator = load_env_creator(gym.spec(check_env_id(env_id)).entry_point)  # our own registry entry, never client text
     own = [name for name in _constructor_arguments(creator) if name != "render_mode"]
     unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
@@ -131,7 +138,7 @@ class ServedEnv(Environment):
         super().__init__()
         self.env_id = check_env_id(env_id)
         self.session_id = uuid.uuid4().hex[:12]
-        self._defaults = check_env_kwargs(env_id, env_kwargs or {})  # the server's --env-kwargs
+        self._defaults = check_env_kwargs(env_id, env_kwargs or {}, from_client=False)  # the server's --env-kwargs
         self._config = (self._defaults, {})
         self._image_encoding = DEFAULT_IMAGE_ENCODING
         self._env: gym.Env | None = self._build(*self._config)
