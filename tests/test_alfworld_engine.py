@@ -25,13 +25,23 @@ from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, goal_conditions  
 SHIPPED = find_games(shipped_games_dir(), tuple(TASK_TYPES.values()))
 
 
-def _one_per_type(games):
-    seen, out = set(), []
+def _first_per_type(games, n=1):
+    count, out = {}, []
     for g in games:
-        if g.task_type not in seen:
-            seen.add(g.task_type)
+        if count.get(g.task_type, 0) < n:
+            count[g.task_type] = count.get(g.task_type, 0) + 1
             out.append(g)
     return out
+
+
+def _one_per_type(games):
+    return _first_per_type(games)
+
+
+# Two games of each task type in each split: what per-game tests play (the full evaluation sets
+# are swept by the oracle result cards in docs/alfworld.md).
+SAMPLE = [g for split in ("train", "eval_in_distribution", "eval_out_of_distribution")
+          for g in _first_per_type(find_games(shipped_games_dir() / split, tuple(TASK_TYPES.values())), 2)]
 
 
 def test_shipped_set_covers_every_task_type_in_every_split():
@@ -191,7 +201,7 @@ def test_engine_caches_change_nothing_textworld_says(game):
     assert mine(ours.reset()) == plain.reset()
 
 
-@pytest.mark.parametrize("game", SHIPPED, ids=lambda g: g.name)
+@pytest.mark.parametrize("game", SAMPLE, ids=lambda g: g.name)
 def test_goal_conditions_reach_one_exactly_when_won(game):
     data = read_game_file(game.game_file)
     engine = Engine()

@@ -19,7 +19,7 @@ import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 import vlm_envs  # noqa: E402,F401
-from vlm_envs.alfworld_wrap import ENV_IDS, SPLITS, TASK_TYPES, register_envs  # noqa: E402
+from vlm_envs.alfworld_wrap import ENV_IDS, SPLITS, TASK_TYPES, register_envs, shipped_games_dir  # noqa: E402
 from vlm_envs.text.prompts import build_prompt  # noqa: E402
 
 register_envs()
@@ -93,10 +93,13 @@ def test_seeded_replay_is_identical():
 
 
 @pytest.mark.parametrize("split", SPLITS)
-def test_oracle_wins_every_shipped_game(split):
-    env = ALFWorldEnv(split=split)
+def test_oracle_wins_two_shipped_games_of_each_type(split):
+    """(Every shipped evaluation game: the oracle result cards in docs/alfworld.md.)"""
+    env = ALFWorldEnv(split=split, game_dir=str(shipped_games_dir()))
     by_type = {}
-    for i, game in enumerate(env.games):
+    picked = [i for i, g in enumerate(env.games) if [h.task_type for h in env.games[:i]].count(g.task_type) < 2]
+    for i in picked:
+        game = env.games[i]
         obs, info = env.reset(seed=i, options={"game_index": i})
         assert info["success"] is False
         done, ret = False, 0.0

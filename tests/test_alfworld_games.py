@@ -71,3 +71,16 @@ def test_a_manifest_game_whose_bytes_changed_is_refused_or_skipped():
     with pytest.warns(UserWarning, match="skipping manifest episode 0"):
         card = evaluate(manifest, "oracle", skip_invalid_games=True)
     assert card["complete"] and card["episodes"] == [] and card["skipped"][0]["index"] == 0
+
+
+def test_alfworld_manifest_episodes_give_the_same_records_sync_and_async():
+    from vlm_envs.evaluation import load_manifest
+
+    full = load_manifest("alfworld-out-of-distribution-v0")
+    manifest = Manifest("ood-sample", full.episodes[:3]).with_hash()
+    sync = evaluate(manifest, "random", num_envs=1)
+    asynchronous = evaluate(manifest, "random", num_envs=2, vectorization="async")
+    assert sync["episodes"] == asynchronous["episodes"]
+    assert [r["game"] for r in sync["episodes"]] == [e.game["path"] for e in manifest.episodes]
+    oracle = evaluate(manifest, "oracle", num_envs=2)
+    assert all(r["success"] for r in oracle["episodes"])

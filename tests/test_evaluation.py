@@ -159,3 +159,30 @@ def test_policy_errors_count_as_parse_failures_with_reason():
     for record in card["episodes"]:
         assert record["parse_failures"] == record["length"]
         assert record["parse_failure_reasons"] == {"policy: server kept failing: HTTP 500": record["length"]}
+
+
+ALFWORLD_MIX = {
+    "alfworld-in-distribution-v0": {"pick_and_place_simple": 35, "look_at_obj_in_light": 13,
+                                    "pick_clean_then_place_in_recep": 27, "pick_heat_then_place_in_recep": 16,
+                                    "pick_cool_then_place_in_recep": 25, "pick_two_obj_and_place": 24},
+    "alfworld-out-of-distribution-v0": {"pick_and_place_simple": 24, "look_at_obj_in_light": 18,
+                                        "pick_clean_then_place_in_recep": 31, "pick_heat_then_place_in_recep": 23,
+                                        "pick_cool_then_place_in_recep": 21, "pick_two_obj_and_place": 17},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALFWORLD_MIX))
+def test_alfworld_manifests_have_the_official_sizes_and_verified_games(name):
+    from vlm_envs.alfworld_wrap import shipped_games_dir
+
+    manifest = load_manifest(name)
+    assert (manifests_dir() / f"{name}.json").read_text() == BUILDERS[name]().to_json()
+    root = shipped_games_dir()
+    mix: dict[str, int] = {}
+    for episode in manifest.episodes:
+        folder = (root / episode.game["path"]).parent
+        assert hashlib.sha256((root / episode.game["path"]).read_bytes()).hexdigest() == episode.game["sha256"]
+        task_type = json.loads((folder / "traj_data.json").read_text())["task_type"]
+        mix[task_type] = mix.get(task_type, 0) + 1
+    assert mix == ALFWORLD_MIX[name]
+    assert len({e.game["path"] for e in manifest.episodes}) == len(manifest.episodes)

@@ -40,6 +40,25 @@ ENV_IDS: dict[str, dict] = {"alfworld/ALFWorld-v0": {}}
 ENV_IDS.update({f"alfworld/ALFWorld-{short}-v0": {"task_types": (tid,)} for tid, short in TASK_SHORT_NAMES.items()})
 
 
+def cache_root() -> Path | None:
+    """Where vlm_envs keeps generated data: ``$VLM_ENVS_CACHE``, else ``$XDG_CACHE_HOME`` (default
+    ``~/.cache``) ``/vlm_envs``; ``None`` when ``VLM_ENVS_CACHE`` is ``off`` (or empty, 0, none, false)."""
+    import os
+
+    root = os.environ.get("VLM_ENVS_CACHE")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vlm_envs")
+    return Path(root)
+
+
+def official_games_dir() -> Path:
+    """Where ``generate --preset official`` writes by default (the full 3,553-game train split)."""
+    root = cache_root()
+    return (root if root is not None else Path.home() / ".cache" / "vlm_envs") / "alfworld-games-official"
+
+
 def shipped_games_dir() -> Path:
     """The folder of the game set shipped with the package (``games/<split>/<task type>-.../trial_*``)."""
     return Path(str(resources.files("vlm_envs.alfworld_wrap") / "games"))
@@ -60,4 +79,5 @@ def register_envs() -> None:
         gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=dict(kwargs), max_episode_steps=None)
 
 
-__all__ = ["ENV_IDS", "SPLITS", "TASK_SHORT_NAMES", "TASK_TYPES", "register_envs", "shipped_games_dir"]
+__all__ = ["ENV_IDS", "SPLITS", "TASK_SHORT_NAMES", "TASK_TYPES", "cache_root", "official_games_dir", "register_envs",
+           "shipped_games_dir"]

@@ -12,7 +12,8 @@ This module adds only caches around it, never game logic:
   names: in ALFWorld's grammar a command's text depends only on those and on static facts
   (which receptacle is at which location);
 * translations are also kept on disk (see :func:`sas_cache_dir`), so a new process does not
-  translate a game it has seen before.
+  translate a game it has seen before; those of the shipped games ship with the package
+  (:func:`shipped_translations_dir`), so even a first reset on a new machine does not translate.
 
 Importing this module imports textworld and alfworld; it raises ``DependencyNotInstalled`` with
 the ``pip install`` to run when they are missing.
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from vlm_envs.alfworld_wrap import cache_root
 from vlm_envs.optional import missing_extra
 
 try:  # alfworld writes $ALFWORLD_DATA (default ~/.cache/alfworld) as a side effect of import.
@@ -166,17 +168,13 @@ _SAS_CACHE = _LRU(64)
 
 
 def sas_cache_dir() -> Path | None:
-    """Where translations are kept across processes: ``$VLM_ENVS_CACHE/alfworld-sas``, else
-    ``$XDG_CACHE_HOME`` (default ``~/.cache``) ``/vlm_envs/alfworld-sas``. ``VLM_ENVS_CACHE=off``
-    disables it. Entries are pickles keyed by a hash of the domain, the problem and the versions
-    of fast-downward and textworld; a broken or unwritable cache is ignored.
+    """Where translations are kept across processes: :func:`vlm_envs.alfworld_wrap.cache_root`
+    ``/alfworld-sas`` (``VLM_ENVS_CACHE=off`` disables it). Entries are pickles keyed by a hash of
+    the domain, the problem and the versions of fast-downward and textworld; a broken or
+    unwritable cache is ignored.
     """
-    root = os.environ.get("VLM_ENVS_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "none", "false"):
-        return None
-    if root is None:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vlm_envs")
-    return Path(root) / "alfworld-sas"
+    root = cache_root()
+    return None if root is None else root / "alfworld-sas"
 
 
 def _versions() -> str:
@@ -194,32 +192,59 @@ def _versions() -> str:
 _VERSIONS = _versions()
 
 
+def shipped_translations_dir() -> Path:
+    """Translations of the shipped games, made at release time (read-only; same keys as the disk cache)."""
+    return Path(__file__).parent / "translations"
+
+
+def _entry_name(domain: str, problem: str, optimize: bool) -> str:
+    digest = hashlib.sha256("\0".join((_VERSIONS, str(optimize), domain, problem)).encode()).hexdigest()
+    return f"{digest}.pkl.gz"
+
+
+def _read_entry(path: Path) -> tuple[Any, str] | None:
+    try:
+        with gzip.open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception:  # missing, truncated or from elsewhere: translate again
+        return None
+
+
+def _write_entry(folder: Path, name: str, result: tuple[Any, str]) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{name}.{os.getpid()}.tmp"
+        with gzip.open(tmp, "wb", compresslevel=9) as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, folder / name)
+    except Exception:
+        pass
+
+
 def cached_translate(domain: str, problem: str, optimize: bool) -> tuple[Any, str]:
-    """:func:`_translate` through the in-process cache, then the on-disk cache."""
+    """:func:`_translate` through the in-process cache, then the shipped translations, then the on-disk cache."""
 
     def from_disk():
-        folder = sas_cache_dir()
-        if folder is None:
-            return _translate(domain, problem, optimize)
-        digest = hashlib.sha256("\0".join((_VERSIONS, str(optimize), domain, problem)).encode()).hexdigest()
-        path = folder / f"{digest}.pkl.gz"
-        try:
-            with gzip.open(path, "rb") as f:
-                return pickle.load(f)
-        except Exception:  # missing, truncated or from elsewhere: translate again
-            pass
+        name = _entry_name(domain, problem, optimize)
+        user_cache = sas_cache_dir()
+        for folder in (shipped_translations_dir(), user_cache):
+            found = None if folder is None else _read_entry(folder / name)
+            if found is not None:
+                return found
         result = _translate(domain, problem, optimize)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with gzip.open(tmp, "wb", compresslevel=3) as f:
-                pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except Exception:
-            pass
+        if user_cache is not None:
+            _write_entry(user_cache, name, result)
         return result
 
     return _SAS_CACHE.get_or((domain, problem, optimize), from_disk)
+
+
+def write_translation(data: Mapping, folder: Path) -> Path:
+    """Translate a game's problem (as a reset needs it) into ``folder``, under the cache's key."""
+    logic = game_logic(data["pddl_domain"], data["grammar"])
+    name = _entry_name(logic.domain, data["pddl_problem"], False)
+    _write_entry(Path(folder), name, _translate(logic.domain, data["pddl_problem"], False))
+    return Path(folder) / name
 
 
 def game_logic(domain: str, grammar: str) -> Any:

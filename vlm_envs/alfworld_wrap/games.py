@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, shipped_games_dir
+from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
+
+# Written by `generate --preset official` once the full train split is complete.
+COMPLETE_MARKER = ".complete"
+_told_train_source = False
 
 # Our split names -> the folder names of ALFWorld's official data.
 OFFICIAL_SPLIT_DIRS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
@@ -120,6 +124,31 @@ def find_games(folder: str | os.PathLike, task_types: Sequence[str], skipped: li
     return games
 
 
+def full_train_dir() -> Path | None:
+    """The generated official train split (3,553 games), when ``generate --preset official`` finished it."""
+    folder = official_games_dir() / "train"
+    return folder if (folder / COMPLETE_MARKER).exists() else None
+
+
+def default_games_root(split: str) -> Path:
+    """Where ``split`` is read from without ``game_dir``: the full train set once generated, else the shipped games.
+
+    Says once per process which train set is used.
+    """
+    global _told_train_source
+    if split != "train":
+        return shipped_games_dir()
+    full = full_train_dir()
+    if not _told_train_source:
+        _told_train_source = True
+        if full is not None:
+            warnings.warn(f"ALFWorld split='train': the full official train set at {full}", stacklevel=5)
+        else:
+            warnings.warn("ALFWorld split='train': the small shipped train set; for ALFWorld's 3,553 train games run "
+                          "python -m vlm_envs.alfworld_wrap.generate --preset official --splits train", stacklevel=5)
+    return full.parent if full is not None else shipped_games_dir()
+
+
 def resolve_games(split: str, task_types: Sequence[str], game_dir: str | os.PathLike | None = None,
                   game_files: Sequence[str | os.PathLike] | None = None, skipped: list[str] | None = None) -> list[GameInfo]:
     """The games an env plays: explicit ``game_files``, else ``game_dir`` (or the shipped set) for ``split``.
@@ -141,7 +170,7 @@ def resolve_games(split: str, task_types: Sequence[str], game_dir: str | os.Path
                 games.append(GameInfo(str(path), traj["task_type"], dict(traj.get("pddl_params") or {})))
         where = "the given game_files"
     else:
-        folder = split_dir(game_dir if game_dir is not None else shipped_games_dir(), split)
+        folder = split_dir(game_dir if game_dir is not None else default_games_root(split), split)
         games = find_games(folder, task_types, skipped)
         where = str(folder)
     if not games:

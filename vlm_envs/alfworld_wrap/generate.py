@@ -43,7 +43,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES
+from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, find_games
 
 GENERATOR_VERSION = 1
 MAX_ATTEMPTS = 60
@@ -483,8 +484,6 @@ def generate(out: Path, seed: int = 0, games_per_type: int = 2, splits: Sequence
     folders in ``avoid``; a duplicate is replaced by the next index. Splits are written in the
     order of ``counts`` (default: ``splits``).
     """
-    from vlm_envs.alfworld_wrap.games import find_games
-
     counts = counts if counts is not None else uniform_counts(games_per_type, splits, task_types)
     written: list[Path] = []
     seen: set[str] = set()
@@ -517,7 +516,8 @@ def generate(out: Path, seed: int = 0, games_per_type: int = 2, splits: Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlm_envs.alfworld_wrap.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder (games go to OUT/<split>/...)")
+    parser.add_argument("--out", type=Path, help="output folder (games go to OUT/<split>/...); default with --preset "
+                                                  "official: the cache folder that split='train' reads")
     parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     parser.add_argument("--games-per-type", type=int, default=2, help="games per (split, task type) (default 2)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
@@ -526,6 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="official: ALFWorld's split sizes (3,553 train, 140 in-distribution, 134 out-of-distribution "
                              "games, with its task-type mix), evaluation splits first; --splits picks some of them")
     parser.add_argument("--avoid", nargs="*", type=Path, default=[], help="folders whose games must not be repeated")
+    parser.add_argument("--write-translations", type=Path, metavar="FOLDER",
+                        help="also store each game's PDDL translation in FOLDER (vlm_envs/alfworld_wrap/translations "
+                             "for the shipped games: their first reset then skips the translator)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.games_per_type < 1:
@@ -534,8 +537,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.preset == "official":
         counts = {s: {t: n for t, n in OFFICIAL_COUNTS[s].items() if t in args.task_types}
                   for s in OFFICIAL_ORDER if s in args.splits}
+        if args.out is None:
+            args.out = official_games_dir()
+        if "train" in args.splits and not args.avoid:  # train never repeats a shipped evaluation game
+            args.avoid = [shipped_games_dir() / s for s in ("eval_in_distribution", "eval_out_of_distribution")]
+    elif args.out is None:
+        parser.error("--out is required without --preset official")
     paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet,
                      counts=counts, avoid=args.avoid)
+    if args.write_translations is not None:
+        from vlm_envs.alfworld_wrap.engine import read_game_file, write_translation
+
+        for path in paths:
+            write_translation(read_game_file(path), args.write_translations)
+    if counts is not None and "train" in counts and counts["train"] == OFFICIAL_COUNTS["train"]:
+        (args.out / "train" / COMPLETE_MARKER).write_text(f"{len(list((args.out / 'train').rglob('game.tw-pddl')))}\n")
     print(f"wrote {len(paths)} games under {args.out}")
     return 0
 

@@ -109,7 +109,8 @@ def evaluate(
         schedule_seed: shuffle the order of env work in ``sync`` mode (tests of order independence).
     """
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    policy = policy if not isinstance(policy, str) else make_policy(policy)
+    owned = isinstance(policy, str)  # made here, so closed here
+    policy = make_policy(policy) if owned else policy
     description = policy.describe()
     identity = _identity(manifest, description, settings)
     out = None if out is None else Path(out)
@@ -140,6 +141,8 @@ def evaluate(
     finally:
         if journal is not None:
             journal.close()
+        if owned:
+            policy.close()
     card = build_card(manifest, description, settings.to_dict(), {**done, **played}, skipped, sorted(skipped_games),
                       seconds=round(time.perf_counter() - start, 3))
     if out is not None:

@@ -14,16 +14,14 @@ file: every result card carries it, so two numbers are comparable exactly when t
 hashes agree.
 
 The shipped manifests live in ``vlm_envs/evaluation/data/`` and are written by
-``python -m vlm_envs.evaluation.manifests --write`` (deterministic; a test checks that the shipped
+``python -m vlm_envs.evaluation --write`` (deterministic; a test checks that the shipped
 files are what the builders produce).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -197,30 +195,3 @@ BUILDERS: dict[str, Callable[[], Manifest]] = {
     "alfworld-in-distribution-v0": lambda: build_alfworld("eval_in_distribution", "alfworld-in-distribution-v0"),
     "alfworld-out-of-distribution-v0": lambda: build_alfworld("eval_out_of_distribution", "alfworld-out-of-distribution-v0"),
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlm_envs.evaluation.manifests",
-                                     description="Build the shipped manifests and compare them with the files (or --write them).")
-    parser.add_argument("names", nargs="*", default=list(BUILDERS), help=f"default: all ({', '.join(BUILDERS)})")
-    parser.add_argument("--write", action="store_true", help="write the files instead of checking them")
-    args = parser.parse_args(argv)
-    stale = 0
-    for name in args.names:
-        if name not in BUILDERS:
-            parser.error(f"unknown manifest {name!r}; buildable: {', '.join(BUILDERS)}")
-        manifest = BUILDERS[name]()
-        path = manifests_dir() / f"{name}.json"
-        if args.write:
-            path.write_text(manifest.to_json())
-            print(f"wrote {path} ({len(manifest.episodes)} episodes, sha256 {manifest.sha256})")
-        elif not path.exists() or path.read_text() != manifest.to_json():
-            stale += 1
-            print(f"{path} differs from what the builder makes")
-        else:
-            print(f"{name}: up to date ({len(manifest.episodes)} episodes, sha256 {manifest.sha256})")
-    return 1 if stale else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
