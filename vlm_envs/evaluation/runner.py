@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlm_envs.evaluation.manifests import Episode, Manifest, file_sha256
-from vlm_envs.evaluation.policies import Policy, Reply, Request, action_text, normalize_replies
+from vlm_envs.evaluation.policies import Policy, Request, action_text, normalize_replies
 from vlm_envs.text.parsing import ParseMode
 from vlm_envs.text.prompts import Wording, text_only_prompt
 from vlm_envs.wrappers import OnParseFailure, TextActions
