@@ -37,12 +37,11 @@ MODES = ("in-process", "ray", "remote-png", "remote-raw")
 SAME_STEP = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
 
-def answers(envs: gym.vector.VectorEnv, infos: dict, rng: np.random.Generator) -> tuple[str, ...]:
+def answers(envs: gym.vector.VectorEnv, infos: dict, rng: np.random.Generator, names) -> tuple[str, ...]:
     """One random answer per env: a card name in the JSON format, or an admissible ALFWorld command."""
     commands = infos.get("admissible_commands")
     if commands is not None:
         return tuple(str(rng.choice(commands[i])) for i in range(envs.num_envs))
-    names = envs.get_attr("action_names")[0]
     return tuple('{"action": "%s"}' % rng.choice(names) for _ in range(envs.num_envs))
 
 
@@ -60,15 +59,16 @@ def make(mode: str, env_id: str, n: int, url: str | None) -> gym.vector.VectorEn
 
 def measure(mode: str, env_id: str, n: int, steps: int, warmup: int, url: str | None) -> dict:
     envs = make(mode, env_id, n, url)
+    names = envs.get_attr("action_names")[0]  # once: on ray/remote each call is a round trip
     try:
         rng = np.random.default_rng(0)
         _, infos = envs.reset(seed=0)
         for _ in range(warmup):
-            infos = envs.step(answers(envs, infos, rng))[-1]
+            infos = envs.step(answers(envs, infos, rng, names))[-1]
         latencies = []
         start = time.perf_counter()
         for _ in range(steps):
-            actions = answers(envs, infos, rng)
+            actions = answers(envs, infos, rng, names)
             t = time.perf_counter()
             infos = envs.step(actions)[-1]
             latencies.append(time.perf_counter() - t)

@@ -123,7 +123,7 @@ class ActorVectorEnv(VectorEnv):
         self.actors = list(actors)
         self._gather = gather
         self.copy = copy
-        self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
         # sub-env i lives in actor self._where[i][0], at slot self._where[i][1]
         self._where = [(a, slot) for a, size in enumerate(envs_per_actor) for slot in range(size)]
         self.num_envs = len(self._where)
@@ -254,7 +254,7 @@ class RayVectorEnv(ActorVectorEnv):
         if self._owns_ray:
             ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init_kwargs or {})})
         self.env_fns = env_fns
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        mode = AutoresetMode(autoreset_mode)
         options = dict(actor_options or {})
         if num_cpus_per_env is not None:
             options["num_cpus"] = num_cpus_per_env

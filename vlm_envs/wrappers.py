@@ -112,18 +112,19 @@ class TextActions(gym.Wrapper):
         if self.passthrough:
             return self.env.step(action)
         self._elapsed += 1
+        at_limit = self._max_steps is not None and self._elapsed >= self._max_steps  # every turn counts
         result = parse_action(action, self.vocab, self.mode, self.aliases)
         index = result.index
         if index is None and self.on_parse_failure == "random":
             index = int(self._rng.integers(len(self.vocab)))
         if index is None:
             reward = self.format_penalty if self.on_parse_failure == "penalty" else 0.0
-            truncated = self._max_steps is not None and self._elapsed >= self._max_steps
+            truncated = at_limit
             obs, info = self._last_obs, {**self._last_info, "success": False}
             terminated = False
         else:
             obs, reward, terminated, truncated, info = self.env.step(index)
-            truncated = bool(truncated) or (not terminated and self._max_steps is not None and self._elapsed >= self._max_steps)
+            truncated = bool(truncated) or (not terminated and at_limit)
         self._last_obs, self._last_info = obs, info
         info = {**info, "parse_ok": result.ok, "action": -1 if index is None else index, "parse_error": result.reason}
         return obs, reward, terminated, truncated, info

@@ -47,9 +47,9 @@ def make_env(cfg) -> gym.Env:
     return gym.make(cfg.env_id, **json.loads(cfg.env_kwargs))
 
 
-def text_wrapper(cfg):
-    return lambda env: vlm_envs.TextActions(
-        env, mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
+def text_actions_kwargs(cfg) -> dict:
+    """How the envs parse model text (``vlm_envs.TextActions`` arguments), locally and on a server."""
+    return dict(mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
 
 
 def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
@@ -58,17 +58,18 @@ def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
     vectorization = vectorization or cfg.vectorization
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
-    kwargs = dict(vector_kwargs={"autoreset_mode": autoreset_mode}, wrappers=[text_wrapper(cfg)],
-                  **json.loads(cfg.env_kwargs))
+    vector_kwargs = {"autoreset_mode": autoreset_mode}
     if vectorization == "remote":
         from vlm_envs.remote import make_remote_vec  # raises DependencyNotInstalled without the serve extra
 
         if not cfg.env_url:
             raise ValueError("--vectorization remote needs --env-url (a `python -m vlm_envs serve` address)")
-        text = dict(mode=cfg.parse_mode, on_parse_failure=cfg.on_parse_failure, format_penalty=cfg.format_penalty)
         token = cfg.env_token or os.environ.get("VLM_ENVS_TOKEN") or None
-        return make_remote_vec(cfg.env_url, num_envs, vector_kwargs={"autoreset_mode": autoreset_mode},
-                               env_id=cfg.env_id, env_kwargs=json.loads(cfg.env_kwargs), text_actions=text, token=token)
+        return make_remote_vec(cfg.env_url, num_envs, vector_kwargs=vector_kwargs, env_id=cfg.env_id,
+                               env_kwargs=json.loads(cfg.env_kwargs), text_actions=text_actions_kwargs(cfg), token=token)
+    text = text_actions_kwargs(cfg)
+    kwargs = dict(vector_kwargs=vector_kwargs, wrappers=[lambda env: vlm_envs.TextActions(env, **text)],
+                  **json.loads(cfg.env_kwargs))
     if vectorization == "ray":
         from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 

@@ -162,8 +162,7 @@ class ActorCritic(nn.Module):
         logprob = action_logprob(lp, thought, action, self.thought_coef)
         mean_entropy = None
         if entropy is not None:
-            mask = answer_mask.float()
-            mean_entropy = (entropy.masked_fill(~answer_mask, 0.0) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+            mean_entropy = entropy.masked_fill(~answer_mask, 0.0).sum(-1) / answer_mask.sum(-1).clamp(min=1)
         return LogprobValue(logprob, value, lp, answer_mask, thought_lp, action_lp, mean_entropy)
 
     get_logprob_and_value = forward

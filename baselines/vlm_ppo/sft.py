@@ -333,6 +333,5 @@ def vision_path_parameters(vlm) -> list[torch.nn.Parameter]:
     """The vision tower's and the projector's parameters (what the alignment stage trains): every
     parameter outside the language model and its output head."""
     base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
-    text = base.model.language_model if hasattr(base.model, "language_model") else base.model.text_model
-    lm = {id(p) for p in text.parameters()} | {id(p) for p in base.get_output_embeddings().parameters()}
+    lm = {id(p) for p in base.get_decoder().parameters()} | {id(p) for p in base.get_output_embeddings().parameters()}
     return [p for p in base.parameters() if id(p) not in lm]

@@ -355,7 +355,7 @@ class RemoteVectorEnv(ActorVectorEnv):
                  autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP, **session_kwargs: Any):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        mode = AutoresetMode(autoreset_mode)
         self._pool = ThreadPoolExecutor(max_workers=num_envs, thread_name_prefix="remote-env")
         make = lambda: _EnvWorker([lambda: RemoteEnv(url, **session_kwargs)], mode.value)  # noqa: E731
         actors = [_ThreadActor(self._pool, make) for _ in range(num_envs)]

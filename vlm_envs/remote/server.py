@@ -88,12 +88,18 @@ def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) 
     server_only = sorted(set(env_kwargs) & set(SERVER_ONLY_ARGUMENTS)) if from_client else []
     if server_only:
         raise ValueError(f"{server_only} name files on the server: only the server's --env-kwargs may set them")
-    creator = load_env_creator(gym.spec(check_env_id(env_id)).entry_point)  # our own registry entry, never client text
-    own = [name for name in _constructor_arguments(creator) if name != "render_mode"]
+    own = list(_own_arguments(env_id))
     unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
     if unknown:
         raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
     return dict(env_kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _own_arguments(env_id: str) -> tuple[str, ...]:
+    """The env's own constructor arguments (fixed per id: computed once, not on every reset)."""
+    creator = load_env_creator(gym.spec(check_env_id(env_id)).entry_point)  # our own registry entry, never client text
+    return tuple(name for name in _constructor_arguments(creator) if name != "render_mode")
 
 
 def _constructor_arguments(cls: type) -> list[str]:
