@@ -180,8 +180,12 @@ def build_prompt(task: str, text: str, *, cot: bool = True, wording: Wording = "
 
 
 def text_only_prompt(state: str, prompt: str) -> str:
-    """The prompt for a text-only model: the state in words (``env.unwrapped.describe()``), then the task prompt."""
-    return f"State: {state}\n{prompt}"
+    """The prompt for a text-only model: the task prompt, then the state in words (``env.unwrapped.describe()``).
+
+    The task prompt is the same on every turn, so it comes first: a server's prefix cache
+    (llama.cpp, vLLM, SGLang) then reuses it and processes only the few state tokens per request.
+    """
+    return f"{prompt}\nState: {state}"
 
 
 def chat_messages(prompt: str) -> list[dict]:

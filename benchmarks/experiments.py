@@ -1,0 +1,185 @@
+"""CPU-scale PPO experiments on the embedded model: SFT start -> PPO -> held-out greedy success.
+
+``python benchmarks/experiments.py run NAME [--seeds S ...]`` runs one experiment (the
+``demo`` pipeline: SFT data from the env's oracle with the env's weak-start recipe, SFT, PPO)
+once per seed, one after another, and writes ``docs/experiments/NAME/{metrics.csv,curve.png,
+config.json}`` for the first seed and ``docs/experiments/NAME/seed_S/`` for every further seed.
+``python benchmarks/experiments.py summary [NAME ...]`` prints (and, for all, writes
+``docs/experiments/summary.md``), from the committed folders, the
+start (``update = -1``, the SFT model), the best and the final greedy success with Wilson 95%
+intervals, whether each run is stable, and the CoT ablation pairs over seeds (mean, min-max).
+
+Every number is greedy success on held-out seeds (below ``2**31``; training plays seeds at or
+above it). NumberLine's is exact over all 30 start states (``eval/greedy_start_success``).
+Budgets are fixed update counts, not wall time, so a loaded machine makes a run slower, never
+different; each fits in 40 minutes on an idle 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "experiments"
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Experiment:
+    flags: tuple[str, ...]
+    """Trainer flags on top of ``--preset cpu-tiny``: the env, its weak-start recipe, the budget."""
+    start_at_most: float | None
+    end_at_least: float | None
+    paper: float
+    """The paper's final success (%) for this env (its CoT ablation table for the no-CoT rows)."""
+    seeds: tuple[int, ...] = (1, 2, 3)
+    notes: str = ""
+    metric: str = field(default="eval/greedy_success")
+
+
+# The weak-start recipes are docs/training.md's ("Weak-start recipes, one per env"); the no-CoT
+# runs start from an SFT on action-only data with the same budget, as the paper's ablation did.
+_NUMBERLINE = ("--env-id", "gym_cards/NumberLine-v0")
+_EZPOINTS = ("--env-id", "gym_cards/EZPoints-v0", "--sft-wrong-state-frac", "0.5", "--sft-wrong-action-prob", "0.75",
+             "--eval-greedy-episodes", "500", "--eval-every", "10", "--num-updates", "60")
+EXPERIMENTS: dict[str, Experiment] = {
+    "numberline": Experiment(_NUMBERLINE, start_at_most=0.45, end_at_least=0.90, paper=89.4,
+                             metric="eval/greedy_start_success", notes="the README's main job (demo preset)"),
+    "numberline-nocot": Experiment(_NUMBERLINE + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=26.9,
+                                   metric="eval/greedy_start_success"),
+    "ezpoints": Experiment(_EZPOINTS, start_at_most=0.25, end_at_least=0.50, paper=50.0),
+    "ezpoints-nocot": Experiment(_EZPOINTS + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=2.1),
+    "blackjack": Experiment(("--env-id", "gym_cards/Blackjack-v0", "--sft-wrong-state-frac", "0.5",
+                             "--sft-wrong-action-prob", "0.75", "--eval-greedy-episodes", "5000",
+                             "--eval-every", "40", "--num-updates", "80"),
+                            start_at_most=0.33, end_at_least=0.41, paper=40.2, seeds=(1,),
+                            notes="'always stand' wins 0.379; the result must beat it by more than the interval"),
+    "points24": Experiment(("--env-id", "gym_cards/Points24-v0", "--sft-wrong-state-frac", "0.1",
+                            "--sft-wrong-action-prob", "0.75", "--eval-greedy-episodes", "500",
+                            "--eval-every", "10", "--num-updates", "40"),
+                           start_at_most=None, end_at_least=None, paper=2.3, seeds=(1,),
+                           notes="report with the solvable fraction (the oracle's success)"),
+}
+ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
+
+
+def wilson(successes: float, n: float) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre, denominator = p + Z_95 ** 2 / (2 * n), 1 + Z_95 ** 2 / n
+    spread = Z_95 * math.sqrt(p * (1 - p) / n + Z_95 ** 2 / (4 * n * n))
+    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+
+
+def evaluations(metrics_csv: Path, metric: str) -> list[tuple[int, float, float]]:
+    """(update, success, episodes behind it) of every evaluation row, the SFT start first."""
+    count = "eval/greedy_starts" if metric == "eval/greedy_start_success" else "eval/greedy_episodes"
+    with open(metrics_csv) as f:
+        return [(int(r["update"]), float(r[metric]), float(r[count])) for r in csv.DictReader(f) if r.get(metric)]
+
+
+def stable(points: list[tuple[int, float, float]], reach: float = 0.90, drop: float = 0.10) -> bool | None:
+    """Once ``reach`` is reached, no later evaluation more than ``drop`` below the running best (None: never reached)."""
+    best, reached = 0.0, False
+    for _, value, _ in points:
+        if reached and value < best - drop:
+            return False
+        best = max(best, value)
+        reached = reached or value >= reach
+    return True if reached else None
+
+
+def run_dirs(name: str) -> list[Path]:
+    folder = DOCS / name
+    return ([folder] if (folder / "metrics.csv").exists() else []) + sorted(folder.glob("seed_*/"))
+
+
+def run(name: str, seeds: list[int], work: Path) -> None:
+    exp = EXPERIMENTS[name]
+    for k, seed in enumerate(seeds):
+        out = work / name / f"seed_{seed}"
+        command = [sys.executable, "-m", "baselines.vlm_ppo", "demo", "--preset", "cpu-tiny", *exp.flags,
+                   "--seed", str(seed), "--output-dir", str(out)]
+        print("$", " ".join(command), flush=True)
+        t0 = time.time()
+        subprocess.run(command, check=True, cwd=ROOT)
+        dest = DOCS / name if k == 0 and seed == exp.seeds[0] else DOCS / name / f"seed_{seed}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in ("metrics.csv", "curve.png"):
+            shutil.copy(out / file, dest / file)
+        trainer = json.loads((out / "ppo_config.json").read_text())
+        (dest / "config.json").write_text(json.dumps(
+            {"experiment": name, "seed": seed, "command": f"python benchmarks/experiments.py run {name} --seeds {seed}",
+             "trainer_command": " ".join(command[1:]), "wall_minutes": round((time.time() - t0) / 60, 1),
+             "definition": asdict(exp), "trainer_config": trainer}, indent=2) + "\n")
+        print(f"wrote {dest}", flush=True)
+
+
+def fmt(value: float, n: float) -> str:
+    low, high = wilson(value * n, n)
+    return f"{value:.3f} ({low:.3f}-{high:.3f}, n={n:.0f})"
+
+
+def summary(names: list[str]) -> str:
+    lines = ["| experiment | run | SFT start | best | end | updates | stable | start target | end target |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    finals: dict[str, list[float]] = {}
+    for name in names:
+        exp = EXPERIMENTS[name]
+        for folder in run_dirs(name):
+            points = evaluations(folder / "metrics.csv", exp.metric)
+            (_, start, n0), (last_update, end, n1) = points[0], points[-1]
+            best_update, best, nb = max(points, key=lambda p: p[1])
+            finals.setdefault(name, []).append(end)
+            label = json.loads((folder / "config.json").read_text())["seed"]
+            start_ok = "" if exp.start_at_most is None else ("met" if start <= exp.start_at_most else "missed")
+            end_ok = "" if exp.end_at_least is None else ("met" if end >= exp.end_at_least else "missed")
+            is_stable = {True: "yes", False: "no", None: "never reached 0.90"}[stable(points)]
+            lines.append(f"| {name} | seed {label} | {fmt(start, n0)} | {fmt(best, nb)} (update {best_update}) | "
+                         f"{fmt(end, n1)} | {last_update + 1} | {is_stable} | {start_ok} | {end_ok} |")
+    pairs = [(a, b) for a, b in ABLATION_PAIRS if a in finals and b in finals]
+    if pairs:
+        lines += ["", "| CoT ablation | with CoT: final (mean, min-max) | without CoT | seeds | paper (CoT / no CoT) |",
+                  "|---|---|---|---|---|"]
+        show = lambda xs: f"{sum(xs) / len(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"  # noqa: E731
+        for a, b in pairs:
+            lines.append(f"| {a} | {show(finals[a])} | {show(finals[b])} | {len(finals[a])} / {len(finals[b])} | "
+                         f"{EXPERIMENTS[a].paper} / {EXPERIMENTS[b].paper} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run one experiment and write docs/experiments/NAME")
+    run_parser.add_argument("name", choices=sorted(EXPERIMENTS))
+    run_parser.add_argument("--seeds", type=int, nargs="+", help="default: the experiment's own seeds")
+    run_parser.add_argument("--work", default="runs/experiments", help="where the runs' full outputs go")
+    summary_parser = sub.add_parser("summary", help="print the results of committed experiments")
+    summary_parser.add_argument("names", nargs="*", help=f"default: every committed one of {sorted(EXPERIMENTS)}")
+    args = parser.parse_args()
+    unknown = set(getattr(args, "names", [])) - set(EXPERIMENTS)
+    if unknown:
+        parser.error(f"unknown experiments {sorted(unknown)}; choose from {sorted(EXPERIMENTS)}")
+    if args.command == "run":
+        run(args.name, args.seeds or list(EXPERIMENTS[args.name].seeds), ROOT / args.work)
+    else:
+        table = summary(args.names or [n for n in EXPERIMENTS if run_dirs(n)])
+        print(table)
+        if not args.names:
+            (DOCS / "summary.md").write_text(f"# Experiments\n\nWritten by `python benchmarks/experiments.py summary`; "
+                                             f"greedy held-out success, Wilson 95% intervals.\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
