@@ -57,7 +57,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "numberline-nocot": Experiment(_NUMBERLINE + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=26.9,
                                    metric="eval/greedy_start_success"),
     "ezpoints": Experiment(_EZPOINTS, start_at_most=0.25, end_at_least=0.50, paper=50.0),
-    "ezpoints-nocot": Experiment(_EZPOINTS + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=2.1),
+    "ezpoints-nocot": Experiment(_EZPOINTS + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=29.9),
     "blackjack": Experiment(("--env-id", "gym_cards/Blackjack-v0", "--sft-wrong-state-frac", "0.5",
                              "--sft-wrong-action-prob", "0.75", "--eval-greedy-episodes", "5000",
                              "--eval-every", "40", "--num-updates", "80"),
@@ -104,25 +104,35 @@ def run_dirs(name: str) -> list[Path]:
     return ([folder] if (folder / "metrics.csv").exists() else []) + sorted(folder.glob("seed_*/"))
 
 
+def trainer_command(name: str, seed: int, out: Path) -> list[str]:
+    return [sys.executable, "-m", "baselines.vlm_ppo", "demo", "--preset", "cpu-tiny", *EXPERIMENTS[name].flags,
+            "--seed", str(seed), "--output-dir", str(out)]
+
+
 def run(name: str, seeds: list[int], work: Path) -> None:
-    exp = EXPERIMENTS[name]
-    for k, seed in enumerate(seeds):
+    for seed in seeds:
         out = work / name / f"seed_{seed}"
-        command = [sys.executable, "-m", "baselines.vlm_ppo", "demo", "--preset", "cpu-tiny", *exp.flags,
-                   "--seed", str(seed), "--output-dir", str(out)]
+        command = trainer_command(name, seed, out)
         print("$", " ".join(command), flush=True)
         t0 = time.time()
         subprocess.run(command, check=True, cwd=ROOT)
-        dest = DOCS / name if k == 0 and seed == exp.seeds[0] else DOCS / name / f"seed_{seed}"
-        dest.mkdir(parents=True, exist_ok=True)
-        for file in ("metrics.csv", "curve.png"):
-            shutil.copy(out / file, dest / file)
-        trainer = json.loads((out / "ppo_config.json").read_text())
-        (dest / "config.json").write_text(json.dumps(
-            {"experiment": name, "seed": seed, "command": f"python benchmarks/experiments.py run {name} --seeds {seed}",
-             "trainer_command": " ".join(command[1:]), "wall_minutes": round((time.time() - t0) / 60, 1),
-             "definition": asdict(exp), "trainer_config": trainer}, indent=2) + "\n")
-        print(f"wrote {dest}", flush=True)
+        collect(name, seed, out, wall_minutes=(time.time() - t0) / 60)
+
+
+def collect(name: str, seed: int, out: Path, wall_minutes: float | None = None) -> Path:
+    """Copy a finished run's metrics.csv and curve.png to docs/experiments/NAME[/seed_S], with its config.json."""
+    exp = EXPERIMENTS[name]
+    dest = DOCS / name if seed == exp.seeds[0] else DOCS / name / f"seed_{seed}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in ("metrics.csv", "curve.png"):
+        shutil.copy(out / file, dest / file)
+    (dest / "config.json").write_text(json.dumps(
+        {"experiment": name, "seed": seed, "command": f"python benchmarks/experiments.py run {name} --seeds {seed}",
+         "trainer_command": " ".join(["python", *trainer_command(name, seed, Path("OUT"))[1:]]),
+         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
+         "definition": asdict(exp), "trainer_config": json.loads((out / "ppo_config.json").read_text())}, indent=2) + "\n")
+    print(f"wrote {dest}", flush=True)
+    return dest
 
 
 def fmt(value: float, n: float) -> str:
@@ -177,6 +187,7 @@ def main() -> None:
         table = summary(args.names or [n for n in EXPERIMENTS if run_dirs(n)])
         print(table)
         if not args.names:
+            DOCS.mkdir(parents=True, exist_ok=True)
             (DOCS / "summary.md").write_text(f"# Experiments\n\nWritten by `python benchmarks/experiments.py summary`; "
                                              f"greedy held-out success, Wilson 95% intervals.\n\n{table}\n")
 

