@@ -50,7 +50,7 @@ class Experiment:
 # runs start from an SFT on action-only data with the same budget, as the paper's ablation did.
 _NUMBERLINE = ("--env-id", "gym_cards/NumberLine-v0")
 _EZPOINTS = ("--env-id", "gym_cards/EZPoints-v0", "--sft-wrong-state-frac", "0.5", "--sft-wrong-action-prob", "0.75",
-             "--eval-greedy-episodes", "500", "--eval-every", "10", "--num-updates", "60")
+             "--eval-greedy-episodes", "500", "--eval-every", "10")
 EXPERIMENTS: dict[str, Experiment] = {
     "numberline": Experiment(_NUMBERLINE, start_at_most=0.45, end_at_least=0.90, paper=89.4,
                              metric="eval/greedy_start_success", notes="the README's main job (demo preset)"),
