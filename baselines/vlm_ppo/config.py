@@ -180,8 +180,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # CoT read both numbers right in all 30 states within ~3 min of CPU (docs/training.md). One torch
     # thread: on the shared 2-core machine two threads were ~15x slower per step under load.
     # A fixed budget of 40 updates (a loaded machine makes the run slower, never different). lr 1e-4:
-    # at 3e-4 PPO reached 0.9 within 10 updates but its approx KL per update was 0.05-0.2 and later
-    # evaluations fell more than 0.10 below the best in 2 of 3 seeds (benchmarks/experiments.py).
+    # at 3e-4 PPO reached 0.9 within 10 updates but its median approx KL per update was 0.03-0.06 and
+    # later evaluations fell more than 0.10 below the best in 2 of 3 seeds (docs/training.md, Experiments).
     "cpu-tiny": dict(
         model="tiny", threads=1, num_envs=16, num_steps=8, num_updates=40, ppo_epochs=2,
         minibatch_size=32, grad_accum_steps=1, lr=1e-4, end_lr=1e-5, max_grad_norm=1.0,
