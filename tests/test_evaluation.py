@@ -8,15 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
 
 from vlm_envs.__main__ import main
-from vlm_envs.evaluation import Episode, Manifest, Reply, Settings, evaluate, load_manifest, manifest_names, wilson_interval
+from vlm_envs.evaluation import (
+    Episode,
+    Manifest,
+    Reply,
+    Settings,
+    evaluate,
+    load_manifest,
+    manifest_names,
+    markdown,
+    wilson_interval,
+)
+from vlm_envs.evaluation.card import summarize
 from vlm_envs.evaluation.evaluate import journal_path
 from vlm_envs.evaluation.manifests import BUILDERS, manifests_dir, numberline_start_states
 from vlm_envs.evaluation.policies import RandomPolicy, action_text
+from vlm_envs.labels import LABEL_KEYS
 from vlm_envs.registration import CARD_ENVS
 
 
@@ -89,7 +102,7 @@ def test_result_card_layout(tmp_path):
     assert [r["index"] for r in card["episodes"]] == list(range(8))
     for record, episode in zip(card["episodes"], manifest.episodes):
         assert record["env_id"] == episode.env_id and record["seed"] == episode.seed
-        assert {"return", "length", "success", "parse_failures", "final_info"} <= set(record)
+        assert {"return", "length", "optimal_actions", "success", "parse_failures", "final_info"} <= set(record)
     numberline = card["summary"]["per_env"]["gym_cards/NumberLine-v0"]
     assert numberline["success_rate"] == 1.0 and numberline["wilson_95"] == list(wilson_interval(2, 2))
     assert not journal_path(tmp_path / "r.json").exists()
@@ -159,6 +172,48 @@ def test_policy_errors_count_as_parse_failures_with_reason():
     for record in card["episodes"]:
         assert record["parse_failures"] == record["length"]
         assert record["parse_failure_reasons"] == {"policy: server kept failing: HTTP 500": record["length"]}
+
+
+def test_card_reports_the_fraction_of_optimal_actions():
+    oracle = evaluate("smoke-v0", "oracle")
+    assert all(r["optimal_actions"] == r["length"] > 0 for r in oracle["episodes"])
+    for summary in oracle["summary"]["per_env"].values():
+        assert summary["optimal_action_fraction"] == 1.0 and summary["optimal_action_wilson_95"][1] == 1.0
+    random = evaluate("smoke-v0", "random")["summary"]["per_env"]
+    fractions = [s["optimal_action_fraction"] for s in random.values()]
+    assert all(0 <= f <= 1 for f in fractions) and min(fractions) < 1
+    for s in random.values():
+        steps = round(s["mean_length"] * s["episodes"])
+        assert s["optimal_action_wilson_95"] == list(wilson_interval(s["optimal_actions"], steps))
+    assert "optimal %" in markdown(oracle) and "| 100.0 " in markdown(oracle)
+
+
+def test_resume_from_a_journal_written_before_the_labels(tmp_path):
+    """Records without ``optimal_actions`` (an older run) still resume; their groups report null, the others a fraction."""
+    manifest = _small_manifest(2)
+    fresh = evaluate(manifest, "random")
+    out = tmp_path / "results.json"
+    old = [{**{k: v for k, v in r.items() if k != "optimal_actions"},
+            "final_info": {k: v for k, v in r["final_info"].items() if k not in LABEL_KEYS}}
+           for r in fresh["episodes"] if r["index"] < 2]
+    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
+    journal_path(out).write_text("\n".join(json.dumps(x) for x in [header, *old]) + "\n")
+    card = evaluate(manifest, "random", out=out, resume=True)
+    assert card["complete"] and [r for r in card["episodes"] if r["index"] < 2] == old
+    per_env = card["summary"]["per_env"]
+    assert per_env["gym_cards/NumberLine-v0"]["optimal_action_fraction"] is None  # the old records' env
+    before = fresh["summary"]["per_env"]
+    assert per_env["gym_cards/NumberLine-v0"]["success_rate"] == before["gym_cards/NumberLine-v0"]["success_rate"]
+    assert all(per_env[e] == before[e] for e in per_env if e != "gym_cards/NumberLine-v0")
+    assert "| -" in markdown(card)
+
+
+def test_the_committed_journal_of_an_older_run_still_summarises():
+    journal = Path(__file__).resolve().parents[1] / "docs/results/smollm2-135m-cards-v0.json.partial.jsonl"
+    lines = journal.read_text().splitlines()
+    records = [json.loads(line) for line in lines[1:] if line.strip()]
+    summary = summarize(records)["per_env"]["gym_cards/NumberLine-v0"]
+    assert summary["episodes"] == len(records) and summary["optimal_action_fraction"] is None
 
 
 ALFWORLD_MIX = {

@@ -1,4 +1,4 @@
-"""The exact formula evaluator, the compat evaluator and the solver (spec envs.md §5)."""
+"""The exact formula evaluator, the compat evaluator, the solver and the completion search (spec envs.md §5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm_envs.cards.formula import FormulaError, evaluate, evaluate_compat, solve
+from vlm_envs.cards.formula import FormulaError, complete, evaluate, evaluate_compat, solve
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,95 @@ def test_evaluators_never_crash(tokens):
             fn(tokens)
         except FormulaError:
             pass
+
+
+def _python_value(tokens) -> Fraction | None:
+    """The value Python's own parser gives the formula over exact fractions; ``None`` for what our grammar
+    forbids (unary signs, ``()``, adjacent numbers) or a division by zero."""
+    kept = [t for t in tokens if t != " "]
+    for before, token in zip([None, *kept], kept):
+        if token in ("+", "-") and (before is None or before in ("+", "-", "*", "/", "(")):
+            return None  # a unary sign: Python takes it, our grammar does not
+    try:
+        value = eval(" ".join(f"Fraction({t})" if isinstance(t, int) else t for t in kept), {"Fraction": Fraction})  # noqa: S307
+    except (SyntaxError, ZeroDivisionError, TypeError):
+        return None
+    return value if isinstance(value, Fraction) else None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 10), st.sampled_from(["+", "-", "*", "/", "(", ")", " "])), max_size=14))
+def test_evaluate_agrees_with_pythons_parser(tokens):
+    try:
+        value = evaluate(tokens)
+    except FormulaError:
+        value = None
+    assert value == _python_value(tokens)
+
+
+def _valid_prefix(tokens) -> bool:
+    """Whether some tokens could follow ``tokens`` to make a formula (the grammar alone, no values)."""
+    depth, operand_due = 0, True
+    for token in (t for t in tokens if t != " "):
+        if operand_due and token == "(":
+            depth += 1
+        elif operand_due and isinstance(token, int):
+            operand_due = False
+        elif not operand_due and token in ("+", "-", "*", "/"):
+            operand_due = True
+        elif not operand_due and token == ")" and depth:
+            depth -= 1
+        else:
+            return False
+    return True
+
+
+def _brute_force_completion(prefix, values, target, ops, parentheses, max_length) -> bool:
+    """Whether any token sequence completes ``prefix`` (every sequence tried, up to the length)."""
+    symbols = sorted(set(values)) + list(ops) + (["(", ")"] if parentheses else [])
+
+    def search(tokens) -> bool:
+        used = sorted(t for t in tokens if isinstance(t, int))
+        if used == sorted(values):
+            try:
+                if evaluate(tokens) == target:
+                    return True
+            except FormulaError:
+                pass
+        if len(tokens) == max_length:
+            return False
+        return any(search([*tokens, s]) for s in symbols
+                   if _valid_prefix([*tokens, s]) and (not isinstance(s, int) or used.count(s) < values.count(s)))
+
+    return _valid_prefix(prefix) and search(list(prefix))
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.integers(1, 6), min_size=1, max_size=3), target=st.integers(-3, 30),
+       arithmetic=st.sampled_from([("+-*/", True), ("+*", False), ("-/", True)]), length=st.integers(0, 4),
+       room=st.integers(0, 6), data=st.data())
+def test_completion_exists_exactly_when_brute_force_finds_one(values, target, arithmetic, length, room, data):
+    ops, parentheses = arithmetic
+    symbols = [*range(1, 7), *ops, *("()" if parentheses else ""), " "]
+    prefix: list = []
+    for _ in range(length):  # mostly prefixes the grammar allows, so the search has work to do
+        allowed = [s for s in symbols if _valid_prefix([*prefix, s])] or symbols
+        prefix.append(data.draw(st.sampled_from(allowed if data.draw(st.integers(0, 9)) else symbols)))
+    max_length = len(prefix) + room
+    found = complete(prefix, values, target, ops, parentheses, max_length)
+    assert (found is not None) == _brute_force_completion(prefix, values, target, ops, parentheses, max_length)
+    if found is not None:
+        formula = [*prefix, *found]
+        assert evaluate(formula) == target and len(formula) <= max_length
+        assert sorted(t for t in formula if isinstance(t, int)) == sorted(values)
+
+
+def test_completion_of_the_solvers_solution_and_of_other_prefixes():
+    solution = solve([8, 3, 8, 3], 24)
+    assert complete([], [8, 3, 8, 3], 24) == solution and complete(solution, [8, 3, 8, 3], 24) == []
+    assert complete(solution[:4], [8, 3, 8, 3], 24) == solution[4:]
+    assert complete([6], [6, 2], 12, "+*", parentheses=False) == ["*", 2]  # another order than the solver's
+    assert complete([6, "+"], [6, 2], 12, "+*", parentheses=False) is None
+    assert complete([6, 6], [6, 2], 12, "+*", parentheses=False) is None  # a value used more often than dealt
+    assert complete(["("], [3, 5, 7, 9], 24, max_length=3) is None  # too short for four numbers
+    assert complete([1, 2], [1, 2], 12) is None  # no digit concatenation

@@ -108,6 +108,26 @@ def test_index_actions_and_make_kwargs_match_the_plain_env(points24_url):
         remote.close()
 
 
+def test_oracle_labels_are_a_make_kwarg_of_every_served_id(points24_url):
+    from vlm_envs.remote.server import check_env_kwargs
+
+    for spec in AVAILABLE_SPECS:
+        assert check_env_kwargs(spec.id, {"oracle_labels": True}) == {"oracle_labels": True}
+    remote, local = RemoteEnv(points24_url, env_kwargs={"oracle_labels": True}), local_env(POINTS24, oracle_labels=True)
+    try:
+        rng = np.random.default_rng(1)
+        assert_same_step(remote.reset(seed=5), local.reset(seed=5), "reset")
+        for t in range(30):
+            action = scripted_actions(local, rng)
+            expected = local.step(action)
+            assert_same_step(remote.step(action), expected, f"step {t} {action!r}")
+            assert isinstance(expected[4]["action_optimal"], bool)
+            if expected[2] or expected[3]:
+                assert_same_step(remote.reset(), local.reset(), f"reset after step {t}")
+    finally:
+        remote.close()
+
+
 def test_text_action_options_reach_the_parser(points24_url):
     options = {"mode": "strict", "on_parse_failure": "penalty", "format_penalty": -2.5}
     remote, local = RemoteEnv(points24_url, text_actions=options), local_env(POINTS24, text_actions=options)

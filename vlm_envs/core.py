@@ -5,9 +5,12 @@ An environment subclasses :class:`VLMEnv` and implements
 * ``_render_frame() -> np.ndarray``: the current image, ``(H, W, 3)`` uint8;
 * ``_text() -> str``: what the step's prompt needs (``obs["text"]``), e.g. the current formula;
 * ``_describe() -> str``: the whole state in words, for text-only agents (``text_mode="full"``);
-* ``oracle_action()``: the expert's action in the current state.
+* ``oracle_action()``: the expert's action in the current state;
+* for the oracle labels (:mod:`vlm_envs.labels`): ``_full_state() -> dict``, the state as the
+  rules see it, and ``_action_optimal(action, before) -> bool``, the env's test of optimality;
 
-and sets the class attributes ``prompt_task`` (the template family in :mod:`vlm_envs.text.prompts`)
+and calls ``_label_reset(info)`` / ``_label_step(info, action, terminated)`` on the info it
+returns. It sets the class attributes ``prompt_task`` (the template family in :mod:`vlm_envs.text.prompts`)
 and, for a fixed action vocabulary, ``action_names``.
 """
 
@@ -19,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger
 
+from vlm_envs.labels import StateLabels, state_key
 from vlm_envs.rendering import HumanWindow
 from vlm_envs.spaces import observation_space, validate_image_size
 from vlm_envs.text.prompts import Wording, build_prompt, chat_messages
@@ -46,6 +50,7 @@ class VLMEnv(gym.Env):
         render_mode: str | None = None,
         image_size: tuple[int, int] = (300, 300),
         text_mode: TextMode = "prompt",
+        oracle_labels: bool = False,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
@@ -57,6 +62,8 @@ class VLMEnv(gym.Env):
         self.observation_space = observation_space(self.image_size, self.max_text_length)
         self._window: HumanWindow | None = None
         self._has_reset = False
+        self.oracle_labels = bool(oracle_labels)
+        self._labels: StateLabels | None = None  # of the state the next action is taken in
 
     # -- to implement -------------------------------------------------------------------------
     def _render_frame(self) -> np.ndarray:
@@ -70,6 +77,16 @@ class VLMEnv(gym.Env):
 
     def oracle_action(self) -> Any:
         """The expert's action in the current state."""
+        raise NotImplementedError
+
+    def _full_state(self) -> dict[str, Any]:
+        """The state as the rules see it (JSON-serialisable), with the arguments that change the rules
+        (what ``state_key`` hashes; :mod:`vlm_envs.labels` says what is left out)."""
+        raise NotImplementedError
+
+    def _action_optimal(self, action: Any, before: StateLabels) -> bool:
+        """Whether ``action``, just taken in the state ``before``, was optimal (the env is now in
+        the state it led to)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
@@ -88,6 +105,26 @@ class VLMEnv(gym.Env):
     def _get_obs(self) -> dict[str, Any]:
         text = self._text() if self.text_mode == "prompt" else self._describe()
         return {"image": self._render_frame(), "text": text}
+
+    def _label_reset(self, info: dict[str, Any]) -> dict[str, Any]:
+        """``info`` of a reset, with the labels of the first state when ``oracle_labels`` is on."""
+        return self._with_state_labels(info, terminated=False) if self.oracle_labels else info
+
+    def _label_step(self, info: dict[str, Any], action: Any, terminated: bool) -> dict[str, Any]:
+        """``info`` of a step, with the labels of the new state and whether ``action`` was optimal."""
+        if not self.oracle_labels:
+            return info
+        optimal = bool(self._action_optimal(action, self._labels))  # judged before the new state's labels replace them
+        return {**self._with_state_labels(info, terminated), "action_optimal": optimal}
+
+    def _with_state_labels(self, info: dict[str, Any], terminated: bool) -> dict[str, Any]:
+        state = self._full_state()
+        oracle = None if terminated else self.oracle_action()
+        self._labels = StateLabels(state_key(type(self).__name__, state), oracle, state)
+        labels = {"state_key": self._labels.state_key}
+        if not terminated:
+            labels["oracle_action"] = oracle
+        return {**info, **labels}
 
     def _after_transition(self) -> None:
         """Call at the end of ``reset`` and ``step``: gymnasium's human mode renders every frame."""

@@ -44,6 +44,11 @@ class TextActions(gym.Wrapper):
     Environments whose action space is already text (ALFWorld) parse internally and report the
     same keys; this wrapper passes them through unchanged, so trainers can wrap every env alike.
 
+    With the env's ``oracle_labels=True`` (:mod:`vlm_envs.labels`), a turn whose text did not parse
+    has ``info["action_optimal"] = False`` whatever was played: the model chose no action, and a
+    ``random`` fallback move is the wrapper's. ``state_key`` and ``oracle_action`` stay those of the
+    state the returned observation shows (the same state again under ``penalty`` and ``noop``).
+
     **Restoring an episode.** The envs are deterministic given the reset seed and the texts sent,
     so an episode is restored by replaying them: set ``replay_on_reset`` to the texts (in a vector
     env, ``envs.set_attr("replay_on_reset", [texts_0, texts_1, ...])``), then ``reset(seed=...)``
@@ -87,6 +92,7 @@ class TextActions(gym.Wrapper):
         self.format_penalty = float(format_penalty)
         self.aliases = dict(aliases or {})
         self._max_steps = env.spec.max_episode_steps if env.spec is not None else None
+        self._oracle_labels = bool(getattr(env.unwrapped, "oracle_labels", False))
         self._rng = np.random.default_rng()
         self._elapsed = 0
         self._last_obs: Any = None
@@ -127,4 +133,6 @@ class TextActions(gym.Wrapper):
             truncated = bool(truncated) or (not terminated and at_limit)
         self._last_obs, self._last_info = obs, info
         info = {**info, "parse_ok": result.ok, "action": -1 if index is None else index, "parse_error": result.reason}
+        if self._oracle_labels and not result.ok:
+            info["action_optimal"] = False
         return obs, reward, terminated, truncated, info

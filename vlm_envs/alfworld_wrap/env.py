@@ -9,10 +9,11 @@ import numpy as np
 
 from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES
 from vlm_envs.alfworld_wrap.expert import expert_plan
-from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, resolve_games
+from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, problem_digest, resolve_games
 from vlm_envs.alfworld_wrap.schematic import Knowledge, draw
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, describe_task, goal_conditions
 from vlm_envs.core import VLMEnv
+from vlm_envs.labels import StateLabels
 from vlm_envs.spaces import text_space
 from vlm_envs.text.parsing import MATCH_MODES, match_command
 from vlm_envs.text.prompts import format_alfworld_text
@@ -24,6 +25,12 @@ MAX_ACTION_LENGTH = 4096
 NOTHING_HAPPENS = "Nothing happens."
 _TASK_LINE = re.compile(r'^(\s*"rhs":\s*"Your task is to: ).*("\s*)$', re.MULTILINE)
 _TASK_PLACEHOLDER = "Your task is to: UNKNOWN GOAL."
+# Facts that only record history: ``checked`` (a place or thing was looked at: an effect of look,
+# examine, inventory and open that no precondition or goal reads) and textworld's ``not_*`` facts
+# (something that was true and no longer is, read only by the feedback text). The state key leaves
+# them out, so states that differ only in how they were reached share a key.
+_HISTORY_PREDICATES = ("checked",)
+_HISTORY_PREFIX = "not_"
 
 
 def _normalize_grammar(grammar: str) -> str:
@@ -110,7 +117,30 @@ class ALFWorldEnv(VLMEnv):
     ``won``, ``success`` (``won``, present every step), ``goal_condition_success_rate``,
     ``task_type``, ``task``, ``game_file``, ``admissible_commands`` (for the new state),
     ``matched_command`` (``None`` if illegal), ``legal_action``, ``parse_ok``, ``parse_error``
-    (``""`` when ok), ``feedback`` (the raw feedback string).
+    (``""`` when ok), ``feedback`` (the raw feedback string); with ``oracle_labels=True`` also the
+    keys below.
+
+    ## Oracle Labels
+
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+
+    | key                | after ``reset`` / ``step``                                                     |
+    |--------------------|--------------------------------------------------------------------------------|
+    | ``state_key``      | sha256 of the game's identity (the sha256 of its PDDL problem), the reward arguments and the game's state facts, sorted (where everything is, open, hot, held...; hidden ones included), less those that only record history (``checked``, textworld's ``not_*``) |
+    | ``oracle_action``  | ``oracle_action()`` in that state (a command); absent once won                 |
+    | ``action_optimal`` | ``step`` only: the command is the oracle's, or it makes progress: the hand-coded expert (:mod:`vlm_envs.alfworld_wrap.expert`) plans fewer commands from the new state than from the old one (winning counts as 0). Unmatched text, ``look``, ``examine`` and detours are not. |
+
+    Why progress and not "equals the oracle's command": several commands are often equally good
+    (taking either of two apples that lie together, say), and equality would call all but one of
+    them wrong. Why also the oracle's command: it follows the game's walkthrough while the agent
+    does, which the expert's plan need not shorten on other game sets (on the shipped games every
+    walkthrough command does: tested). The expert is a fixed recipe, not a search for a shortest
+    plan (it fetches the first target object by name, for one), so the labels are as good as that
+    recipe: going first to where a second apple lies counts as not optimal. Cost: two expert plans
+    a step (pure Python on the facts, well under a millisecond) besides ``oracle_action()`` itself
+    (the planner only where the expert has none). Equal keys can come with different observations
+    (the task wording, what the schematic shows the agent has seen) and with different oracle
+    commands (the oracle keeps to the walkthrough only while the agent follows it).
 
     ## Arguments
 
@@ -125,6 +155,7 @@ class ALFWorldEnv(VLMEnv):
     * ``image_size=(300, 300)``, ``render_mode`` (``"rgb_array"``, ``"human"``), ``text_mode``.
     * ``skip_invalid_games``: a game whose files cannot be read raises an error naming the file
       (default); ``True`` skips it with a warning naming it, and lists it in ``env.unwrapped.skipped_games``.
+    * ``oracle_labels``: add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` (default ``False``).
 
     ## Registered Configurations
 
@@ -164,6 +195,7 @@ class ALFWorldEnv(VLMEnv):
         image_size: tuple[int, int] = (300, 300),
         text_mode: str = "prompt",
         skip_invalid_games: bool = False,
+        oracle_labels: bool = False,
     ):
         from vlm_envs.alfworld_wrap.engine import Engine  # raises DependencyNotInstalled without the extra
 
@@ -177,7 +209,8 @@ class ALFWorldEnv(VLMEnv):
             raise ValueError(f"match_mode must be one of {MATCH_MODES}, got {match_mode!r}")
         if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-        super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode)
+        super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode,
+                         oracle_labels=oracle_labels)
         self.split = split
         self.task_types = normalize_task_types(task_types)
         self.skipped_games: list[str] = []  # why each invalid game was skipped (skip_invalid_games=True)
@@ -194,11 +227,13 @@ class ALFWorldEnv(VLMEnv):
         self._engine_class = Engine
         self._engine = None
         self._game_cache: dict[str, dict] = {}
+        self._problem_digests: dict[str, str] = {}  # game file -> its identity in state keys
         self._game: GameInfo | None = None
         self._task = ""
         self._feedback = ""
         self._admissible: list[str] = []
         self._facts: FactIndex | None = None
+        self._facts_before: FactIndex | None = None  # the facts a step started from
         self._knowledge: Knowledge | None = None
         self._won = False
         self._gcsr = 0.0
@@ -230,7 +265,7 @@ class ALFWorldEnv(VLMEnv):
         self._start(game)
         self._plan = list(self._game_data(game).get("walkthrough") or [])
         self._after_transition()
-        return self._get_obs(), self._info(matched=None, legal=True, parse_error="")
+        return self._get_obs(), self._label_reset(self._info(matched=None, legal=True, parse_error=""))
 
     def step(self, action: Any):
         if self._game is None:
@@ -240,6 +275,7 @@ class ALFWorldEnv(VLMEnv):
         match = match_command(action, self._admissible, mode=self.match_mode)
         self._steps += 1
         previous = self._gcsr
+        self._facts_before = self._facts  # for the oracle labels: the same facts as the previous state key, indexed
         if match.ok:
             self._play(match.command)
         else:
@@ -249,7 +285,8 @@ class ALFWorldEnv(VLMEnv):
         terminated = self._won
         truncated = not terminated and self._steps >= self.max_steps
         self._after_transition()
-        return self._get_obs(), float(reward), terminated, truncated, self._info(match.command, match.ok, match.reason)
+        info = self._label_step(self._info(match.command, match.ok, match.reason), match.command, terminated)
+        return self._get_obs(), float(reward), terminated, truncated, info
 
     # -- oracle ------------------------------------------------------------------------------
     def oracle_action(self) -> str:
@@ -265,6 +302,30 @@ class ALFWorldEnv(VLMEnv):
         if not self._plan:
             return "look"
         return self._plan[0]
+
+    def _full_state(self) -> dict[str, Any]:
+        game = self._game.game_file
+        if game not in self._problem_digests:
+            self._problem_digests[game] = problem_digest(self._game_data(self._game))
+        return {"game": self._problem_digests[game], "reward_mode": self.reward_mode,
+                "success_bonus": self.success_bonus, "illegal_penalty": self.illegal_penalty,
+                "facts": [fact for fact in self._facts.facts()
+                          if fact[0] not in _HISTORY_PREDICATES and not fact[0].startswith(_HISTORY_PREFIX)]}
+
+    def _action_optimal(self, command: str | None, before: StateLabels) -> bool:
+        """The command is the oracle's, or it makes progress: the expert's plan from the new state
+        is shorter than from the old one."""
+        if command is None:
+            return False  # unmatched text never reaches the game
+        if command == before.oracle_action:
+            return True
+        was = self._expert_steps(self._facts_before)
+        now = 0 if self._won else self._expert_steps(self._facts)
+        return was is not None and now is not None and now < was
+
+    def _expert_steps(self, facts: FactIndex) -> int | None:
+        """How many commands the hand-coded expert needs from ``facts`` (not won); ``None`` when it has no plan."""
+        return len(expert_plan(self._game.task_type, self._game.pddl_params, facts)) or None
 
     # -- VLMEnv hooks ------------------------------------------------------------------------
     def _text(self) -> str:

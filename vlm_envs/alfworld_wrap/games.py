@@ -9,6 +9,7 @@ list is sorted, so the same folder gives the same games in the same order on eve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -24,6 +25,11 @@ _told_train_source = False
 
 # Our split names -> the folder names of ALFWorld's official data.
 OFFICIAL_SPLIT_DIRS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
+
+
+def problem_digest(game: dict) -> str:
+    """A game's identity: the sha256 of its PDDL problem (objects, initial state, goal), the same on every machine."""
+    return hashlib.sha256(game["pddl_problem"].encode()).hexdigest()
 
 
 @dataclass(frozen=True)

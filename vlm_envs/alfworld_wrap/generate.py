@@ -33,7 +33,6 @@ attempt): the same arguments write the same files, byte for byte.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -44,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
-from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, find_games
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, find_games, problem_digest
 
 GENERATOR_VERSION = 1
 MAX_ATTEMPTS = 60
@@ -469,10 +468,6 @@ OFFICIAL_ORDER = ("eval_in_distribution", "eval_out_of_distribution", "train")
 def uniform_counts(games_per_type: int, splits: Sequence[str] = SPLITS,
                    task_types: Sequence[str] = tuple(TASK_TYPES.values())) -> dict[str, dict[str, int]]:
     return {split: {t: games_per_type for t in task_types} for split in splits}
-
-
-def problem_digest(game: dict) -> str:
-    return hashlib.sha256(game["pddl_problem"].encode()).hexdigest()
 
 
 def generate(out: Path, seed: int = 0, games_per_type: int = 2, splits: Sequence[str] = SPLITS,

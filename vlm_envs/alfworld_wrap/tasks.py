@@ -77,6 +77,10 @@ class FactIndex:
         self.unary = {name: {args[0] for args in self.by_pred[name]}
                       for name in ("isclean", "ishot", "iscool", "istoggled", "issliced", "opened", "openable")}
 
+    def facts(self) -> list[Fact]:
+        """Every fact, sorted: the state in a canonical form."""
+        return sorted((name, args) for name, args_list in self.by_pred.items() for args in args_list)
+
     def of_type(self, entity_type: str) -> set[str]:
         wanted = entity_type.lower() + "type"
         return {name for name, t in self.type_of.items() if t == wanted}

@@ -9,6 +9,7 @@ from gymnasium import spaces
 from vlm_envs.cards.deck import random_suit
 from vlm_envs.cards.drawing import felt_table, place_cards
 from vlm_envs.core import VLMEnv
+from vlm_envs.labels import StateLabels
 from vlm_envs.rendering import blit_white_text, to_frame
 
 Card = tuple[int, str, str]  # (value, face, suit), e.g. (10, "K", "H")
@@ -119,7 +120,21 @@ class BlackjackEnv(VLMEnv):
     ## Info
     ``Player Card`` and ``Dealer Card`` (lists of ``(value, face, suit)``; ``Dealer Card`` includes the
     hole card: for logging only, never for the agent), ``dealer_upcard``, ``player_total``,
-    ``usable_ace``, ``success``.
+    ``usable_ace``, ``success``; with ``oracle_labels=True`` also the keys below.
+
+    ## Oracle Labels
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+
+    | key | after ``reset`` / ``step`` |
+    |---|---|
+    | ``state_key`` | sha256 of the rules (``natural``, ``sab``, ``compat``), the player's card values (as a multiset: the order they came in and suits and faces are left out) and the dealer's values, up-card first, hole card included |
+    | ``oracle_action`` | basic strategy's action in that state (:func:`basic_strategy`); absent once terminated |
+    | ``action_optimal`` | ``step`` only: the action just taken was basic strategy's |
+
+    Basic strategy is the policy that maximises the expected return from what the player sees
+    (total, usable ace, dealer's up-card) with an infinite deck (``tests/test_oracles.py`` checks
+    it against an exact dynamic program); the hole card in the key makes states finer than what
+    the player sees, so equal observations can carry different keys.
 
     ## Arguments
     | argument | default | meaning |
@@ -131,6 +146,7 @@ class BlackjackEnv(VLMEnv):
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | the reference's rules: ``natural`` and ``sab`` never take effect ("Blackjack naturals" in docs/reference_differences.md) |
     | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
+    | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
     * v0: RL4VLM's Blackjack with working naturals, all player cards visible, seeded draws only.
@@ -153,7 +169,7 @@ class BlackjackEnv(VLMEnv):
         self.dealer = [draw_card(self.np_random), draw_card(self.np_random)]
         self.player = [draw_card(self.np_random), draw_card(self.np_random)]
         self._frame = None
-        obs, info = self._get_obs(), self._get_info(success=False)
+        obs, info = self._get_obs(), self._label_reset(self._get_info(success=False))
         self._after_transition()
         return obs, info
 
@@ -170,7 +186,8 @@ class BlackjackEnv(VLMEnv):
                 self.dealer.append(draw_card(self.np_random))
             reward = float(np.sign(score(self.player) - score(self.dealer)))
             reward = self._natural_bonus(reward)
-        obs, info = self._get_obs(), self._get_info(success=terminated and reward > 0)
+        obs = self._get_obs()
+        info = self._label_step(self._get_info(success=terminated and reward > 0), action, terminated)
         self._after_transition()
         return obs, reward, terminated, False, info
 
@@ -186,6 +203,14 @@ class BlackjackEnv(VLMEnv):
     def oracle_action(self) -> int:
         """Basic strategy for this rule set (hit/stand only, dealer stands on soft 17)."""
         return basic_strategy(hand_total(self.player), has_usable_ace(self.player), self.dealer[0][0])
+
+    def _full_state(self) -> dict[str, Any]:
+        return {"natural": self.natural, "sab": self.sab, "compat": self.compat,
+                "player": sorted(card[0] for card in self.player), "dealer": [card[0] for card in self.dealer]}
+
+    def _action_optimal(self, action: int, before: StateLabels) -> bool:
+        """The action is basic strategy's in the state it was taken in."""
+        return action == before.oracle_action
 
     def _get_info(self, success: bool) -> dict[str, Any]:
         return {

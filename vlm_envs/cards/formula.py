@@ -1,4 +1,4 @@
-"""Exact formula evaluation and an exact solver for the point games (spec envs.md §5).
+"""Exact formula evaluation, an exact solver and a completion search for the point games (spec envs.md §5).
 
 A formula is the list of tokens the agent appended: ``int`` card values and the operator strings
 ``+ - * / ( )``; ``" "`` placeholders (invalid-number turns) are ignored. Nothing here calls
@@ -17,6 +17,7 @@ import ast
 import functools
 import itertools
 import operator
+from collections import Counter
 from fractions import Fraction
 from typing import Sequence, Union
 
@@ -36,62 +37,71 @@ def format_formula(tokens: Sequence[Token], sep: str = "") -> str:
     return sep.join(str(t) for t in tokens)
 
 
-class _Parser:
-    def __init__(self, tokens: Sequence[Token]):
-        self.tokens = [t for t in tokens if t != PLACEHOLDER]
-        self.pos = 0
+# The evaluator reads tokens left to right and keeps its state: one level per open parenthesis
+# (the outermost first), each ``(sum of its finished terms, sign of the open term, product of the
+# open term's factors so far or None, pending "*" or "/" or None)``, and whether an operand (a
+# number or "(") must come next. Being incremental, it also gives the state of an unfinished
+# formula, which the completion search below starts from.
+_Level = tuple
+_State = tuple[tuple[_Level, ...], bool]
+_NEW_LEVEL: _Level = (Fraction(0), 1, None, None)
+_START: _State = ((_NEW_LEVEL,), True)
 
-    def peek(self) -> Token | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
 
-    def take(self) -> Token:
-        token = self.tokens[self.pos]
-        self.pos += 1
-        return token
+def _apply_factor(levels: tuple[_Level, ...], value: Fraction) -> tuple[_Level, ...] | None:
+    """The levels once the innermost one takes ``value`` as its next factor; ``None`` if that divides by zero."""
+    total, sign, term, pending = levels[-1]
+    if term is not None and pending == "/" and value == 0:
+        return None
+    term = value if term is None else _OPS[pending](term, value)
+    return (*levels[:-1], (total, sign, term, None))
 
-    def parse(self) -> Fraction:
-        if not self.tokens:
-            raise FormulaError("empty formula")
-        value = self.expr()
-        if self.pos != len(self.tokens):
-            raise FormulaError(f"unexpected {self.peek()!r} at position {self.pos}")
-        return value
 
-    def expr(self) -> Fraction:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            value = _OPS[self.take()](value, self.term())  # type: ignore[index]
-        return value
-
-    def term(self) -> Fraction:
-        value = self.factor()
-        while self.peek() in ("*", "/"):
-            op, right = self.take(), self.factor()
-            if op == "/" and right == 0:
-                raise FormulaError("division by zero")
-            value = _OPS[op](value, right)  # type: ignore[index]
-        return value
-
-    def factor(self) -> Fraction:
-        token = self.peek()
-        if token is None:
-            raise FormulaError("formula ends where a number or '(' is expected")
+def _feed(state: _State, token: Token, position: int) -> _State:
+    """The state after ``token``, the ``position``-th (placeholders not counted); raises
+    :class:`FormulaError` if it cannot come there."""
+    levels, operand_due = state
+    if operand_due:
         if isinstance(token, int) and not isinstance(token, bool):
-            self.take()
-            return Fraction(token)
+            return _checked(_apply_factor(levels, Fraction(token))), False
         if token == "(":
-            self.take()
-            value = self.expr()
-            if self.peek() != ")":
-                raise FormulaError("missing ')'")
-            self.take()
-            return value
-        raise FormulaError(f"expected a number or '(' at position {self.pos}, got {token!r}")
+            return (*levels, _NEW_LEVEL), True
+        raise FormulaError(f"expected a number or '(' at position {position}, got {token!r}")
+    total, sign, term, _ = levels[-1]
+    if token in ("+", "-"):
+        return (*levels[:-1], (total + sign * term, 1 if token == "+" else -1, None, None)), True
+    if token in ("*", "/"):
+        return (*levels[:-1], (total, sign, term, token)), True
+    if token == ")" and len(levels) > 1:
+        return _checked(_apply_factor(levels[:-1], total + sign * term)), False
+    raise FormulaError(f"unexpected {token!r} at position {position}")
+
+
+def _checked(levels: tuple[_Level, ...] | None) -> tuple[_Level, ...]:
+    if levels is None:
+        raise FormulaError("division by zero")
+    return levels
+
+
+def _parse(tokens: Sequence[Token]) -> _State:
+    """The evaluator's state after ``tokens`` (placeholders skipped)."""
+    state = _START
+    for position, token in enumerate(t for t in tokens if t != PLACEHOLDER):
+        state = _feed(state, token, position)
+    return state
 
 
 def evaluate(tokens: Sequence[Token]) -> Fraction:
     """The exact value of a formula; raises :class:`FormulaError` with a reason if malformed."""
-    return _Parser(tokens).parse()
+    if all(t == PLACEHOLDER for t in tokens):
+        raise FormulaError("empty formula")
+    levels, operand_due = _parse(tokens)
+    if operand_due:
+        raise FormulaError("formula ends where a number or '(' is expected")
+    if len(levels) > 1:
+        raise FormulaError("missing ')'")
+    total, sign, term, _ = levels[0]
+    return total + sign * term
 
 
 # -- reference (compat) evaluation ---------------------------------------------------------------
@@ -189,4 +199,155 @@ def solve(values: Sequence[int], target: int, ops: str = "+-*/", parentheses: bo
     cached by the sorted values, so repeated hands cost nothing.
     """
     found = _solve(tuple(sorted(values)), target, ops, parentheses)
+    return None if found is None else list(found)
+
+
+# -- completion ----------------------------------------------------------------------------------
+def _submultisets(values: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every way to split ``values`` into a part and the rest (as sorted tuples), each split once."""
+    splits = set()
+    for mask in range(1 << len(values)):
+        part = tuple(v for i, v in enumerate(values) if mask >> i & 1)
+        rest = tuple(v for i, v in enumerate(values) if not mask >> i & 1)
+        splits.add((part, rest))
+    return sorted(splits)
+
+
+def _keep(table: dict, value: Fraction, tokens: tuple[Token, ...]) -> None:
+    """Record ``tokens`` for ``value`` unless ``table`` already has a shorter way to write it."""
+    if value not in table or len(tokens) < len(table[value]):
+        table[value] = tokens
+
+
+@functools.lru_cache(maxsize=4096)
+def _pieces(values: tuple[int, ...], ops: str, parentheses: bool) -> tuple[dict, dict, dict, dict]:
+    """The shortest way to write each value reachable with exactly ``values`` (sorted), as four kinds
+    of piece: a factor (a number, or a parenthesised expression), a term (factors joined by ``*``
+    and ``/``), a multiplicative tail (``* f / g ...``, keyed by the multiplier it applies) and an
+    additive tail (``+ t - u ...``, keyed by the amount it adds). Each maps value -> tokens."""
+    if len(values) == 1:
+        factor: dict = {Fraction(values[0]): (values[0],)}
+        term = dict(factor)
+    else:
+        split = [(a, b) for a, b in _submultisets(values) if a and b]
+        term, grouped = {}, {}  # terms of several factors; expressions of several terms
+        for a, b in split:
+            for f, f_tokens in _pieces(a, ops, parentheses)[0].items():
+                for r, r_tokens in _pieces(b, ops, parentheses)[2].items():
+                    _keep(term, f * r, f_tokens + r_tokens)
+            for t, t_tokens in _pieces(a, ops, parentheses)[1].items():
+                for w, w_tokens in _pieces(b, ops, parentheses)[3].items():
+                    _keep(grouped, t + w, t_tokens + w_tokens)
+        factor = {}
+        if parentheses:
+            for table in (term, grouped):
+                for value, tokens in table.items():
+                    _keep(factor, value, ("(", *tokens, ")"))
+        for value, tokens in factor.items():
+            _keep(term, value, tokens)
+    multiply, add = {}, {}
+    for f, tokens in factor.items():
+        if "*" in ops:
+            _keep(multiply, f, ("*", *tokens))
+        if "/" in ops and f != 0:
+            _keep(multiply, 1 / f, ("/", *tokens))
+    for t, tokens in term.items():
+        if "+" in ops:
+            _keep(add, t, ("+", *tokens))
+        if "-" in ops:
+            _keep(add, -t, ("-", *tokens))
+    for a, b in _submultisets(values):
+        if a and b:
+            for table, combine in ((multiply, operator.mul), (add, operator.add)):
+                pieces_a, pieces_b = (_pieces(x, ops, parentheses)[2 if table is multiply else 3] for x in (a, b))
+                for x, x_tokens in pieces_a.items():
+                    for y, y_tokens in pieces_b.items():
+                        _keep(table, combine(x, y), x_tokens + y_tokens)
+    return factor, term, multiply, add
+
+
+_NOTHING = {Fraction(1): ()}  # an empty multiplicative tail
+_NO_TERMS = {Fraction(0): ()}  # an empty additive tail
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _finish(state: _State, remaining: tuple[int, ...], budget: int, target: int, ops: str,
+            parentheses: bool) -> tuple[Token, ...] | None:
+    """Tokens that end the formula in ``state`` with exactly ``remaining``, within ``budget`` tokens.
+
+    After the prefix, the innermost open level reads: the factor that is due (if any), more
+    factors of the open term, more terms, then its ``)``; the level below then goes on the same
+    way with the group's value as its factor. Each part is one of :func:`_pieces`, with its own
+    share of the remaining values."""
+    levels, operand_due = state
+    total, sign, term, pending = levels[-1]
+    innermost_is_last = len(levels) == 1
+    for head, rest in _submultisets(remaining):
+        if operand_due == (not head):
+            continue
+        if not operand_due:
+            heads = {term: ()}
+        elif term is None:  # a new term starts: it brings its own factors
+            heads = _pieces(head, ops, parentheses)[1]
+        else:
+            heads = {}
+            for f, tokens in _pieces(head, ops, parentheses)[0].items():
+                if pending == "*" or f != 0:
+                    heads[_OPS[pending](term, f)] = tokens
+        for factors, rest2 in _submultisets(rest):
+            if factors and operand_due and term is None:
+                continue  # already part of the new term
+            multiply = _pieces(factors, ops, parentheses)[2] if factors else _NOTHING
+            for terms, rest3 in _submultisets(rest2):
+                if innermost_is_last and rest3:
+                    continue
+                add = _pieces(terms, ops, parentheses)[3] if terms else _NO_TERMS
+                for base, head_tokens in heads.items():
+                    for r, r_tokens in multiply.items():
+                        value = total + sign * base * r
+                        if innermost_is_last:
+                            w_tokens = add.get(target - value)
+                            if w_tokens is not None and len(head_tokens) + len(r_tokens) + len(w_tokens) <= budget:
+                                return head_tokens + r_tokens + w_tokens
+                            continue
+                        for w, w_tokens in add.items():
+                            used = len(head_tokens) + len(r_tokens) + len(w_tokens) + 1
+                            below = _apply_factor(levels[:-1], value + w)
+                            if below is None or used > budget:
+                                continue
+                            found = _finish((below, False), rest3, budget - used, target, ops, parentheses)
+                            if found is not None:
+                                return head_tokens + r_tokens + w_tokens + (")",) + found
+    return None
+
+
+def complete(tokens: Sequence[Token], values: Sequence[int], target: int, ops: str = "+-*/", parentheses: bool = True,
+             max_length: int | None = None) -> list[Token] | None:
+    """Tokens that turn the prefix ``tokens`` into a formula using every value exactly once and
+    equal to ``target`` exactly, with at most ``max_length`` tokens in all; ``None`` if none do.
+
+    ``[]`` means ``tokens`` is already such a formula. ``" "`` placeholders in the prefix count
+    toward the length and are otherwise ignored, as by :func:`evaluate`. Where the prefix starts
+    the solver's own solution, its rest is returned. Otherwise the prefix is parsed into the
+    evaluator's state, and the values still to place are shared out among the pieces that can
+    follow it (:func:`_finish`), each written the shortest way (:func:`_pieces`): the search is
+    over values, not token sequences, so a hopeless prefix is refuted in milliseconds.
+    """
+    tokens = list(tokens)
+    remaining = Counter(values)
+    remaining.subtract(t for t in tokens if isinstance(t, int))
+    if min(remaining.values(), default=0) < 0:
+        return None  # the prefix uses a value more often than it was dealt
+    solution = solve(values, target, ops, parentheses)
+    if solution is None:
+        return None
+    # Without a limit: room for every value, an operator and a pair of parentheses each, and a ")" per open one.
+    budget = max_length - len(tokens) if max_length is not None else 4 * len(values) + len(tokens)
+    if solution[:len(tokens)] == tokens and len(solution) - len(tokens) <= budget:
+        return solution[len(tokens):]
+    try:
+        state = _parse(tokens)
+    except FormulaError:
+        return None  # no token appended can mend it
+    found = _finish(state, tuple(sorted(remaining.elements())), budget, target, ops, parentheses)
     return None if found is None else list(found)

@@ -9,8 +9,18 @@ from gymnasium import spaces
 
 from vlm_envs.cards.deck import card_value
 from vlm_envs.cards.drawing import felt_table, place_cards
-from vlm_envs.cards.formula import PLACEHOLDER, FormulaError, Token, evaluate, evaluate_compat, format_formula, solve
+from vlm_envs.cards.formula import (
+    PLACEHOLDER,
+    FormulaError,
+    Token,
+    complete,
+    evaluate,
+    evaluate_compat,
+    format_formula,
+    solve,
+)
 from vlm_envs.core import VLMEnv
+from vlm_envs.labels import StateLabels
 from vlm_envs.rendering import blit_white_text, text_advance, to_frame
 
 SOLVED_REWARD = 10.0
@@ -46,8 +56,10 @@ class FormulaCardEnv(VLMEnv):
         text_mode: str = "prompt",
         compat: bool = False,
         card_art: str | None = None,
+        oracle_labels: bool = False,
     ):
-        super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode)
+        super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode,
+                         oracle_labels=oracle_labels)
         self.target_points = int(target_points)
         self.prompt_params = {"target": self.target_points}
         self.compat = bool(compat)
@@ -75,7 +87,7 @@ class FormulaCardEnv(VLMEnv):
         self.formula, self.used = [], []
         self.episode_return = 0.0
         self._canvas = None
-        obs, info = self._get_obs(), self._get_info(success=False)
+        obs, info = self._get_obs(), self._label_reset(self._get_info(success=False))
         self._after_transition()
         return obs, info
 
@@ -100,7 +112,7 @@ class FormulaCardEnv(VLMEnv):
         else:
             self.formula.append(symbol)
         self.episode_return += reward
-        obs, info = self._get_obs(), self._get_info(success=success)
+        obs, info = self._get_obs(), self._label_step(self._get_info(success=success), action, terminated)
         self._after_transition()
         return obs, reward, terminated, truncated, info
 
@@ -117,12 +129,23 @@ class FormulaCardEnv(VLMEnv):
         uses_every_card = sorted(self.used) == sorted(self.numbers)
         return SOLVED_REWARD if uses_every_card and value == self.target_points else FAIL_REWARD
 
+    def _arithmetic(self) -> tuple[str, bool]:
+        """This game's operators, and whether it has parentheses."""
+        return self.operators.replace("(", "").replace(")", ""), "(" in self.operators
+
     def solution(self) -> list[Token] | None:
         """An exact solution for the dealt cards with this game's operators, or ``None``."""
-        return solve(self.numbers, self.target_points, self.operators.replace("(", "").replace(")", ""), "(" in self.operators)
+        return solve(self.numbers, self.target_points, *self._arithmetic())
+
+    def completion(self, formula: list[Token] | None = None) -> list[Token] | None:
+        """Tokens that turn ``formula`` (default: the current one) into an exact solution with the
+        cards left, within the length limit (``[]``: it is one); ``None`` when no tokens can."""
+        formula = self.formula if formula is None else formula
+        ops, parentheses = self._arithmetic()
+        return complete(formula, self.numbers, self.target_points, ops, parentheses, self.max_formula_length)
 
     def oracle_action(self) -> int:
-        """The next token of an exact solution; ``=`` when the formula has left every solution.
+        """The next token of the solver's exact solution; ``=`` once the formula has left it.
 
         The oracle follows one solution from the empty formula; after a deviation (or for an
         unsolvable Points24 hand) it presses ``=`` to end the episode at once.
@@ -132,6 +155,21 @@ class FormulaCardEnv(VLMEnv):
         if solution is None or self.formula != solution[:done] or done == len(solution):
             return self.action_names.index("=")
         return self.action_names.index(str(solution[done]))
+
+    def _full_state(self) -> dict[str, Any]:
+        return {"target_points": self.target_points, "compat": self.compat, "numbers": sorted(self.numbers),
+                "formula": list(self.formula)}
+
+    def _action_optimal(self, action: int, before: StateLabels) -> bool:
+        """The token keeps an exact solution reachable (``=``: the formula is one); once none is
+        reachable, only ``=`` is: the episode is lost, and ending it at once is the oracle's move."""
+        formula, symbol = before.state["formula"], self.action_names[action]
+        rest = self.completion(formula)
+        if rest is None:
+            return symbol == "="
+        if symbol == "=":
+            return rest == []
+        return self.completion([*formula, int(symbol) if symbol.isdigit() else symbol]) is not None
 
     # -- observation --------------------------------------------------------------------------
     def _get_info(self, success: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from gymnasium import spaces
 from PIL import Image, ImageDraw
 
 from vlm_envs.core import VLMEnv
+from vlm_envs.labels import StateLabels
 from vlm_envs.rendering import font, to_frame
 
 
@@ -64,7 +65,17 @@ class NumberLineEnv(VLMEnv):
     the target was reached with a positive return, i.e. without a single wasted move.
 
     ## Info
-    ``Target``, ``Current``, ``success``, ``wasted_moves``.
+    ``Target``, ``Current``, ``success``, ``wasted_moves``; with ``oracle_labels=True`` also the
+    keys below.
+
+    ## Oracle Labels
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+
+    | key | after ``reset`` / ``step`` |
+    |---|---|
+    | ``state_key`` | sha256 of ``(max_position, target, current)`` of the state the observation shows |
+    | ``oracle_action`` | the shortest path's move in that state; absent once terminated |
+    | ``action_optimal`` | ``step`` only: the move just made reduced the distance to the target (a move away or into a wall never does) |
 
     ## Arguments
     | argument | default | meaning |
@@ -74,6 +85,7 @@ class NumberLineEnv(VLMEnv):
     | ``image_size`` | (300, 300) | (height, width) of the image |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | the reference's biased start/target draw |
+    | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
     * v0: RL4VLM's NumberLine, seeded, with an unbiased target draw.
@@ -103,7 +115,7 @@ class NumberLineEnv(VLMEnv):
             self.target = int(self.np_random.integers(m))
             self.target += self.target >= self.current  # uniform over the positions != current
         self.steps = self.wasted_moves = 0
-        obs, info = self._get_obs(), self._get_info()
+        obs, info = self._get_obs(), self._label_reset(self._get_info())
         self._after_transition()
         return obs, info
 
@@ -118,13 +130,20 @@ class NumberLineEnv(VLMEnv):
         reward = 1.0 if terminated else (-1.0 if after >= before else 0.0)
         self.wasted_moves += reward < 0
         truncated = not terminated and self.steps >= 2 * self.max_position
-        obs, info = self._get_obs(), self._get_info()
+        obs, info = self._get_obs(), self._label_step(self._get_info(), action, terminated)
         self._after_transition()
         return obs, reward, terminated, truncated, info
 
     def oracle_action(self) -> int:
         """The shortest path: ``+`` below the target, ``-`` above it."""
         return 1 if self.current < self.target else 0
+
+    def _full_state(self) -> dict[str, Any]:
+        return {"max_position": self.max_position, "target": self.target, "current": self.current}
+
+    def _action_optimal(self, action: int, before: StateLabels) -> bool:
+        """The move brought the current number closer to the target."""
+        return abs(self.target - self.current) < abs(before.state["target"] - before.state["current"])
 
     def _get_info(self) -> dict[str, Any]:
         success = self.current == self.target and self.wasted_moves == 0

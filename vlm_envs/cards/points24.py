@@ -46,7 +46,22 @@ class Points24Env(FormulaCardEnv):
     return (fewer than 10 invalid-number penalties before it).
 
     ## Info
-    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``target_points``, ``success``.
+    ``Cards``, ``Numbers``, ``Formula``, ``solvable`` (an exact solution exists), ``target_points``, ``success``;
+    with ``oracle_labels=True`` also the keys below.
+
+    ## Oracle Labels
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+
+    | key | after ``reset`` / ``step`` |
+    |---|---|
+    | ``state_key`` | sha256 of ``target_points``, ``compat``, the dealt values as a multiset (suits, faces and card order left out) and the formula's tokens |
+    | ``oracle_action`` | ``oracle_action()`` in that state; absent once terminated |
+    | ``action_optimal`` | ``step`` only: the token keeps an exact solution reachable with the cards left within the length limit (``env.unwrapped.completion()`` finds one); ``=`` when the formula is a solution. A number already used up never is. Once no solution is reachable, only ``=`` is optimal: the episode is lost, and ending it at once is the oracle's move. An unsolvable hand is lost from the start: ``=`` is optimal at once, as the oracle plays it. |
+
+    The labels follow the exact rules, also with ``compat=True``. The oracle follows the solver's
+    one solution and presses ``=`` as soon as the formula leaves it, even where another solution
+    is still reachable (the formula started with the other card, say): there its
+    ``oracle_action`` is not an optimal action, and ``env.unwrapped.completion()`` gives one that is.
 
     ## Arguments
     | argument | default | meaning |
@@ -59,6 +74,7 @@ class Points24Env(FormulaCardEnv):
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | reference behaviour: ``eval`` semantics (float ``/``, digit concatenation) via a safe AST walker; cards drawn with replacement |
     | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
+    | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
     * v0: RL4VLM's Points24 with the fixes of spec envs.md (seeding, exact fractions, distinct cards).

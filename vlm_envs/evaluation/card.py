@@ -10,11 +10,16 @@ Top-level keys:
 * ``skipped``: ``[{"index", "reason"}]`` of episodes whose game failed its sha256 check;
 * ``skipped_games``: unreadable games an ALFWorld env skipped in its folder (``skip_invalid_games``);
 * ``episodes``: one record per played episode, in manifest order: ``index``, ``env_id``, ``seed``,
-  ``return``, ``length``, ``success``, ``terminated``, ``truncated``, ``parse_failures``,
-  ``parse_failure_reasons`` (reason -> count), ``final_info``; ALFWorld adds ``game`` and ``task_type``;
+  ``return``, ``length``, ``optimal_actions`` (how many of its ``length`` steps the env's oracle
+  labels called optimal, :mod:`vlm_envs.labels`), ``success``, ``terminated``, ``truncated``,
+  ``parse_failures``, ``parse_failure_reasons`` (reason -> count), ``final_info``; ALFWorld adds
+  ``game`` and ``task_type``;
 * ``summary``: ``per_env`` and ``per_task_type`` (ALFWorld), each with ``episodes``, ``successes``,
   ``success_rate``, ``wilson_95`` (``[low, high]``), ``mean_return``, ``mean_length``,
-  ``parse_failures``.
+  ``parse_failures``, and over the group's steps ``optimal_actions``, ``optimal_action_fraction``
+  and its ``optimal_action_wilson_95``. These three are ``null`` when a record of the group has no
+  ``optimal_actions``: records from a journal written before the labels existed, which
+  ``--resume`` still continues (their other fields are unchanged).
 """
 
 from __future__ import annotations
@@ -61,11 +66,22 @@ def _group_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(records)
     successes = sum(r["success"] for r in records)
     low, high = wilson_interval(successes, n)
+    steps = sum(r["length"] for r in records)
     return {
         "episodes": n, "successes": successes, "success_rate": successes / n, "wilson_95": [low, high],
-        "mean_return": sum(r["return"] for r in records) / n, "mean_length": sum(r["length"] for r in records) / n,
-        "parse_failures": sum(r["parse_failures"] for r in records),
+        "mean_return": sum(r["return"] for r in records) / n, "mean_length": steps / n,
+        "parse_failures": sum(r["parse_failures"] for r in records), **_optimal_action_summary(records, steps),
     }
+
+
+def _optimal_action_summary(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """The fraction of the group's steps whose action was optimal, with its Wilson interval over steps;
+    ``None`` for each when a record has no count (an older journal) or there are no steps."""
+    if steps == 0 or any("optimal_actions" not in r for r in records):
+        return {"optimal_actions": None, "optimal_action_fraction": None, "optimal_action_wilson_95": None}
+    optimal = sum(r["optimal_actions"] for r in records)
+    return {"optimal_actions": optimal, "optimal_action_fraction": optimal / steps,
+            "optimal_action_wilson_95": list(wilson_interval(optimal, steps))}
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -97,7 +113,8 @@ def build_card(manifest, policy: dict[str, Any], settings: dict[str, Any], recor
     }
 
 
-TABLE_HEADER = ["env / task type", "policy", "episodes", "success %", "95% CI", "mean return", "mean length", "parse failures"]
+TABLE_HEADER = ["env / task type", "policy", "episodes", "success %", "95% CI", "mean return", "mean length", "optimal %",
+                "parse failures"]
 
 
 def table_rows(card: dict[str, Any]) -> list[list[str]]:
@@ -106,9 +123,10 @@ def table_rows(card: dict[str, Any]) -> list[list[str]]:
     groups = [*card["summary"]["per_env"].items(), *card["summary"]["per_task_type"].items()]
     for name, s in groups:
         low, high = s["wilson_95"]
+        optimal = s.get("optimal_action_fraction")  # absent on cards written before the labels
         rows.append([name, str(policy), str(s["episodes"]), f"{100 * s['success_rate']:.1f}",
                      f"{100 * low:.1f}-{100 * high:.1f}", f"{s['mean_return']:.3f}", f"{s['mean_length']:.2f}",
-                     str(s["parse_failures"])])
+                     "-" if optimal is None else f"{100 * optimal:.1f}", str(s["parse_failures"])])
     return rows
 
 

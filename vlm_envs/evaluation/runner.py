@@ -68,7 +68,8 @@ class EpisodePlayer:
     def _make(self, episode: Episode) -> gym.Env:
         key = json.dumps([episode.env_id, episode.kwargs], sort_keys=True)
         if key not in self._envs:
-            kwargs = dict(episode.kwargs)
+            # Labels change nothing in the game and cost little; they give each record its count of optimal actions.
+            kwargs = {**episode.kwargs, "oracle_labels": True}
             if self.settings.text_mode != "prompt":
                 kwargs["text_mode"] = self.settings.text_mode
             if self.skip_invalid_games and "alfworld_wrap" in str(gym.spec(episode.env_id).entry_point):
@@ -105,7 +106,7 @@ class EpisodePlayer:
             commands = info.get("admissible_commands")
             view["actions"] = tuple(commands) if commands is not None else tuple(base.action_names)
             if self.needs_oracle:
-                action = base.oracle_action()
+                action = info["oracle_action"]
                 view["oracle"] = action_text(base.action_names[action] if isinstance(action, (int, np.integer)) else action)
         return view
 
@@ -207,6 +208,7 @@ class _Running:
     episode: Episode
     step: int = 0
     total_return: float = 0.0
+    optimal_actions: int = 0  # steps whose action the env labelled optimal
     parse_failures: int = 0
     reasons: collections.Counter = field(default_factory=collections.Counter)
     policy_error: str = ""  # the reason of the reply being played, when the policy failed
@@ -234,7 +236,8 @@ def _record(state: _Running, view: dict) -> dict[str, Any]:
     info = view["info"]
     record = {
         "index": state.index, "env_id": state.episode.env_id, "seed": state.episode.seed,
-        "return": state.total_return, "length": state.step, "success": bool(info.get("success", False)),
+        "return": state.total_return, "length": state.step, "optimal_actions": state.optimal_actions,
+        "success": bool(info.get("success", False)),
         "terminated": view["terminated"], "truncated": view["truncated"],
         "parse_failures": state.parse_failures, "parse_failure_reasons": dict(sorted(state.reasons.items())),
         "final_info": json_safe({k: v for k, v in info.items() if k not in _BULKY_INFO_KEYS}),
@@ -349,6 +352,7 @@ def _account(state: _Running, view: dict) -> None:
         return
     state.step += 1
     state.total_return += view["reward"]
+    state.optimal_actions += bool(view["info"]["action_optimal"])
     if state.policy_error or not view["info"].get("parse_ok", True):
         state.parse_failures += 1
         reason = f"policy: {state.policy_error}" if state.policy_error else view["info"].get("parse_error", "")
