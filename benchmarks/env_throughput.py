@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 import vlm_envs
-from vlm_envs.evaluate import format_table
+from vlm_envs.evaluation.card import format_table
 from vlm_envs.registration import CARD_ENVS
 
 REFERENCE_STEPS_PER_S = {
