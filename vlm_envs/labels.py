@@ -9,8 +9,10 @@ with:
 key                   value
 ====================  ================================================================================
 ``state_key``         after ``reset`` and every ``step``: a sha256 (hex) of the state the new
-                      observation shows. Equal states have equal keys, however they were reached
-                      (e.g. to group steps of different episodes by state, as GiGPO's anchor states do).
+                      observation shows, hidden parts included (Blackjack's hole card, ALFWorld's
+                      unseen facts). Equal states have equal keys, however they were reached (e.g. to
+                      group steps of different episodes by state, as GiGPO's anchor states do); the
+                      point games key the formula as written, so placeholder positions count.
 ``oracle_action``     after ``reset`` and every ``step``: the oracle's action in that state
                       (``env.unwrapped.oracle_action()``: an index, or a command for ALFWorld);
                       **absent** once the episode has terminated (there is nothing left to do). It
@@ -18,7 +20,10 @@ key                   value
                       into one array per batch, typed by its first value; the key's ``_oracle_action``
                       mask then says which sub-envs have one.
 ``action_optimal``    after every ``step`` (not ``reset``): whether the action just taken was optimal
-                      in the state it was taken in, i.e. the state of the previous ``state_key``.
+                      in the state it was taken in, i.e. the state of the previous ``state_key``. In
+                      a vector env with next-step autoreset, a sub-env's reset step has none: the
+                      ``_action_optimal`` mask says which sub-envs have one (and the key is missing
+                      from a batch in which every sub-env reset).
                       ``vlm_envs.TextActions`` sets it to ``False`` on a turn whose text did not parse:
                       the model chose no action (a fallback move is the wrapper's, not the model's).
 ====================  ================================================================================

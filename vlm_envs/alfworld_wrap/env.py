@@ -317,7 +317,7 @@ class ALFWorldEnv(VLMEnv):
         is shorter than from the old one."""
         if command is None:
             return False  # unmatched text never reaches the game
-        if command == before.oracle_action:
+        if command == before.oracle_action and command != "look":  # "look" is the oracle's no-plan fallback
             return True
         was = self._expert_steps(self._facts_before)
         now = 0 if self._won else self._expert_steps(self._facts)

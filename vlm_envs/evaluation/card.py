@@ -17,7 +17,8 @@ Top-level keys:
 * ``summary``: ``per_env`` and ``per_task_type`` (ALFWorld), each with ``episodes``, ``successes``,
   ``success_rate``, ``wilson_95`` (``[low, high]``), ``mean_return``, ``mean_length``,
   ``parse_failures``, and over the group's steps ``optimal_actions``, ``optimal_action_fraction``
-  and its ``optimal_action_wilson_95``. These three are ``null`` when a record of the group has no
+  and its ``optimal_action_wilson_95`` (which treats steps as independent; steps of one episode
+  are correlated, so for a model policy the true interval is somewhat wider). These three are ``null`` when a record of the group has no
   ``optimal_actions``: records from a journal written before the labels existed, which
   ``--resume`` still continues (their other fields are unchanged).
 """
