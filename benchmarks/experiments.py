@@ -20,17 +20,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vlm_envs.evaluation.card import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "experiments"
-Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Experiment:
     """The paper's final success (%) for this env (its CoT ablation table for the no-CoT rows)."""
     seeds: tuple[int, ...] = (1, 2, 3)
     notes: str = ""
-    metric: str = field(default="eval/greedy_success")
+    metric: str = "eval/greedy_success"
 
 
 # The weak-start recipes are docs/training.md's ("Weak-start recipes, one per env"); the no-CoT
@@ -54,10 +54,10 @@ _EZPOINTS = ("--env-id", "gym_cards/EZPoints-v0", "--sft-wrong-state-frac", "0.5
 EXPERIMENTS: dict[str, Experiment] = {
     "numberline": Experiment(_NUMBERLINE, start_at_most=0.45, end_at_least=0.90, paper=89.4,
                              metric="eval/greedy_start_success", notes="the README's main job (demo preset)"),
-    "numberline-nocot": Experiment(_NUMBERLINE + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=26.9,
+    "numberline-nocot": Experiment(_NUMBERLINE + ("--cot", "False"), start_at_most=None, end_at_least=None, paper=26.9,
                                    metric="eval/greedy_start_success"),
     "ezpoints": Experiment(_EZPOINTS, start_at_most=0.25, end_at_least=0.50, paper=50.0),
-    "ezpoints-nocot": Experiment(_EZPOINTS + ("--cot", "False",), start_at_most=None, end_at_least=None, paper=29.9),
+    "ezpoints-nocot": Experiment(_EZPOINTS + ("--cot", "False"), start_at_most=None, end_at_least=None, paper=29.9),
     "blackjack": Experiment(("--env-id", "gym_cards/Blackjack-v0", "--sft-wrong-state-frac", "0.5",
                              "--sft-wrong-action-prob", "0.75", "--eval-greedy-episodes", "5000",
                              "--eval-every", "40", "--num-updates", "80"),
@@ -70,15 +70,6 @@ EXPERIMENTS: dict[str, Experiment] = {
                            notes="report with the solvable fraction (the oracle's success)"),
 }
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
-
-
-def wilson(successes: float, n: float) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre, denominator = p + Z_95 ** 2 / (2 * n), 1 + Z_95 ** 2 / n
-    spread = Z_95 * math.sqrt(p * (1 - p) / n + Z_95 ** 2 / (4 * n * n))
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
 
 
 def evaluations(metrics_csv: Path, metric: str) -> list[tuple[int, float, float]]:
@@ -136,7 +127,7 @@ def collect(name: str, seed: int, out: Path, wall_minutes: float | None = None) 
 
 
 def fmt(value: float, n: float) -> str:
-    low, high = wilson(value * n, n)
+    low, high = wilson_interval(value * n, n)  # NumberLine's start success is a mean over states, so not a whole count
     return f"{value:.3f} ({low:.3f}-{high:.3f}, n={n:.0f})"
 
 

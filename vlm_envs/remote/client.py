@@ -226,8 +226,9 @@ class RemoteEnv(gym.Env):
         self.max_episode_steps = state["max_episode_steps"]
         self._text_session = isinstance(self.action_space, gym.spaces.Text)
 
-    def _call(self, kind: str, payload: Any) -> StepResult:
-        """Send one reset or step; on a lost connection, fail clearly or (``reconnect``) restore the episode."""
+    def _call(self, kind: str, payload: Any) -> tuple:
+        """Send one reset or step and unpack the answer; on a lost connection, fail clearly or
+        (``reconnect``) restore the episode."""
         try:
             return self._send(kind, payload)
         except ConnectionError as err:
@@ -240,19 +241,20 @@ class RemoteEnv(gym.Env):
         self._restore(lost)
         return self._send(kind, payload)
 
-    def _send(self, kind: str, payload: Any) -> StepResult:
+    def _send(self, kind: str, payload: Any) -> tuple:
         if self._client is None:
             raise ConnectionError(f"{self.url}: this RemoteEnv is closed")
         if kind == "reset":
             result = self._client.reset(**payload, **self._config)
         else:
             result = self._client.step(payload)
+        unpacked = self._unpack(result)
         if self.reconnect:
             if kind == "reset" and (payload.get("seed") is not None or not self._history):
                 self._history = [] if payload.get("seed") is not None else None
             if self._history is not None:
-                self._history.append((kind, payload, _digest(result)))
-        return result
+                self._history.append((kind, payload, _digest(result, unpacked[0]["image"])))
+        return unpacked
 
     def _restore(self, lost: str) -> None:
         """A fresh session, the episode replayed from the last seeded reset, every answer checked."""
@@ -280,8 +282,7 @@ class RemoteEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         replay, self.replay_on_reset = list(self.replay_on_reset), []
-        result = self._call("reset", {"seed": seed, "options": options, "replay": replay})
-        obs, _, _, _, info = self._unpack(result)
+        obs, _, _, _, info = self._call("reset", {"seed": seed, "options": options, "replay": replay})
         return obs, info
 
     def step(self, action: Any):
@@ -293,7 +294,7 @@ class RemoteEnv(gym.Env):
             if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
                 raise TypeError(f"this env takes action indices (int), got {type(action).__name__}: {action!r}")
             payload = {"index": int(action)}
-        return self._unpack(self._call("step", payload))
+        return self._call("step", payload)
 
     def close(self) -> None:
         if self._client is not None:
@@ -308,10 +309,10 @@ class RemoteEnv(gym.Env):
         return obs, reward, bool(answer["terminated"]), bool(answer["truncated"]), decode_value(answer["info"])
 
 
-def _digest(result: StepResult) -> str:
-    """A fingerprint of one answer, to check a replay (the image's pixels, not its encoding)."""
+def _digest(result: StepResult, image: np.ndarray) -> str:
+    """A fingerprint of one answer, to check a replay (its decoded image's pixels, not their encoding)."""
     answer = result.observation
-    pixels = decode_image(answer["image"]).tobytes()
+    pixels = image.tobytes()
     rest = json.dumps([result.reward, answer["text"], answer["info"], answer["terminated"], answer["truncated"]], sort_keys=True)
     return hashlib.sha256(pixels + rest.encode()).hexdigest()
 
