@@ -11,9 +11,8 @@ import pytest
 pytest.importorskip("alfworld")
 
 import vlm_envs  # noqa: E402,F401
-from vlm_envs.alfworld_wrap.games import InvalidGame  # noqa: E402
+from vlm_envs.alfworld_wrap.games import InvalidGame, file_sha256  # noqa: E402
 from vlm_envs.evaluation import Episode, Manifest, evaluate  # noqa: E402
-from vlm_envs.evaluation.manifests import file_sha256  # noqa: E402
 
 SPLIT = "eval_out_of_distribution"
 

@@ -104,7 +104,11 @@ def alfworld_corpus(game_dir: str = "", random_steps: int = 20, seed: int = 0) -
 
     from baselines.vlm_ppo import cot
 
-    env = gym.make("alfworld/ALFWorld-v0", split="train", **({"game_dir": game_dir} if game_dir else {}))
+    from vlm_envs.alfworld_wrap import shipped_games_dir
+
+    # The shipped games by default, never the generated full train set: the vocabulary is part of
+    # the model and must not depend on whether this machine ran ``generate --preset official``.
+    env = gym.make("alfworld/ALFWorld-v0", split="train", game_dir=game_dir or str(shipped_games_dir()))
     u = env.unwrapped
     rng = np.random.default_rng(seed)
     texts: list[str] = []

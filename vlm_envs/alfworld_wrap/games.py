@@ -27,6 +27,10 @@ _told_train_source = False
 OFFICIAL_SPLIT_DIRS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def problem_digest(game: dict) -> str:
     """A game's identity: the sha256 of its PDDL problem (objects, initial state, goal), the same on every machine."""
     return hashlib.sha256(game["pddl_problem"].encode()).hexdigest()

@@ -162,14 +162,10 @@ def build_smoke() -> Manifest:
     return Manifest("smoke-v0", tuple(listed), "A few episodes of each card game, for checking a setup in seconds.").with_hash()
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def build_alfworld(split: str, name: str) -> Manifest:
     """Every shipped game of ``split``, in sorted order, each reset with seed = its position."""
     from vlm_envs.alfworld_wrap import shipped_games_dir
-    from vlm_envs.alfworld_wrap.games import find_games, split_dir
+    from vlm_envs.alfworld_wrap.games import file_sha256, find_games, split_dir
 
     root = shipped_games_dir()
     games = find_games(split_dir(root, split), tuple(_task_types()))

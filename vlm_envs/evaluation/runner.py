@@ -27,7 +27,8 @@ from typing import Any, Iterable, Literal
 import gymnasium as gym
 import numpy as np
 
-from vlm_envs.evaluation.manifests import Episode, Manifest, file_sha256
+from vlm_envs.alfworld_wrap.games import file_sha256
+from vlm_envs.evaluation.manifests import Episode, Manifest
 from vlm_envs.evaluation.policies import Policy, Request, action_text, normalize_replies
 from vlm_envs.text.parsing import ParseMode
 from vlm_envs.text.prompts import Wording, text_only_prompt

@@ -1,0 +1,96 @@
+"""ALFWorld at the official split sizes: the generator reproduces the shipped evaluation games and the
+reference list of train games byte for byte, and refuses (naming the file) a train game that differs.
+
+Generating all 3,553 train games takes ~40 CPU-minutes, so these tests regenerate the first game
+of every task type of every split; each game depends only on (seed, split, task type, index), so
+the first games of a full run are these.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("ALFWORLD_DATA", os.path.join(tempfile.gettempdir(), "vlm_envs_alfworld_data"))
+pytest.importorskip("textworld", reason='needs the "alfworld" extra')
+pytest.importorskip("alfworld", reason='needs the "alfworld" extra')
+
+from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir  # noqa: E402
+from vlm_envs.alfworld_wrap import generate as gen  # noqa: E402
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER  # noqa: E402
+
+EVAL_SPLITS = ("eval_in_distribution", "eval_out_of_distribution")
+FIRST_OF_EACH_TYPE = {t: 1 for t in TASK_TYPES.values()}
+SHIPPED_EVAL = [shipped_games_dir() / s for s in EVAL_SPLITS]
+
+
+def test_reference_list_covers_the_official_train_split():
+    reference = gen.read_digests()
+    assert len(reference) == sum(gen.OFFICIAL_COUNTS["train"].values()) == 3553
+    per_type = {t: sum(folder.startswith(t + "-") for folder in reference) for t in TASK_TYPES.values()}
+    assert per_type == gen.OFFICIAL_COUNTS["train"]
+
+
+def test_first_evaluation_games_regenerate_as_shipped(tmp_path):
+    paths = gen.generate(tmp_path, counts={s: FIRST_OF_EACH_TYPE for s in EVAL_SPLITS}, progress=False)
+    assert len(paths) == 12
+    for split in EVAL_SPLITS:
+        written = gen.game_digests([p for p in paths if tmp_path / split in p.parents], tmp_path / split)
+        shipped = gen.game_digests([shipped_games_dir() / split / folder / "game.tw-pddl" for folder in written],
+                                   shipped_games_dir() / split)
+        assert written == shipped
+
+
+def test_first_train_games_match_the_reference_list(tmp_path):
+    paths = gen.generate(tmp_path, counts={"train": FIRST_OF_EACH_TYPE}, avoid=SHIPPED_EVAL, progress=False)
+    digests = gen.game_digests(paths, tmp_path / "train")
+    assert len(digests) == 6
+    assert gen.digest_mismatches(digests, gen.read_digests()) == []
+
+
+def test_a_train_game_that_differs_is_named():
+    reference = gen.read_digests()
+    folder, (game, traj) = next(iter(reference.items()))
+    assert gen.digest_mismatches({folder: (game, "0" * 64)}, reference) == [
+        f"{folder}/traj_data.json: sha256 differs from the reference"]
+    assert gen.digest_mismatches({folder: ("0" * 64, traj)}, reference) == [
+        f"{folder}/game.tw-pddl: sha256 differs from the reference"]
+    assert gen.digest_mismatches({"pick_x/trial_s0_9999": (game, traj)}, reference) == [
+        "pick_x/trial_s0_9999: not in the reference list"]
+
+
+def test_official_preset_marks_the_train_split_complete_only_when_it_matches(tmp_path, monkeypatch, capsys):
+    # A one-game "official" train split, so the command's own checking and marking run in seconds.
+    simple = "pick_and_place_simple"
+    monkeypatch.setitem(gen.OFFICIAL_COUNTS, "train", {simple: 1})
+    args = ["--preset", "official", "--splits", "train", "--task-types", simple, "--quiet"]
+    assert gen.main([*args, "--out", str(tmp_path / "good")]) == 0
+    assert (tmp_path / "good" / "train" / COMPLETE_MARKER).read_text() == "1\n"
+    assert "all 1 train games match" in capsys.readouterr().out
+
+    read, reference = gen.read_digests, gen.read_digests()
+    tampered = {folder: ("0" * 64, traj) for folder, (_, traj) in reference.items()}
+    monkeypatch.setattr(gen, "read_digests", lambda: tampered)
+    assert gen.main([*args, "--out", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad" / "train" / COMPLETE_MARKER).exists()
+    assert "game.tw-pddl: sha256 differs from the reference" in capsys.readouterr().err
+
+    recorded = tmp_path / "list.sha256.gz"
+    assert gen.main([*args, "--out", str(tmp_path / "record"), "--record-digests", str(recorded)]) == 0
+    [(folder, digests)] = read(recorded).items()
+    assert reference[folder] == digests
+
+
+def test_an_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
+    simple = {"train": {"pick_and_place_simple": 2}}
+    full = gen.generate(tmp_path / "full", seed=5, counts=simple, progress=False)
+    gen.generate(tmp_path / "resumed", seed=5, counts={"train": {"pick_and_place_simple": 1}}, progress=False)
+    indices = []
+    real = gen.generate_game
+    monkeypatch.setattr(gen, "generate_game", lambda split, task, seed, index: indices.append(index) or
+                        real(split, task, seed, index))
+    resumed = gen.generate(tmp_path / "resumed", seed=5, counts=simple, progress=False)
+    assert indices[0] == 1  # the game the first run wrote was kept, not generated again
+    assert gen.game_digests(resumed, tmp_path / "resumed") == gen.game_digests(full, tmp_path / "full")
