@@ -81,6 +81,42 @@ def test_alfworld_wrong_labels_are_other_admissible_commands(tmp_path):
     assert label in _admissible(record["conversations"][0]["value"]) and label != env.unwrapped.oracle_action()
 
 
+def test_held_out_evaluation_plays_the_eval_env_kwargs_split(tmp_path, monkeypatch):
+    """ALFWorld's held-out seeds on the train split would replay the training games: with
+    ``eval_env_kwargs`` the evaluation, the weak-start estimate and the reading gate's states play
+    the evaluation games, while SFT data and training stay on the train split."""
+    pytest.importorskip("alfworld")
+    import types
+
+    from baselines.vlm_ppo import envs, evaluation, reading, sft
+    from baselines.vlm_ppo.envs import held_out, make_env, make_vec_env
+
+    cfg = _config(tmp_path, env_id=ALFWORLD, env_kwargs='{"max_steps": 8}',
+                  eval_env_kwargs='{"split": "eval_out_of_distribution"}')
+    assert held_out(_config(tmp_path)) == _config(tmp_path)
+    assert json.loads(held_out(cfg).env_kwargs) == {"max_steps": 8, "split": "eval_out_of_distribution"}
+    assert make_env(cfg).unwrapped.split == "train"
+    vec = make_vec_env(held_out(cfg), 1, vectorization="sync")
+    assert vec.get_attr("split") == ("eval_out_of_distribution",) and vec.get_attr("max_steps") == (8,)
+    vec.close()
+
+    class Made(Exception):
+        """Raised by the spies below with the env kwargs the code under test asked for."""
+
+    def spy(c, *args, **kwargs):
+        raise Made(json.loads(c.env_kwargs))
+
+    monkeypatch.setattr(evaluation, "make_vec_env", spy)
+    monkeypatch.setattr(sft, "make_env", spy)
+    monkeypatch.setattr(envs, "make_env", spy)
+    calls = (lambda: evaluation.evaluate(cfg, types.SimpleNamespace(training=False, eval=lambda: None), greedy=True),
+             lambda: sft.imitation_start(cfg, episodes=1), lambda: reading.heldout_states(cfg, episodes=1))
+    for call in calls:
+        with pytest.raises(Made) as made:
+            call()
+        assert made.value.args[0] == {"max_steps": 8, "split": "eval_out_of_distribution"}
+
+
 # --- cards: corruption and the weak-start estimate ------------------------------------------------
 def test_every_card_env_writes_sft_data_with_readable_fields(tmp_path):
     for env_id in CARD_ENVS:

@@ -38,6 +38,8 @@ class Config:
     """Gymnasium id of the environment (``gym_cards/EZPoints-v0``, ``gym_cards/Points24-v0``, ``gym_cards/Blackjack-v0``, ...)."""
     env_kwargs: str = "{}"
     """JSON dict of extra ``gym.make`` keyword arguments, e.g. ``'{"image_size": [96, 96]}'``."""
+    eval_env_kwargs: str = "{}"
+    """JSON dict laid over ``env_kwargs`` for the held-out evaluation only, e.g. ALFWorld's ``'{"split": "eval_in_distribution"}'``: unseen games, where held-out seeds of the train split would replay the training games."""
     cot: bool = True
     """Use the chain-of-thought prompt (False: the action-only prompt of the no-CoT ablation)."""
     prompt_wording: Literal["reference", "clean"] = "reference"

@@ -13,6 +13,7 @@ the two streams are disjoint for every run seed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ def check_eval_seeds(first: int, count: int) -> None:
     if first < 0 or first + count > TRAIN_SEED_BASE:
         raise ValueError(f"evaluation seeds {first}..{first + count - 1} must lie in [0, 2**31) to stay disjoint "
                          f"from the training seeds")
+
+
+def held_out(cfg):
+    """The config the held-out evaluation plays: ``env_kwargs`` with ``eval_env_kwargs`` laid over it."""
+    extra = json.loads(cfg.eval_env_kwargs)
+    return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), **extra})) if extra else cfg
 
 
 def make_env(cfg) -> gym.Env:

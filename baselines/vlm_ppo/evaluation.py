@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from baselines.vlm_ppo.envs import check_eval_seeds, make_vec_env, task_prompter
+from baselines.vlm_ppo.envs import check_eval_seeds, held_out, make_vec_env, task_prompter
 from vlm_envs.agent_loop import info_item
 
 
@@ -29,7 +29,7 @@ def evaluate(cfg, policy, *, greedy: bool, episodes: int | None = None) -> dict[
     was_training = policy.training
     policy.eval()
     # Finished envs reset in the same step and idle (their answers are ignored) until the batch ends.
-    envs = make_vec_env(cfg, width, vectorization="sync", autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = make_vec_env(held_out(cfg), width, vectorization="sync", autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     prompt_for = task_prompter(cfg, envs)
     tokenizer = policy.encoder.tokenizer
     results, start_keys = [], []

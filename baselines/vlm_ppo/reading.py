@@ -117,9 +117,9 @@ def reading_loss(head: ReadingHead, vlm: nn.Module, images: dict, labels: torch.
 def heldout_states(cfg, episodes: int = 200) -> list[dict]:
     """Distinct states of oracle episodes from the evaluation seeds: image, prompt text, true fields, oracle action."""
     from baselines.vlm_ppo import cot
-    from baselines.vlm_ppo.envs import make_env
+    from baselines.vlm_ppo.envs import held_out, make_env
 
-    env = make_env(cfg)
+    env = make_env(held_out(cfg))
     u = env.unwrapped
     task = u.prompt_task
     states: dict[str, dict] = {}
