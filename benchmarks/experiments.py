@@ -126,9 +126,10 @@ def run(name: str, seeds: list[int], work: Path) -> None:
         out = work / name / f"seed_{seed}"
         command = trainer_command(name, seed, out)
         print("$", " ".join(command), flush=True)
+        played = alfworld_train_set(EXPERIMENTS[name])  # before the run: what it will play
         t0 = time.time()
         subprocess.run(command, check=True, cwd=ROOT)
-        dest = collect(name, seed, out, wall_minutes=(time.time() - t0) / 60)
+        dest = collect(name, seed, out, wall_minutes=(time.time() - t0) / 60, played=played)
         if EXPERIMENTS[name].also_evaluate:
             (dest / "also_evaluated.json").write_text(json.dumps(evaluate_more(name, out), indent=2) + "\n")
 
@@ -154,7 +155,7 @@ def evaluate_more(name: str, out: Path) -> dict[str, dict[str, dict[str, float]]
     return results
 
 
-def collect(name: str, seed: int, out: Path, wall_minutes: float | None = None) -> Path:
+def collect(name: str, seed: int, out: Path, wall_minutes: float | None = None, played: dict | None = None) -> Path:
     """Copy a finished run's metrics.csv and curve.png to docs/experiments/NAME[/seed_S], with its config.json."""
     exp = EXPERIMENTS[name]
     dest = DOCS / name if seed == exp.seeds[0] else DOCS / name / f"seed_{seed}"
@@ -165,7 +166,7 @@ def collect(name: str, seed: int, out: Path, wall_minutes: float | None = None) 
         {"experiment": name, "seed": seed, "command": f"python benchmarks/experiments.py run {name} --seeds {seed}",
          "trainer_command": " ".join(["python", *trainer_command(name, seed, Path("OUT"))[1:]]),
          "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
-         "definition": asdict(exp), **alfworld_train_set(exp),
+         "definition": asdict(exp), **(alfworld_train_set(exp) if played is None else played),
          "trainer_config": json.loads((out / "ppo_config.json").read_text())}, indent=2) + "\n")
     print(f"wrote {dest}", flush=True)
     return dest

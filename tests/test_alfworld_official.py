@@ -1,7 +1,7 @@
 """ALFWorld at the official split sizes: the generator reproduces the shipped evaluation games and the
 reference list of train games byte for byte, and refuses (naming the file) a train game that differs.
 
-Generating all 3,553 train games takes ~40 CPU-minutes, so these tests regenerate the first game
+Generating all 3,553 train games takes about an hour of CPU, so these tests regenerate the first game
 of every task type of every split; each game depends only on (seed, split, task type, index), so
 the first games of a full run are these.
 """
@@ -64,23 +64,47 @@ def test_a_train_game_that_differs_is_named():
 def test_official_preset_marks_the_train_split_complete_only_when_it_matches(tmp_path, monkeypatch, capsys):
     # A one-game "official" train split, so the command's own checking and marking run in seconds.
     simple = "pick_and_place_simple"
+    read, reference = gen.read_digests, gen.read_digests()
+    [first] = [f for f in reference if f.startswith(simple + "-") and f.endswith("/trial_s0_0000")]
     monkeypatch.setitem(gen.OFFICIAL_COUNTS, "train", {simple: 1})
+    monkeypatch.setattr(gen, "read_digests", lambda: {first: reference[first]})
     args = ["--preset", "official", "--splits", "train", "--task-types", simple, "--quiet"]
     assert gen.main([*args, "--out", str(tmp_path / "good")]) == 0
     assert (tmp_path / "good" / "train" / COMPLETE_MARKER).read_text() == "1\n"
-    assert "all 1 train games match" in capsys.readouterr().out
+    assert "all 1 train games match the shipped sha256s" in capsys.readouterr().out
 
-    read, reference = gen.read_digests, gen.read_digests()
-    tampered = {folder: ("0" * 64, traj) for folder, (_, traj) in reference.items()}
-    monkeypatch.setattr(gen, "read_digests", lambda: tampered)
+    # A game another run left in the folder would be played unchecked: the split must equal the list.
+    stray = tmp_path / "good" / "train" / f"{simple}-Stray-None-Box-1" / "trial_s1_0000"
+    stray.mkdir(parents=True)
+    for name in ("game.tw-pddl", "traj_data.json"):
+        (stray / name).write_text("{}")
+    assert gen.main([*args, "--out", str(tmp_path / "good")]) == 1
+    assert not (tmp_path / "good" / "train" / COMPLETE_MARKER).exists()  # the old mark is gone too
+    assert f"{simple}-Stray-None-Box-1/trial_s1_0000: not in the reference list" in capsys.readouterr().err
+
+    monkeypatch.setattr(gen, "read_digests", lambda: {first: ("0" * 64, reference[first][1])})
     assert gen.main([*args, "--out", str(tmp_path / "bad")]) == 1
     assert not (tmp_path / "bad" / "train" / COMPLETE_MARKER).exists()
-    assert "game.tw-pddl: sha256 differs from the reference" in capsys.readouterr().err
+    assert f"{first}/game.tw-pddl: sha256 differs from the reference" in capsys.readouterr().err
+
+    monkeypatch.setattr(gen, "read_digests", lambda: {first: reference[first], "x/trial_s0_0001": reference[first]})
+    assert gen.main([*args, "--out", str(tmp_path / "good2")]) == 1
+    assert "train/x/trial_s0_0001: listed but not written" in capsys.readouterr().err
 
     recorded = tmp_path / "list.sha256.gz"
     assert gen.main([*args, "--out", str(tmp_path / "record"), "--record-digests", str(recorded)]) == 0
-    [(folder, digests)] = read(recorded).items()
-    assert reference[folder] == digests
+    assert read(recorded) == {first: reference[first]}
+    with pytest.raises(SystemExit):
+        gen.main(["--out", str(tmp_path / "x"), "--record-digests", str(recorded)])
+
+
+def test_evaluation_games_are_checked_against_the_manifests(tmp_path):
+    counts = {"eval_out_of_distribution": {"pick_and_place_simple": 1}}
+    [path] = gen.generate(tmp_path, counts=counts, progress=False)
+    assert gen.check_official(tmp_path, counts, [path]) == []
+    path.write_text(path.read_text() + " ")
+    [problem] = gen.check_official(tmp_path, counts, [path])
+    assert problem == f"{path.relative_to(tmp_path).as_posix()}: sha256 differs from the manifest's"
 
 
 def test_an_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):

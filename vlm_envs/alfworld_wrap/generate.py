@@ -576,9 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset", choices=("official",),
                         help="official: ALFWorld's split sizes (3,553 train, 140 in-distribution, 134 out-of-distribution "
                              "games, with its task-type mix), evaluation splits first; --splits picks some of them. "
-                             "Train games are checked against the sha256 list shipped with the package; the split is "
-                             "marked complete (split='train' then plays it) only when all match. Rerunning an "
-                             "interrupted command continues it")
+                             "Games are checked against the sha256s shipped with the package (train: a list; evaluation: "
+                             "the manifests); the train split is marked complete (split='train' then plays it) only when "
+                             "its folder matches the list exactly. Rerunning an interrupted command continues it")
     parser.add_argument("--avoid", nargs="*", type=Path, default=[], help="folders whose games must not be repeated")
     parser.add_argument("--write-translations", type=Path, metavar="FOLDER",
                         help="also store each game's PDDL translation in FOLDER (vlm_envs/alfworld_wrap/translations "
@@ -600,6 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.avoid = [shipped_games_dir() / s for s in ("eval_in_distribution", "eval_out_of_distribution")]
     elif args.out is None:
         parser.error("--out is required without --preset official")
+    if args.record_digests is not None and counts is None:
+        parser.error("--record-digests needs --preset official")
+    full_train = counts is not None and counts.get("train") == OFFICIAL_COUNTS["train"]
+    if full_train:  # set again only once every train game checks out
+        (args.out / "train" / COMPLETE_MARKER).unlink(missing_ok=True)
     paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet,
                      counts=counts, avoid=args.avoid)
     if args.write_translations is not None:
@@ -608,22 +613,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in paths:
             write_translation(read_game_file(path), args.write_translations)
     print(f"wrote {len(paths)} games under {args.out}")
-    if counts is not None and "train" in counts:
+    if counts is None:
+        return 0
+    problems = check_official(args.out, counts, paths, record=args.record_digests)
+    if problems:
+        hint = " (the shipped lists are of --seed 0's games)" if args.seed != 0 else ""
+        print(f"{len(problems)} games differ from the shipped sha256 lists{hint}, e.g.:\n  " + "\n  ".join(problems[:10]),
+              file=sys.stderr)
+        return 1
+    if full_train:
         train_root = args.out / "train"
-        digests = game_digests([p for p in paths if train_root in p.parents], train_root)
-        if args.record_digests is not None:
-            write_digests(digests, args.record_digests)
-            print(f"recorded the sha256 of {len(digests)} train games in {args.record_digests}")
-        else:
-            problems = digest_mismatches(digests, read_digests())
-            if problems:
-                print(f"{len(problems)} of {len(digests)} train games differ from {OFFICIAL_TRAIN_DIGESTS.name}, e.g.:\n  "
-                      + "\n  ".join(problems[:10]), file=sys.stderr)
-                return 1
-            print(f"all {len(digests)} train games match {OFFICIAL_TRAIN_DIGESTS.name}")
-        if counts["train"] == OFFICIAL_COUNTS["train"]:
-            (train_root / COMPLETE_MARKER).write_text(f"{len(list(train_root.rglob('game.tw-pddl')))}\n")
+        (train_root / COMPLETE_MARKER).write_text(f"{len(list(train_root.rglob('game.tw-pddl')))}\n")
     return 0
+
+
+def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence[Path], record: Path | None = None) -> list[str]:
+    """Compare what ``--preset official`` wrote with the shipped hashes: the evaluation games with the
+    manifests', the train games with :data:`OFFICIAL_TRAIN_DIGESTS` (or record those with ``record``).
+
+    A split generated in full must equal its list exactly: every listed game present, nothing else
+    in the folder (a game left there by another run would otherwise be played unchecked).
+    """
+    from vlm_envs.evaluation.manifests import load_manifest, manifest_names
+
+    problems: list[str] = []
+    for split, per_type in counts.items():
+        root = out / split
+        full = per_type == OFFICIAL_COUNTS[split]
+        games = sorted(root.rglob("game.tw-pddl")) if full else [p for p in paths if root in p.parents]
+        if split == "train":
+            digests = game_digests(games, root)
+            if record is not None:
+                write_digests(digests, record)
+                print(f"recorded the sha256 of {len(digests)} train games in {record}")
+                continue
+            reference = read_digests()
+            problems += digest_mismatches(digests, reference)
+            expected = set(reference)
+        else:
+            listed = {e.game["path"]: e.game["sha256"] for name in manifest_names() if name.startswith("alfworld-")
+                      for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
+            for game in games:
+                path = game.relative_to(out).as_posix()
+                if path not in listed:
+                    problems.append(f"{split}/{Path(path).parent.relative_to(split).as_posix()}: not in the manifest")
+                elif file_sha256(game) != listed[path]:
+                    problems.append(f"{path}: sha256 differs from the manifest's")
+            expected = {Path(p).parent.relative_to(split).as_posix() for p in listed}
+        if full:
+            missing = sorted(expected - {g.parent.relative_to(root).as_posix() for g in games})
+            problems += [f"{split}/{folder}: listed but not written" for folder in missing]
+        if not problems:
+            print(f"all {len(games)} {split} games match the shipped sha256s")
+    return problems
 
 
 if __name__ == "__main__":
