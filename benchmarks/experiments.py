@@ -146,11 +146,14 @@ def evaluate_more(name: str, out: Path) -> dict[str, dict[str, dict[str, float]]
     torch.set_num_threads(1)
     models = {"sft": out / "sft", "final": latest_checkpoint(out) / "model"}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for label, env_kwargs in EXPERIMENTS[name].also_evaluate:
-        for which, model in models.items():
+    for which, model in models.items():
+        policy = None  # loaded once per model, evaluated on every ``also_evaluate`` entry
+        for label, env_kwargs in EXPERIMENTS[name].also_evaluate:
             _, cfg = parse_args(["eval", "--preset", "cpu-tiny", *EXPERIMENTS[name].flags, "--model", str(model),
                                  "--eval-env-kwargs", env_kwargs, "--output-dir", str(out)])
-            results.setdefault(label, {})[which] = evaluate(cfg, build_policy(cfg), greedy=True)
+            if policy is None:
+                policy = build_policy(cfg)
+            results.setdefault(label, {})[which] = evaluate(cfg, policy, greedy=True)
             print(f"{label}, {which}: greedy success {results[label][which]['success']:.3f}", flush=True)
     return results
 

@@ -496,16 +496,18 @@ def read_digests(file: Path = OFFICIAL_TRAIN_DIGESTS) -> dict[str, tuple[str, st
     return {folder: (game, traj) for game, traj, folder in rows}
 
 
-def digest_mismatches(digests: dict[str, tuple[str, str]], reference: dict[str, tuple[str, str]]) -> list[str]:
-    """One line per written game that is not in ``reference`` or whose bytes differ, naming the file."""
+def digest_mismatches(digests: dict[str, tuple[str, ...]], reference: dict[str, tuple[str, ...]],
+                      files: tuple[str, ...] = ("game.tw-pddl", "traj_data.json"), source: str = "the reference",
+                      prefix: str = "") -> list[str]:
+    """One line per written game that is not in ``reference`` or whose bytes differ, naming the (first) file."""
     problems = []
-    for folder, (game, traj) in sorted(digests.items()):
+    for folder, hashes in sorted(digests.items()):
         if folder not in reference:
-            problems.append(f"{folder}: not in the reference list")
-        elif game != reference[folder][0]:
-            problems.append(f"{folder}/game.tw-pddl: sha256 differs from the reference")
-        elif traj != reference[folder][1]:
-            problems.append(f"{folder}/traj_data.json: sha256 differs from the reference")
+            problems.append(f"{prefix}{folder}: not in {source} list")
+            continue
+        differ = [name for name, ours, theirs in zip(files, hashes, reference[folder]) if ours != theirs]
+        if differ:
+            problems.append(f"{prefix}{folder}/{differ[0]}: sha256 differs from {source}")
     return problems
 
 
@@ -647,22 +649,16 @@ def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence
                 write_digests(digests, record)
                 print(f"recorded the sha256 of {len(digests)} train games in {record}")
                 continue
-            reference = read_digests()
-            problems += digest_mismatches(digests, reference)
-            expected = set(reference)
-        else:
-            listed = {e.game["path"]: e.game["sha256"] for name in manifest_names() if name.startswith("alfworld-")
-                      for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
-            for game in games:
-                path = game.relative_to(out).as_posix()
-                if path not in listed:
-                    problems.append(f"{split}/{Path(path).parent.relative_to(split).as_posix()}: not in the manifest")
-                elif file_sha256(game) != listed[path]:
-                    problems.append(f"{path}: sha256 differs from the manifest's")
-            expected = {Path(p).parent.relative_to(split).as_posix() for p in listed}
+            reference, files, source = read_digests(), ("game.tw-pddl", "traj_data.json"), "the reference"
+        else:  # the manifests hold each evaluation game's path (under its split) and sha256
+            digests = {g.parent.relative_to(root).as_posix(): (file_sha256(g),) for g in games}
+            reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): (e.game["sha256"],)
+                         for name in manifest_names() if name.startswith("alfworld-")
+                         for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
+            files, source = ("game.tw-pddl",), "the manifest's"
+        problems += digest_mismatches(digests, reference, files, source, prefix=f"{split}/")
         if full:
-            missing = sorted(expected - {g.parent.relative_to(root).as_posix() for g in games})
-            problems += [f"{split}/{folder}: listed but not written" for folder in missing]
+            problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - set(digests))]
         if not problems:
             print(f"all {len(games)} {split} games match the shipped sha256s")
     return problems
