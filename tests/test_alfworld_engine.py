@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("ALFWORLD_DATA", os.path.join(tempfile.gettempdir(), "vlm_envs_alfworld_data"))
@@ -82,6 +83,26 @@ def test_generator_is_deterministic(tmp_path):
     c = gen.generate(tmp_path / "c", seed=8, games_per_type=1, splits=["train"],
                      task_types=["pick_two_obj_and_place"], progress=False)
     assert c[0].read_bytes() != a[0].read_bytes()
+
+
+@pytest.mark.parametrize("scene", [418, 425, 429])  # rooms whose sink basin is placed at a synthetic pose
+def test_generated_receptacles_get_alfworlds_names(scene):
+    from types import SimpleNamespace
+
+    from alfworld.agents.utils.misc import Demangler
+
+    receptacles = gen.load_scene(scene, np.random.default_rng(0)).receptacles
+    ids = {r.type: r.id.lower() for r in receptacles}  # the engine sees PDDL names lowercased
+    demangler = Demangler(game_infos={i: SimpleNamespace(id=i) for i in ids.values()})
+    names = {rtype: demangler.demangle_alfred_name(i).rsplit(" ", 1)[0] for rtype, i in ids.items()}
+    assert names["SinkBasin"] == "sinkbasin"  # not "sinkbasinbasin"
+    assert all(name == rtype.lower() for rtype, name in names.items())
+
+
+def test_shipped_games_use_alfworlds_basin_names():
+    for game in SHIPPED:
+        text = Path(game.game_file).read_text()
+        assert "SinkBasin_bar_" not in text and "BathtubBasin_bar_" not in text, game.game_file
 
 
 def test_generated_game_is_recorded_solvable_with_walkthrough(tmp_path):

@@ -114,6 +114,19 @@ def _coord(value: float) -> str:
     return f"{value:+06.2f}"
 
 
+def synthetic_receptacle_id(rtype: str, x: float, y: float, z: float) -> str:
+    """A THOR-style id for a receptacle placed at a synthetic pose.
+
+    THOR names a basin after the object it belongs to (``Sink|x|y|z|SinkBasin``), and alfworld's
+    demangler names it from the first part plus "basin": ``sinkbasin 1``. ``SinkBasin|x|y|z``
+    would become ``sinkbasinbasin 1``, a name ALFWorld never uses.
+    """
+    coords = f"{_coord(x)}|{_coord(y)}|{_coord(z)}"
+    if rtype.endswith("Basin"):
+        return f"{rtype[:-len('Basin')]}|{coords}|{rtype}"
+    return f"{rtype}|{coords}"
+
+
 @dataclass
 class Receptacle:
     id: str  # mangled
@@ -171,7 +184,7 @@ def load_scene(scene: int, rng: np.random.Generator) -> Scene:
         count = int(rng.integers(2, 5)) if rtype == "StoveBurner" else 1
         for _ in range(count):
             x, y, z = rng.uniform(-3, 3), rng.uniform(0, 1.5), rng.uniform(-3, 3)
-            rid = mangle(f"{rtype}|{_coord(x)}|{_coord(y)}|{_coord(z)}")
+            rid = mangle(synthetic_receptacle_id(rtype, x, y, z))
             pose = (x, z, float(rng.integers(0, 4) * 90), float(rng.choice([0, 15, 30, 45, 60])))
             receptacles.append(Receptacle(rid, rtype, location(*pose), rtype in constants.OPENABLE_CLASS_SET))
     rtypes = {r.type for r in receptacles}
