@@ -17,7 +17,7 @@ import vlm_envs  # noqa: F401  (registers the ids)
 from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config
 from baselines.vlm_ppo.reading import READING_TASKS, read_fields
-from baselines.vlm_ppo.sft import generate_sft_data, imitation_start
+from baselines.vlm_ppo.sft import ensure_sft_data, generate_sft_data, imitation_start
 from vlm_envs.registration import CARD_ENVS
 
 ALFWORLD = "alfworld/ALFWorld-v0"
@@ -118,6 +118,20 @@ def test_held_out_evaluation_plays_the_eval_env_kwargs_split(tmp_path, monkeypat
 
 
 # --- cards: corruption and the weak-start estimate ------------------------------------------------
+def test_sft_data_made_with_other_settings_is_refused_not_reused(tmp_path):
+    numberline = {"env_id": "gym_cards/NumberLine-v0", "sft_samples": 4}
+    out = ensure_sft_data(_config(tmp_path, **numberline))
+    written = (out / "data.json").read_bytes()
+    assert ensure_sft_data(_config(tmp_path, **numberline)) == out  # same settings: reused
+    with pytest.raises(ValueError, match=r"sft_samples=4 \(now 6\)"):
+        ensure_sft_data(_config(tmp_path, **{**numberline, "sft_samples": 6}))
+    with pytest.raises(ValueError, match="sft_wrong_state_frac"):
+        ensure_sft_data(_config(tmp_path, **numberline, sft_wrong_state_frac=0.5))
+    assert (out / "data.json").read_bytes() == written
+    # Passed explicitly, the folder is used as given.
+    assert ensure_sft_data(_config(tmp_path / "other", **{**numberline, "sft_samples": 6}, sft_data=str(out))) == out
+
+
 def test_every_card_env_writes_sft_data_with_readable_fields(tmp_path):
     for env_id in CARD_ENVS:
         out = generate_sft_data(_config(tmp_path / env_id.split("/")[1], env_id=env_id, sft_samples=6))

@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     elif command == "demo":
         t0 = time.time()
-        if not (sft.sft_data_dir(cfg) / "data.json").exists():
-            sft.generate_sft_data(cfg)
+        sft.ensure_sft_data(cfg)
         sft_dir = sft.train_sft(cfg, train.resolve_model(cfg))
         t_sft = time.time() - t0
         train.train_ppo(dataclasses.replace(cfg, model=str(sft_dir)))

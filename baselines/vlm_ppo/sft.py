@@ -52,6 +52,31 @@ def sft_data_dir(cfg: Config) -> Path:
     return Path(cfg.sft_data or Path(cfg.output_dir) / "sft_data")
 
 
+# The settings that decide what generate_sft_data writes: data made with other values is stale.
+DATA_SETTINGS = ("env_id", "env_kwargs", "seed", "cot", "prompt_wording", "sft_samples", "sft_explore",
+                 "sft_wrong_state_frac", "sft_wrong_action_prob")
+
+
+def ensure_sft_data(cfg: Config) -> Path:
+    """The SFT data folder, generated if missing.
+
+    Data found in the run's own folder (no ``--sft-data``) must have been made with this run's data
+    settings: rerunning a command with new flags would otherwise train on the old data. An explicit
+    ``--sft-data`` is used as given.
+    """
+    out = sft_data_dir(cfg)
+    if not (out / "data.json").exists():
+        return generate_sft_data(cfg)
+    if not cfg.sft_data:
+        made_with = json.loads((out / "meta.json").read_text()).get("config", {})
+        now = json.loads(to_json(cfg))
+        stale = [f"{k}={made_with.get(k)!r} (now {now[k]!r})" for k in DATA_SETTINGS if made_with.get(k) != now[k]]
+        if stale:
+            raise ValueError(f"the SFT data in {out} was made with other settings: {', '.join(stale)}; delete that "
+                             "folder to regenerate it, use another --output-dir, or pass it as --sft-data to reuse it")
+    return out
+
+
 def prompt_task_of(cfg: Config) -> str:
     env = make_env(cfg)
     task = env.unwrapped.prompt_task
@@ -252,8 +277,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if not (sft_data_dir(cfg) / "data.json").exists():
-        generate_sft_data(cfg)
+    ensure_sft_data(cfg)
     processor, vlm = load_policy(model_path, dtype=cfg.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                  lora_dropout=cfg.lora_dropout, train_vision=cfg.sft_train_vision)
     if cfg.gradient_checkpointing:
