@@ -83,3 +83,25 @@ def test_alfworld_manifest_episodes_give_the_same_records_sync_and_async():
     assert [r["game"] for r in sync["episodes"]] == [e.game["path"] for e in manifest.episodes]
     oracle = evaluate(manifest, "oracle", num_envs=2)
     assert all(r["success"] for r in oracle["episodes"])
+
+
+def test_split_train_plays_the_full_train_set_only_once_it_is_marked_complete(tmp_path, monkeypatch):
+    from vlm_envs.alfworld_wrap import TASK_TYPES, games, shipped_games_dir
+
+    monkeypatch.setenv("VLM_ENVS_CACHE", str(tmp_path))
+    train = tmp_path / "alfworld-games-official" / "train"
+    for game in games.resolve_games("train", tuple(TASK_TYPES.values()))[:2]:  # the shipped ones, here
+        source = Path(game.game_file).parent
+        shutil.copytree(source, train / source.parent.name / source.name)
+
+    monkeypatch.setattr(games, "_told_train_source", False)
+    with pytest.warns(UserWarning, match="the small shipped train set"):
+        assert games.default_games_root("train") == shipped_games_dir()  # generated, but not marked complete
+
+    (train / games.COMPLETE_MARKER).write_text("2\n")
+    monkeypatch.setattr(games, "_told_train_source", False)
+    with pytest.warns(UserWarning, match=f"the full official train set at {train}"):
+        played = games.resolve_games("train", tuple(TASK_TYPES.values()))
+    assert sorted(Path(g.game_file).parent.relative_to(train).as_posix() for g in played) == sorted(
+        p.parent.relative_to(train).as_posix() for p in train.rglob("game.tw-pddl"))
+    assert games.default_games_root("eval_in_distribution") == shipped_games_dir()  # evaluation: always shipped

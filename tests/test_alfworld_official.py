@@ -37,17 +37,28 @@ def test_first_evaluation_games_regenerate_as_shipped(tmp_path):
     paths = gen.generate(tmp_path, counts={s: FIRST_OF_EACH_TYPE for s in EVAL_SPLITS}, progress=False)
     assert len(paths) == 12
     for split in EVAL_SPLITS:
-        written = gen.game_digests([p for p in paths if tmp_path / split in p.parents], tmp_path / split)
-        shipped = gen.game_digests([shipped_games_dir() / split / folder / "game.tw-pddl" for folder in written],
+        written = gen.written_digests([p for p in paths if tmp_path / split in p.parents], tmp_path / split)
+        shipped = gen.written_digests([shipped_games_dir() / split / folder / "game.tw-pddl" for folder in written],
                                    shipped_games_dir() / split)
         assert written == shipped
 
 
 def test_first_train_games_match_the_reference_list(tmp_path):
     paths = gen.generate(tmp_path, counts={"train": FIRST_OF_EACH_TYPE}, avoid=SHIPPED_EVAL, progress=False)
-    digests = gen.game_digests(paths, tmp_path / "train")
+    digests = gen.written_digests(paths, tmp_path / "train")
     assert len(digests) == 6
     assert gen.digest_mismatches(digests, gen.read_digests()) == []
+
+
+def test_a_train_game_with_a_synthetic_sink_basin_matches_the_reference_list(tmp_path):
+    # Its room's sink basin is placed at a synthetic pose: the case whose receptacle name was once
+    # generated wrong ("sinkbasinbasin"), which the first game of each type does not exercise.
+    folder = "pick_clean_then_place_in_recep-SoapBar-None-CounterTop-418/trial_s0_0008"
+    game, traj = gen.generate_game("train", "pick_clean_then_place_in_recep", 0, 8)
+    assert gen.game_folder_name(traj) == folder.split("/")[0]
+    path = gen.write_game(tmp_path / folder, game, traj)
+    assert "Sink_bar_" in path.read_text() and "SinkBasin_bar_" not in path.read_text()
+    assert gen.written_digests([path], tmp_path) == {folder: gen.read_digests()[folder]}
 
 
 def test_a_train_game_that_differs_is_named():
@@ -72,6 +83,14 @@ def test_official_preset_marks_the_train_split_complete_only_when_it_matches(tmp
     assert gen.main([*args, "--out", str(tmp_path / "good")]) == 0
     assert (tmp_path / "good" / "train" / COMPLETE_MARKER).read_text() == "1\n"
     assert "all 1 train games match the shipped sha256s" in capsys.readouterr().out
+
+    # A kept game whose bytes differ (an older generator wrote it) is regenerated, not kept.
+    kept = tmp_path / "good" / "train" / first / "game.tw-pddl"
+    good_bytes = kept.read_bytes()
+    kept.write_bytes(good_bytes + b" ")
+    assert gen.main([*args, "--out", str(tmp_path / "good")]) == 0
+    assert "regenerating 1 games that differ" in capsys.readouterr().out
+    assert kept.read_bytes() == good_bytes
 
     # A game another run left in the folder would be played unchecked: the split must equal the list.
     stray = tmp_path / "good" / "train" / f"{simple}-Stray-None-Box-1" / "trial_s1_0000"
@@ -117,4 +136,4 @@ def test_an_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch):
                         real(split, task, seed, index))
     resumed = gen.generate(tmp_path / "resumed", seed=5, counts=simple, progress=False)
     assert indices[0] == 1  # the game the first run wrote was kept, not generated again
-    assert gen.game_digests(resumed, tmp_path / "resumed") == gen.game_digests(full, tmp_path / "full")
+    assert gen.written_digests(resumed, tmp_path / "resumed") == gen.written_digests(full, tmp_path / "full")

@@ -163,6 +163,30 @@ def test_resume_after_kill_neither_repeats_nor_loses_episodes(tmp_path):
     assert json.loads(out.read_text())["episodes"] == fresh  # resuming a finished run plays nothing new
 
 
+def test_manifest_check_command(tmp_path, monkeypatch, capsys):
+    import vlm_envs.evaluation.__main__ as manifests_cli
+
+    assert manifests_cli.main(["smoke-v0", "cards-v0"]) == 0  # the shipped files are what the builders make
+    monkeypatch.setattr(manifests_cli, "manifests_dir", lambda: tmp_path)
+    (tmp_path / "smoke-v0.json").write_text("{}")
+    assert manifests_cli.main(["smoke-v0"]) == 1
+    assert "differs from what the builder makes" in capsys.readouterr().out
+    assert manifests_cli.main(["--write", "smoke-v0"]) == 0
+    assert (tmp_path / "smoke-v0.json").read_text() == (manifests_dir() / "smoke-v0.json").read_text()
+
+
+def test_cli_play_options_reach_the_evaluation(tmp_path):
+    manifest_file = tmp_path / "small.json"
+    manifest_file.write_text(_small_manifest(2).to_json())
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--manifest", str(manifest_file), "--policy", "random", "--num-envs", "3",
+                 "--vectorization", "async", "--text-mode", "full", "--no-cot", "--out", str(out)]) == 0
+    card = json.loads(out.read_text())
+    assert card["settings"]["text_mode"] == "full" and card["settings"]["cot"] is False
+    api = evaluate(load_manifest(manifest_file), "random", settings=Settings(text_mode="full", cot=False))
+    assert card["episodes"] == api["episodes"]  # 3 async envs from the CLI, 1 sync env here
+
+
 def test_policy_errors_count_as_parse_failures_with_reason():
     class Failing(RandomPolicy):
         def act(self, requests):
@@ -208,13 +232,55 @@ def test_resume_from_a_journal_written_before_the_labels(tmp_path):
     assert "| -" in markdown(card)
 
 
-def test_the_committed_journal_of_an_older_run_still_summarises():
-    journal = Path(__file__).resolve().parents[1] / "docs/results/smollm2-135m-cards-v0.json.partial.jsonl"
-    lines = journal.read_text().splitlines()
+def test_a_journal_of_an_older_run_still_summarises():
+    """An excerpt of the SmolLM2 run's journal: NumberLine records from before the labels existed,
+    EZPoints records from before and after; a group missing any label reports null."""
+    lines = (Path(__file__).parent / "data" / "journal_before_labels.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines[1:] if line.strip()]
     per_env = summarize(records)["per_env"]
-    assert sum(s["episodes"] for s in per_env.values()) == len(records)
+    assert {e: s["episodes"] for e, s in per_env.items()} == {"gym_cards/NumberLine-v0": 6, "gym_cards/EZPoints-v0": 6}
     assert all(s["optimal_action_fraction"] is None for s in per_env.values())
+    assert summarize([r for r in records if "optimal_actions" in r])["per_env"]["gym_cards/EZPoints-v0"][
+        "optimal_action_fraction"] is not None
+
+
+def test_a_kill_while_resume_rewrites_the_journal_loses_nothing(tmp_path, monkeypatch):
+    """Resuming rewrites the journal's kept records; a kill in the middle must leave the old journal whole."""
+    manifest = _small_manifest(2)
+    fresh = evaluate(manifest, "random")
+    out = tmp_path / "results.json"
+    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
+    kept = [r for r in fresh["episodes"] if r["index"] < 3]
+    journal_path(out).write_text("".join(json.dumps(x) + "\n" for x in [header, *kept]))
+    before = journal_path(out).read_text()
+    real_dumps = json.dumps
+
+    def killed_at_the_second_record(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("index") == 1:
+            raise KeyboardInterrupt
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", killed_at_the_second_record)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(manifest, "random", out=out, resume=True)
+    monkeypatch.undo()
+    assert journal_path(out).read_text() == before
+    card = evaluate(manifest, "random", out=out, resume=True)
+    assert card["complete"] and card["episodes"] == fresh["episodes"]
+
+
+# A released manifest never changes: new episodes or games get a new version name, and this
+# table gets a new row instead of an edited one.
+SHIPPED_MANIFEST_SHA256 = {
+    "alfworld-in-distribution-v0": "de6974e8fa6b4706d679ce40e718746f1f8508876d6f66786077338b28d5863d",
+    "alfworld-out-of-distribution-v0": "6b852f187c4060c7e8b3fe95cf20025d2f91c45c749a6dc6f56881e3f048e9bd",
+    "cards-v0": "692e2b5557f6632568e80c33d3280dc8de8b0a7758442920968be8aa70126ac5",
+    "smoke-v0": "ed2b68374bfe65c6a523634fbf1211aaed5903d52e706aaf113cb2c9cf117326",
+}
+
+
+def test_shipped_manifests_are_frozen():
+    assert {name: load_manifest(name).sha256 for name in manifest_names()} == SHIPPED_MANIFEST_SHA256
 
 
 ALFWORLD_MIX = {

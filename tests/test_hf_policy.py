@@ -52,3 +52,17 @@ def test_cli_with_hf_policy(tiny_model, tmp_path, capsys):
     assert main(["evaluate", "--manifest", str(manifest), "--policy", f"hf:{tiny_model}", "--max-new-tokens", "8",
                  "--out", str(tmp_path / "r.json")]) == 0
     assert tiny_model in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "gemma3"])
+def test_hf_policy_with_a_chat_template_family(tmp_path, family):
+    """Families other than LLaVA go through the processor's chat template, as the trainer encodes them."""
+    from baselines.vlm_ppo.tiny_families import build_tiny
+
+    path = str(build_tiny(family, tmp_path / family))
+    policy = make_policy(f"hf:{path}", max_new_tokens=8)
+    assert policy.describe()["conv_template"] == "chat_template"
+    one = evaluate(_manifest(2), policy, num_envs=1)
+    two = evaluate(_manifest(2), policy, num_envs=2, schedule_seed=1)
+    assert one["episodes"] == two["episodes"] and all(r["length"] >= 1 for r in one["episodes"])
+    policy.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -493,12 +494,6 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
 OFFICIAL_TRAIN_DIGESTS = Path(__file__).with_name("official_train.sha256.gz")
 
 
-def game_digests(game_files: Sequence[Path], root: Path) -> dict[str, tuple[str, str]]:
-    """``{game folder relative to root: (sha256 of game.tw-pddl, sha256 of traj_data.json)}``."""
-    return {Path(f).parent.relative_to(root).as_posix(): (file_sha256(f), file_sha256(Path(f).with_name("traj_data.json")))
-            for f in game_files}
-
-
 def write_digests(digests: dict[str, tuple[str, str]], file: Path) -> None:
     lines = "".join(f"{game}  {traj}  {folder}\n" for folder, (game, traj) in sorted(digests.items()))
     file.write_bytes(gzip.compress(lines.encode(), mtime=0))
@@ -620,6 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     full_train = counts is not None and counts.get("train") == OFFICIAL_COUNTS["train"]
     if full_train:  # set again only once every train game checks out
         (args.out / "train" / COMPLETE_MARKER).unlink(missing_ok=True)
+    if counts is not None and args.record_digests is None and args.seed == 0:
+        stale = discard_stale(args.out, list(counts))
+        if stale:
+            print(f"regenerating {stale} games that differ from the shipped sha256s (written by an older generator)")
     paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet,
                      counts=counts, avoid=args.avoid)
     if args.write_translations is not None:
@@ -642,40 +641,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...], str]:
+    """The shipped hashes of ``split``'s games: ``({folder under the split: hashes}, hashed files, source)``.
+
+    Train: :data:`OFFICIAL_TRAIN_DIGESTS`; evaluation splits: the manifests (each game's path and sha256).
+    """
+    if split == "train":
+        return read_digests(), ("game.tw-pddl", "traj_data.json"), "the reference"
+    from vlm_envs.evaluation.manifests import load_manifest, manifest_names
+
+    reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): (e.game["sha256"],)
+                 for name in manifest_names() if name.startswith("alfworld-")
+                 for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
+    return reference, ("game.tw-pddl",), "the manifest's"
+
+
+def written_digests(games: Sequence[Path], root: Path,
+                    files: tuple[str, ...] = ("game.tw-pddl", "traj_data.json")) -> dict[str, tuple[str, ...]]:
+    """``{game folder relative to root: the sha256 of each of files}``."""
+    return {Path(g).parent.relative_to(root).as_posix(): tuple(file_sha256(Path(g).with_name(f)) for f in files)
+            for g in games}
+
+
+def discard_stale(out: Path, splits: Sequence[str]) -> int:
+    """Delete the games under ``out`` whose bytes differ from the shipped hashes, so that rerunning
+    the preset regenerates them instead of keeping them (games written by an older generator)."""
+    removed = 0
+    for split in splits:
+        root = out / split
+        reference, files, _ = shipped_reference(split)
+        for folder, hashes in written_digests(sorted(root.rglob("game.tw-pddl")), root, files).items():
+            if folder in reference and hashes != reference[folder]:
+                shutil.rmtree(root / folder)
+                removed += 1
+    return removed
+
+
 def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence[Path], record: Path | None = None) -> list[str]:
-    """Compare what ``--preset official`` wrote with the shipped hashes: the evaluation games with the
-    manifests', the train games with :data:`OFFICIAL_TRAIN_DIGESTS` (or record those with ``record``).
+    """Compare what ``--preset official`` wrote with the shipped hashes (:func:`shipped_reference`),
+    or record the train games' hashes in ``record``.
 
     A split generated in full must equal its list exactly: every listed game present, nothing else
     in the folder (a game left there by another run would otherwise be played unchecked).
     """
-    from vlm_envs.evaluation.manifests import load_manifest, manifest_names
-
     problems: list[str] = []
     for split, per_type in counts.items():
         root = out / split
         full = per_type == OFFICIAL_COUNTS[split]
         games = sorted(root.rglob("game.tw-pddl")) if full else [p for p in paths if root in p.parents]
-        if split == "train":
-            digests = game_digests(games, root)
-            if record is not None:
-                write_digests(digests, record)
-                print(f"recorded the sha256 of {len(digests)} train games in {record}")
-                continue
-            reference, files, source = read_digests(), ("game.tw-pddl", "traj_data.json"), "the reference"
-        else:  # the manifests hold each evaluation game's path (under its split) and sha256
-            digests = {g.parent.relative_to(root).as_posix(): (file_sha256(g),) for g in games}
-            reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): (e.game["sha256"],)
-                         for name in manifest_names() if name.startswith("alfworld-")
-                         for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
-            files, source = ("game.tw-pddl",), "the manifest's"
-        problems += digest_mismatches(digests, reference, files, source, prefix=f"{split}/")
+        if split == "train" and record is not None:
+            write_digests(written_digests(games, root), record)
+            print(f"recorded the sha256 of {len(games)} train games in {record}")
+            continue
+        reference, files, source = shipped_reference(split)
+        problems += digest_mismatches(written_digests(games, root, files), reference, files, source, prefix=f"{split}/")
         if full:
-            problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - set(digests))]
+            written = {Path(g).parent.relative_to(root).as_posix() for g in games}
+            problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - written)]
         if not problems:
             print(f"all {len(games)} {split} games match the shipped sha256s")
     return problems
-
 
 if __name__ == "__main__":
     sys.exit(main())

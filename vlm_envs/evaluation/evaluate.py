@@ -63,10 +63,13 @@ def load_done(out: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 class _Journal:
     def __init__(self, path: Path, identity: dict[str, Any], done: dict[int, dict[str, Any]]):
-        self.file = open(path, "w")
-        self.write(identity)
-        for index in sorted(done):
-            self.write(done[index])
+        # The records kept so far are rewritten beside the journal and renamed over it, so a kill
+        # at any moment leaves either the old journal or the new one, never a partial copy.
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(record) + "\n" for record in [identity, *(done[i] for i in sorted(done))])
+        os.replace(tmp, path)
+        self.file = open(path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
