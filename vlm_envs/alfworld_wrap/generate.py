@@ -492,6 +492,7 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
 # 3,553 train games are generated on each machine, and this list is how a machine checks that it
 # wrote the same bytes.
 OFFICIAL_TRAIN_DIGESTS = Path(__file__).with_name("official_train.sha256.gz")
+GAME_FILES = ("game.tw-pddl", "traj_data.json")  # what the train list hashes, per game
 
 
 def write_digests(digests: dict[str, tuple[str, str]], file: Path) -> None:
@@ -505,7 +506,7 @@ def read_digests(file: Path = OFFICIAL_TRAIN_DIGESTS) -> dict[str, tuple[str, st
 
 
 def digest_mismatches(digests: dict[str, tuple[str, ...]], reference: dict[str, tuple[str, ...]],
-                      files: tuple[str, ...] = ("game.tw-pddl", "traj_data.json"), source: str = "the reference",
+                      files: tuple[str, ...] = GAME_FILES, source: str = "the reference",
                       prefix: str = "") -> list[str]:
     """One line per written game that is not in ``reference`` or whose bytes differ, naming the (first) file."""
     problems = []
@@ -647,7 +648,7 @@ def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], tuple[str
     Train: :data:`OFFICIAL_TRAIN_DIGESTS`; evaluation splits: the manifests (each game's path and sha256).
     """
     if split == "train":
-        return read_digests(), ("game.tw-pddl", "traj_data.json"), "the reference"
+        return read_digests(), GAME_FILES, "the reference"
     from vlm_envs.evaluation.manifests import load_manifest, manifest_names
 
     reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): (e.game["sha256"],)
@@ -657,7 +658,7 @@ def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], tuple[str
 
 
 def written_digests(games: Sequence[Path], root: Path,
-                    files: tuple[str, ...] = ("game.tw-pddl", "traj_data.json")) -> dict[str, tuple[str, ...]]:
+                    files: tuple[str, ...] = GAME_FILES) -> dict[str, tuple[str, ...]]:
     """``{game folder relative to root: the sha256 of each of files}``."""
     return {Path(g).parent.relative_to(root).as_posix(): tuple(file_sha256(Path(g).with_name(f)) for f in files)
             for g in games}
@@ -701,6 +702,7 @@ def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence
         if not problems:
             print(f"all {len(games)} {split} games match the shipped sha256s")
     return problems
+
 
 if __name__ == "__main__":
     sys.exit(main())
