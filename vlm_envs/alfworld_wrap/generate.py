@@ -695,10 +695,10 @@ def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence
             print(f"recorded the sha256 of {len(games)} train games in {record}")
             continue
         reference, files, source = shipped_reference(split)
-        problems += digest_mismatches(written_digests(games, root, files), reference, files, source, prefix=f"{split}/")
+        digests = written_digests(games, root, files)
+        problems += digest_mismatches(digests, reference, files, source, prefix=f"{split}/")
         if full:
-            written = {Path(g).parent.relative_to(root).as_posix() for g in games}
-            problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - written)]
+            problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - set(digests))]
         if not problems:
             print(f"all {len(games)} {split} games match the shipped sha256s")
     return problems
