@@ -24,6 +24,8 @@ from vlm_envs.alfworld_wrap.games import find_games  # noqa: E402
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, goal_conditions  # noqa: E402
 
 SHIPPED = find_games(shipped_games_dir(), tuple(TASK_TYPES.values()))
+EVALUATION = [g for split in ("eval_in_distribution", "eval_out_of_distribution")
+              for g in find_games(shipped_games_dir() / split, tuple(TASK_TYPES.values()))]
 
 
 def _first_per_type(games, n=1):
@@ -192,9 +194,11 @@ class _PlainTextWorld:
         return self._out(self.env.step(command)[0])
 
 
-@pytest.mark.parametrize("game", _one_per_type(SHIPPED), ids=lambda g: g.task_type)
+@pytest.mark.parametrize("game", _one_per_type(SHIPPED) + _one_per_type(EVALUATION),
+                         ids=lambda g: f"{Path(g.game_file).parts[-4]}-{g.task_type}")
 def test_engine_caches_change_nothing_textworld_says(game):
-    """Feedback, admissible commands, facts and won are textworld's own, step for step."""
+    """Feedback, admissible commands, facts and won are textworld's own, step for step (the
+    evaluation games' parses and translations come from the package, the others are made here)."""
     data = read_game_file(game.game_file)
     argv = list(sys.argv)
     plain = _PlainTextWorld(data)
@@ -220,6 +224,28 @@ def test_engine_caches_change_nothing_textworld_says(game):
         assert a == b, command
     ours.reset()
     assert mine(ours.reset()) == plain.reset()
+
+
+def test_a_shipped_evaluation_game_loads_without_parsing_or_translating(monkeypatch, tmp_path):
+    """Each evaluation game's grammar parse (~0.25 s of CPU) and PDDL translation (seconds) ship
+    with the package, so its first reset on a new machine does neither."""
+    from textworld.envs.pddl import logic as pddl_logic
+
+    from vlm_envs.alfworld_wrap import engine as eng
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("parsed or translated a shipped evaluation game")
+
+    monkeypatch.setenv("VLM_ENVS_CACHE", str(tmp_path))  # an empty disk cache
+    monkeypatch.setattr(pddl_logic.GameLogic, "__init__", refuse)
+    monkeypatch.setattr(eng, "_translate", refuse)
+    eng._LOGIC_CACHE.clear()
+    eng._SAS_CACHE.clear()
+    engine = Engine()
+    for game in EVALUATION:
+        engine.load(read_game_file(game.game_file))
+        assert engine.reset().admissible_commands, game.game_file
+    assert len(EVALUATION) == 274 and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("game", SAMPLE, ids=lambda g: g.name)

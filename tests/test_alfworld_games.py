@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip("alfworld")
 
 import vlm_envs  # noqa: E402,F401
-from vlm_envs.alfworld_wrap.games import InvalidGame, file_sha256  # noqa: E402
+from vlm_envs.alfworld_wrap.games import InvalidGame  # noqa: E402
 from vlm_envs.evaluation import Episode, Manifest, evaluate  # noqa: E402
+from vlm_envs.evaluation.manifests import game_entry  # noqa: E402
 
 SPLIT = "eval_out_of_distribution"
 
@@ -45,8 +46,7 @@ def test_invalid_games_can_be_skipped_with_a_warning_and_are_counted_on_the_card
     assert str(corrupt) in env.unwrapped.skipped_games[0]
 
     episodes = tuple(
-        Episode("alfworld/ALFWorld-v0", {"split": SPLIT, "game_dir": str(root)}, i,
-                {"path": str(Path(g.game_file).relative_to(root)), "sha256": file_sha256(g.game_file)})
+        Episode("alfworld/ALFWorld-v0", {"split": SPLIT, "game_dir": str(root)}, i, game_entry(root, g.game_file))
         for i, g in enumerate(env.unwrapped.games)
     )
     manifest = Manifest("two-games", episodes).with_hash()
@@ -57,18 +57,21 @@ def test_invalid_games_can_be_skipped_with_a_warning_and_are_counted_on_the_card
     assert {r["task_type"] for r in card["episodes"]} == set(card["summary"]["per_task_type"])
 
 
-def test_a_manifest_game_whose_bytes_changed_is_refused_or_skipped():
-    from vlm_envs.alfworld_wrap import shipped_games_dir
-    from vlm_envs.alfworld_wrap.env import ALFWorldEnv
+@pytest.mark.parametrize("changed", ["game.tw-pddl", "traj_data.json"])
+def test_a_manifest_game_whose_bytes_changed_is_refused_or_skipped(tmp_path, changed):
+    """Either file of a game changes the episode (traj_data.json holds the task and the expert's plan)."""
+    from vlm_envs.evaluation import load_manifest
 
-    game = ALFWorldEnv(split=SPLIT).games[0]
-    episode = Episode("alfworld/ALFWorld-v0", {"split": SPLIT}, 0,
-                      {"path": str(Path(game.game_file).relative_to(shipped_games_dir())), "sha256": "0" * 64})
+    episode = load_manifest("alfworld-out-of-distribution-v0").episodes[0]
+    copy = tmp_path / Path(episode.game["path"]).parent
+    shutil.copytree(vlm_envs.alfworld_wrap.shipped_games_dir() / Path(episode.game["path"]).parent, copy)
     manifest = Manifest("bad-hash", (episode,)).with_hash()
-    with pytest.raises(ValueError, match="sha256 differs from the manifest's"):
-        evaluate(manifest, "oracle")
+    assert evaluate(manifest, "oracle", games_root=tmp_path)["episodes"][0]["success"]  # the unchanged copy plays
+    (copy / changed).write_bytes((copy / changed).read_bytes().replace(b"1", b"2", 1))
+    with pytest.raises(ValueError, match=f"{copy / changed}: sha256 differs from the manifest's"):
+        evaluate(manifest, "oracle", games_root=tmp_path)
     with pytest.warns(UserWarning, match="skipping manifest episode 0"):
-        card = evaluate(manifest, "oracle", skip_invalid_games=True)
+        card = evaluate(manifest, "oracle", games_root=tmp_path, skip_invalid_games=True)
     assert card["complete"] and card["episodes"] == [] and card["skipped"][0]["index"] == 0
 
 

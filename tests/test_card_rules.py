@@ -1,4 +1,4 @@
-"""Rules of the four card games: the spec's reward/termination tables and test vectors (envs.md §9)."""
+"""Rules of the four card games: the reference's reward/termination tables and test vectors."""
 
 from __future__ import annotations
 

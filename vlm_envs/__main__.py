@@ -41,12 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--parse-mode", choices=("strict", "lenient", "compat"), default="lenient", help="(default: lenient)")
     ev.add_argument("--on-parse-failure", choices=("random", "penalty", "noop"), default="random",
                     help="what an unparseable answer does in the card games (default: random, the paper)")
-    ev.add_argument("--skip-invalid-games", action="store_true", help="skip (and list on the card) games failing their sha256")
+    ev.add_argument("--skip-invalid-games", action="store_true",
+                    help="skip (and list on the card) manifest games that are missing or fail their sha256, "
+                         "and unreadable games in an ALFWorld env's folder, with a warning naming each")
     ev.add_argument("--model", help="openai: the model name sent to the server (default: the server's first model)")
     ev.add_argument("--temperature", type=float, default=0.0, help="model policies: 0 is greedy (default: 0)")
     ev.add_argument("--max-new-tokens", type=int, default=256, help="model policies: answer length limit (default: 256)")
     ev.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request (default: 60)")
     ev.add_argument("--retries", type=int, default=3, help="openai: retries of a failed request (default: 3)")
+    ev.add_argument("--device", default="cpu", help="hf: where the model runs, e.g. cuda (default: cpu)")
+    ev.add_argument("--dtype", default="float32", help="hf: float32, bfloat16 or float16 (default: float32)")
+    ev.add_argument("--conv-template", default="auto",
+                    help="hf: auto (llava_v1 for LLaVA, else the processor's chat template), chat_template or a "
+                         "conversation template name (default: auto)")
+    ev.add_argument("--image-mode", choices=("native", "reference"), default="native",
+                    help="hf: the trainer's image preprocessing (default: native)")
     ev.add_argument("--env", default=None, help="without --manifest: an env id, or 'all' for the four card games (default: all)")
     ev.add_argument("--episodes", type=int, default=100, help="without --manifest: episodes per env (default: 100)")
     ev.add_argument("--seed", type=int, default=0, help="without --manifest: episode i is reset with seed + i (default: 0)")
@@ -111,8 +120,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         env_ids = list(CARD_ENVS) if args.env in (None, "all") else [args.env]
         for env_id in env_ids:
-            if env_id not in gym.registry:
-                parser.error(f"unknown env id {env_id!r}; registered by vlm_envs: {', '.join(CARD_ENVS)}")
+            if env_id not in gym.registry or not str(gym.spec(env_id).entry_point).startswith("vlm_envs"):
+                parser.error(f"{env_id!r} is not an env of vlm_envs; its card games: {', '.join(CARD_ENVS)}")
         if args.episodes < 1:
             parser.error("--episodes must be positive")
         manifest = seeds_manifest(env_ids, args.episodes, args.seed)
@@ -124,6 +133,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     options = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     if args.policy.startswith("openai:"):
         options.update(model=args.model, timeout=args.timeout, retries=args.retries, images=args.text_mode == "prompt")
+    if args.policy.startswith("hf:"):
+        options.update(device=args.device, dtype=args.dtype, conv_template=args.conv_template, image_mode=args.image_mode)
     try:
         policy = make_policy(args.policy, **options) if ":" in args.policy else make_policy(args.policy)
     except ValueError as err:
@@ -138,6 +149,8 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         card = evaluate(manifest, policy, num_envs=args.num_envs, vectorization=args.vectorization, settings=settings,
                         out=out, resume=bool(args.resume), skip_invalid_games=args.skip_invalid_games, frames=frames,
                         progress=True)
+    except ValueError as err:  # a resume of another run, an unfinished journal, a game failing its sha256
+        parser.error(str(err))
     finally:
         policy.close()
     print(markdown(card))

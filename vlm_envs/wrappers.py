@@ -17,7 +17,7 @@ _MAX_ACTION_TEXT = 4096
 
 
 class TextActions(gym.Wrapper):
-    """``step(text)``: parse the model's output into the env's action (spec prompts_and_parsers.md §4.1).
+    """``step(text)``: parse the model's output into the env's action.
 
     ``env = vlm_envs.TextActions(gym.make("gym_cards/Points24-v0"))`` then
     ``env.step('{"thoughts": "...", "action": "8"}')``. With vector envs:

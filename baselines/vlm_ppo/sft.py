@@ -9,7 +9,7 @@ Data format (the one of RL4VLM's released SFT data, LLaVA's conversation JSON)::
 A weak-but-formatted start policy comes from ``sft_wrong_state_frac``: a seeded hash of each
 state picks a fixed subset of states whose label is wrong with probability
 ``sft_wrong_action_prob`` (per-state corruption: a random fraction of wrong labels spread over all
-states would leave the right action the majority label everywhere, spec models_offline.md).
+states would leave the right action the majority label everywhere, and the start would not be weak).
 """
 
 from __future__ import annotations

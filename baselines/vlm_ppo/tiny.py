@@ -7,8 +7,7 @@
 * image processor: the PIL-backed CLIP processor (no torchvision needed), 96x96 input by default;
 * model: ``LlavaForConditionalGeneration`` with a 2-layer Llama text model and a 2-layer CLIP
   vision tower whose patch embedding gets a larger init (std 0.2): at CLIP's default 0.02 the
-  rendered digits all map to nearly the same features and the tower never learns to read
-  (spec models_offline.md, "Lessons").
+  rendered digits all map to nearly the same features and the tower never learns to read.
 
 :func:`build_tiny_llava` saves everything with ``save_pretrained``; the trainer then loads it
 through the same ``AutoProcessor`` + ``AutoModelForImageTextToText`` path as a Hub checkpoint.

@@ -5,15 +5,16 @@ fast-downward library applies actions, textworld's grammar writes the feedback) 
 alfworld's ``AlfredDemangler`` (which turns ``Apple_bar__minus_01_dot_23...`` into ``apple 1``).
 This module adds only caches around it, never game logic:
 
-* the parsed grammar (``GameLogic``) is shared by every game with the same domain and grammar;
+* the parsed grammar and domain (``GameLogic``) are shared by every game with the same domain and
+  grammar (each ALFWorld game has its own grammar, whose parse costs ~0.25 s of CPU);
 * the PDDL -> SAS translation of a problem is cached, so resetting the same game again is cheap;
 * the translation the planner needs (``optimize=True``) is made only when a plan is asked for;
 * the text of an admissible command is cached per action and the placeholders its template
   names: in ALFWorld's grammar a command's text depends only on those and on static facts
   (which receptacle is at which location);
-* translations are also kept on disk (see :func:`sas_cache_dir`), so a new process does not
-  translate a game it has seen before; those of the shipped games ship with the package
-  (:func:`shipped_translations_dir`), so even a first reset on a new machine does not translate.
+* parses and translations are also kept on disk (see :func:`sas_cache_dir`), so a new process
+  does not parse or translate a game it has seen before; those of the shipped games ship with the
+  package (:func:`shipped_translations_dir`), so even a first reset on a new machine does neither.
 
 Importing this module imports textworld and alfworld; it raises ``DependencyNotInstalled`` with
 the ``pip install`` to run when they are missing.
@@ -168,9 +169,9 @@ _SAS_CACHE = _LRU(64)
 
 
 def sas_cache_dir() -> Path | None:
-    """Where translations are kept across processes: :func:`vlm_envs.alfworld_wrap.cache_root`
+    """Where parses and translations are kept across processes: :func:`vlm_envs.alfworld_wrap.cache_root`
     ``/alfworld-sas`` (``VLM_ENVS_CACHE=off`` disables it). Entries are pickles keyed by a hash of
-    the domain, the problem and the versions of fast-downward and textworld; a broken or
+    what they were made from and the versions of fast-downward and textworld; a broken or
     unwritable cache is ignored.
     """
     root = cache_root()
@@ -193,24 +194,32 @@ _VERSIONS = _versions()
 
 
 def shipped_translations_dir() -> Path:
-    """Translations of the shipped games, made at release time (read-only; same keys as the disk cache)."""
+    """Parses and translations of the shipped games, made at release time (read-only; the disk cache's keys)."""
     return Path(__file__).parent / "translations"
 
 
-def _entry_name(domain: str, problem: str, optimize: bool) -> str:
-    digest = hashlib.sha256("\0".join((_VERSIONS, str(optimize), domain, problem)).encode()).hexdigest()
+def _entry_name(*made_from: str) -> str:
+    digest = hashlib.sha256("\0".join((_VERSIONS, *made_from)).encode()).hexdigest()
     return f"{digest}.pkl.gz"
 
 
-def _read_entry(path: Path) -> tuple[Any, str] | None:
+def _translation_key(domain: str, problem: str, optimize: bool) -> tuple[str, ...]:
+    return str(optimize), domain, problem
+
+
+def _logic_key(domain: str, grammar: str) -> tuple[str, ...]:
+    return "GameLogic", domain, grammar
+
+
+def _read_entry(path: Path) -> Any:
     try:
         with gzip.open(path, "rb") as f:
             return pickle.load(f)
-    except Exception:  # missing, truncated or from elsewhere: translate again
+    except Exception:  # missing, truncated or from elsewhere: make it again
         return None
 
 
-def _write_entry(folder: Path, name: str, result: tuple[Any, str]) -> None:
+def _write_entry(folder: Path, name: str, result: Any) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{name}.{os.getpid()}.tmp"
@@ -221,35 +230,39 @@ def _write_entry(folder: Path, name: str, result: tuple[Any, str]) -> None:
         pass
 
 
+def _from_disk(key: tuple[str, ...], make) -> Any:
+    """The shipped entry for ``key``, else the disk cache's, else ``make()`` (then written to the disk cache)."""
+    name = _entry_name(*key)
+    user_cache = sas_cache_dir()
+    for folder in (shipped_translations_dir(), user_cache):
+        found = None if folder is None else _read_entry(folder / name)
+        if found is not None:
+            return found
+    result = make()
+    if user_cache is not None:
+        _write_entry(user_cache, name, result)
+    return result
+
+
 def cached_translate(domain: str, problem: str, optimize: bool) -> tuple[Any, str]:
     """:func:`_translate` through the in-process cache, then the shipped translations, then the on-disk cache."""
-
-    def from_disk():
-        name = _entry_name(domain, problem, optimize)
-        user_cache = sas_cache_dir()
-        for folder in (shipped_translations_dir(), user_cache):
-            found = None if folder is None else _read_entry(folder / name)
-            if found is not None:
-                return found
-        result = _translate(domain, problem, optimize)
-        if user_cache is not None:
-            _write_entry(user_cache, name, result)
-        return result
-
-    return _SAS_CACHE.get_or((domain, problem, optimize), from_disk)
+    return _SAS_CACHE.get_or((domain, problem, optimize), lambda: _from_disk(
+        _translation_key(domain, problem, optimize), lambda: _translate(domain, problem, optimize)))
 
 
-def write_translation(data: Mapping, folder: Path) -> Path:
-    """Translate a game's problem (as a reset needs it) into ``folder``, under the cache's key."""
-    logic = game_logic(data["pddl_domain"], data["grammar"])
-    name = _entry_name(logic.domain, data["pddl_problem"], False)
-    _write_entry(Path(folder), name, _translate(logic.domain, data["pddl_problem"], False))
-    return Path(folder) / name
+def write_translation(data: Mapping, folder: Path) -> None:
+    """Parse and translate a game (as a reset needs them) into ``folder``, under the cache's keys."""
+    logic = pddl_logic.GameLogic(domain=data["pddl_domain"], grammar=data["grammar"])  # fresh: resets add types
+    entries = {_logic_key(data["pddl_domain"], data["grammar"]): logic,
+               _translation_key(logic.domain, data["pddl_problem"], False): _translate(logic.domain, data["pddl_problem"], False)}
+    for key, result in entries.items():
+        _write_entry(Path(folder), _entry_name(*key), result)
 
 
 def game_logic(domain: str, grammar: str) -> Any:
-    """The parsed grammar + domain (``textworld.envs.pddl.logic.GameLogic``), parsed once."""
-    return _LOGIC_CACHE.get_or((domain, grammar), lambda: pddl_logic.GameLogic(domain=domain, grammar=grammar))
+    """The parsed grammar + domain (``textworld.envs.pddl.logic.GameLogic``), parsed once per machine."""
+    return _LOGIC_CACHE.get_or((domain, grammar), lambda: _from_disk(
+        _logic_key(domain, grammar), lambda: pddl_logic.GameLogic(domain=domain, grammar=grammar)))
 
 
 class CachedPddlState(pddl_logic.PddlState):

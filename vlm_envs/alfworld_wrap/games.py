@@ -31,6 +31,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# A game is these two files in one folder: the PDDL problem with its grammar, and the task
+# (type, objects, the expert's plan), which decides the task sentence and the progress reward.
+GAME_FILES = ("game.tw-pddl", "traj_data.json")
+
+
+def game_digests(game_file: str | os.PathLike) -> tuple[str, ...]:
+    """The sha256 of each of :data:`GAME_FILES` beside ``game_file`` (``""`` for a missing one)."""
+    return tuple(file_sha256(p) if p.is_file() else "" for p in (Path(game_file).with_name(f) for f in GAME_FILES))
+
+
 def problem_digest(game: dict) -> str:
     """A game's identity: the sha256 of its PDDL problem (objects, initial state, goal), the same on every machine."""
     return hashlib.sha256(game["pddl_problem"].encode()).hexdigest()

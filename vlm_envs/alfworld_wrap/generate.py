@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
-from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, file_sha256, find_games, problem_digest
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, GAME_FILES, find_games, game_digests, problem_digest
 
 GENERATOR_VERSION = 1
 MAX_ATTEMPTS = 60
@@ -492,9 +492,6 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
 # 3,553 train games are generated on each machine, and this list is how a machine checks that it
 # wrote the same bytes.
 OFFICIAL_TRAIN_DIGESTS = Path(__file__).with_name("official_train.sha256.gz")
-GAME_FILES = ("game.tw-pddl", "traj_data.json")  # what the train list hashes, per game
-
-
 def write_digests(digests: dict[str, tuple[str, str]], file: Path) -> None:
     lines = "".join(f"{game}  {traj}  {folder}\n" for folder, (game, traj) in sorted(digests.items()))
     file.write_bytes(gzip.compress(lines.encode(), mtime=0))
@@ -506,15 +503,14 @@ def read_digests(file: Path = OFFICIAL_TRAIN_DIGESTS) -> dict[str, tuple[str, st
 
 
 def digest_mismatches(digests: dict[str, tuple[str, ...]], reference: dict[str, tuple[str, ...]],
-                      files: tuple[str, ...] = GAME_FILES, source: str = "the reference",
-                      prefix: str = "") -> list[str]:
+                      source: str = "the reference", prefix: str = "") -> list[str]:
     """One line per written game that is not in ``reference`` or whose bytes differ, naming the (first) file."""
     problems = []
     for folder, hashes in sorted(digests.items()):
         if folder not in reference:
             problems.append(f"{prefix}{folder}: not in {source} list")
             continue
-        differ = [name for name, ours, theirs in zip(files, hashes, reference[folder]) if ours != theirs]
+        differ = [name for name, ours, theirs in zip(GAME_FILES, hashes, reference[folder]) if ours != theirs]
         if differ:
             problems.append(f"{prefix}{folder}/{differ[0]}: sha256 differs from {source}")
     return problems
@@ -592,8 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "its folder matches the list exactly. Rerunning an interrupted command continues it")
     parser.add_argument("--avoid", nargs="*", type=Path, default=[], help="folders whose games must not be repeated")
     parser.add_argument("--write-translations", type=Path, metavar="FOLDER",
-                        help="also store each game's PDDL translation in FOLDER (vlm_envs/alfworld_wrap/translations "
-                             "for the shipped games: their first reset then skips the translator)")
+                        help="also store each game's grammar parse and PDDL translation in FOLDER "
+                             "(vlm_envs/alfworld_wrap/translations for the shipped games: their first reset then "
+                             "skips the parser and the translator)")
     parser.add_argument("--record-digests", type=Path, metavar="FILE",
                         help="with --preset official: write the train games' sha256 list to FILE instead of checking "
                              "them against the shipped list (how the shipped list was made)")
@@ -642,26 +639,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...], str]:
-    """The shipped hashes of ``split``'s games: ``({folder under the split: hashes}, hashed files, source)``.
+def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The shipped hashes of ``split``'s games: ``({folder under the split: the sha256s of GAME_FILES}, source)``.
 
-    Train: :data:`OFFICIAL_TRAIN_DIGESTS`; evaluation splits: the manifests (each game's path and sha256).
+    Train: :data:`OFFICIAL_TRAIN_DIGESTS`; evaluation splits: the manifests (each game's path and sha256s).
     """
     if split == "train":
-        return read_digests(), GAME_FILES, "the reference"
-    from vlm_envs.evaluation.manifests import load_manifest, manifest_names
+        return read_digests(), "the reference"
+    from vlm_envs.evaluation.manifests import entry_digests, load_manifest, manifest_names
 
-    reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): (e.game["sha256"],)
+    reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): entry_digests(e.game)
                  for name in manifest_names() if name.startswith("alfworld-")
                  for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
-    return reference, ("game.tw-pddl",), "the manifest's"
+    return reference, "the manifest's"
 
 
-def written_digests(games: Sequence[Path], root: Path,
-                    files: tuple[str, ...] = GAME_FILES) -> dict[str, tuple[str, ...]]:
-    """``{game folder relative to root: the sha256 of each of files}``."""
-    return {Path(g).parent.relative_to(root).as_posix(): tuple(file_sha256(Path(g).with_name(f)) for f in files)
-            for g in games}
+def written_digests(games: Sequence[Path], root: Path) -> dict[str, tuple[str, ...]]:
+    """``{game folder relative to root: the sha256 of each of GAME_FILES}``."""
+    return {Path(g).parent.relative_to(root).as_posix(): game_digests(g) for g in games}
 
 
 def discard_stale(out: Path, splits: Sequence[str]) -> int:
@@ -670,8 +665,8 @@ def discard_stale(out: Path, splits: Sequence[str]) -> int:
     removed = 0
     for split in splits:
         root = out / split
-        reference, files, _ = shipped_reference(split)
-        for folder, hashes in written_digests(sorted(root.rglob("game.tw-pddl")), root, files).items():
+        reference, _ = shipped_reference(split)
+        for folder, hashes in written_digests(sorted(root.rglob("game.tw-pddl")), root).items():
             if folder in reference and hashes != reference[folder]:
                 shutil.rmtree(root / folder)
                 removed += 1
@@ -694,9 +689,9 @@ def check_official(out: Path, counts: dict[str, dict[str, int]], paths: Sequence
             write_digests(written_digests(games, root), record)
             print(f"recorded the sha256 of {len(games)} train games in {record}")
             continue
-        reference, files, source = shipped_reference(split)
-        digests = written_digests(games, root, files)
-        problems += digest_mismatches(digests, reference, files, source, prefix=f"{split}/")
+        reference, source = shipped_reference(split)
+        digests = written_digests(games, root)
+        problems += digest_mismatches(digests, reference, source, prefix=f"{split}/")
         if full:
             problems += [f"{split}/{folder}: listed but not written" for folder in sorted(set(reference) - set(digests))]
         if not problems:

@@ -77,7 +77,7 @@ class EZPointsEnv(FormulaCardEnv):
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
-    * v0: RL4VLM's EZPoints with the fixes of spec envs.md (seeding, exact evaluator, distinct cards).
+    * v0: RL4VLM's EZPoints with the fixes listed in ``docs/reference_differences.md`` (seeding, exact evaluator, distinct cards).
     """
 
     prompt_task = "ezpoints"

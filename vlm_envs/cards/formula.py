@@ -1,4 +1,4 @@
-"""Exact formula evaluation, an exact solver and a completion search for the point games (spec envs.md §5).
+"""Exact formula evaluation, an exact solver and a completion search for the point games.
 
 A formula is the list of tokens the agent appended: ``int`` card values and the operator strings
 ``+ - * / ( )``; ``" "`` placeholders (invalid-number turns) are ignored. Nothing here calls

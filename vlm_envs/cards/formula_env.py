@@ -31,7 +31,7 @@ NUMBER_NAMES = tuple(str(v) for v in range(1, 11))
 class FormulaCardEnv(VLMEnv):
     """Shared rules of the point games; subclasses set the class attributes and ``_deal``.
 
-    Step semantics (reference, spec envs.md §2.3): a number is valid while it has been used fewer
+    Step semantics (the RL4VLM code's): a number is valid while it has been used fewer
     times than it was dealt; an invalid number appends a ``" "`` placeholder and costs -1; ``=``
     ends the episode and scores +10 for a formula that uses every card once and equals the target
     exactly, -1 otherwise; a formula longer than ``max_formula_length`` at the start of a step

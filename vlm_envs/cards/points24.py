@@ -77,7 +77,7 @@ class Points24Env(FormulaCardEnv):
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
-    * v0: RL4VLM's Points24 with the fixes of spec envs.md (seeding, exact fractions, distinct cards).
+    * v0: RL4VLM's Points24 with the fixes listed in ``docs/reference_differences.md`` (seeding, exact fractions, distinct cards).
     """
 
     prompt_task = "points24"

@@ -44,21 +44,29 @@ def load_done(out: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
         _check_same_run(card, identity, out)
         done.update({r["index"]: r for r in card["episodes"]})
     journal = journal_path(out)
-    if journal.exists():
-        lines = journal.read_text().split("\n")
-        try:
-            header = json.loads(lines[0])
-        except ValueError:
-            header = None  # killed before the header was complete: nothing was recorded
-        if header is not None:
-            _check_same_run(header, identity, journal)
-            for line in lines[1:]:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # the line being written when the run was killed
-                done[record["index"]] = record
+    header, records = _read_journal(journal)
+    if header is not None:
+        _check_same_run(header, identity, journal)
+        done.update({record["index"]: record for record in records})
     return done
+
+
+def _read_journal(journal: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The journal's header and complete records (``None, []`` when there is none yet)."""
+    if not journal.exists():
+        return None, []
+    lines = journal.read_text().split("\n")
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        return None, []  # killed before the header was complete: nothing was recorded
+    records = []
+    for line in lines[1:]:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # the line being written when the run was killed
+    return header, records
 
 
 class _Journal:
@@ -119,6 +127,9 @@ def evaluate(
     out = None if out is None else Path(out)
     if resume and out is None:
         raise ValueError("resume needs the path of the results (out=...)")
+    if out is not None and not resume and _read_journal(journal_path(out))[1]:
+        raise ValueError(f"{journal_path(out)} holds the episodes of an unfinished run: pass resume=True "
+                         "(--resume) to continue it, or delete the file to start over")
     done = load_done(out, identity) if resume else {}
     if games_root is None and any(e.game for e in manifest.episodes):
         from vlm_envs.alfworld_wrap import shipped_games_dir
@@ -126,6 +137,8 @@ def evaluate(
         games_root = shipped_games_dir()
     skipped = check_games(manifest, games_root, skip_invalid_games)
     todo = [i for i in range(len(manifest.episodes)) if i not in done and i not in skipped]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     journal = _Journal(journal_path(out), identity, done) if out is not None else None
     counter = _Progress(len(manifest.episodes), len(done) + len(skipped), manifest.name) if progress else None
 
@@ -149,7 +162,6 @@ def evaluate(
     card = build_card(manifest, description, settings.to_dict(), {**done, **played}, skipped, sorted(skipped_games),
                       seconds=round(time.perf_counter() - start, 3))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(card, indent=1) + "\n")
         os.replace(tmp, out)

@@ -5,11 +5,14 @@ A manifest is a JSON file that names every episode of an evaluation::
     {"name": "cards-v0", "description": "...",
      "episodes": [{"env_id": "gym_cards/NumberLine-v0", "kwargs": {"max_position": 5}, "seed": 1000000},
                   {"env_id": "alfworld/ALFWorld-v0", "kwargs": {"split": "eval_in_distribution"}, "seed": 0,
-                   "game": {"path": "eval_in_distribution/<task folder>/<trial>/game.tw-pddl", "sha256": "..."}},
+                   "game": {"path": "eval_in_distribution/<task folder>/<trial>/game.tw-pddl",
+                            "sha256": "...", "traj_data_sha256": "..."}},
                   ...]}
 
 An episode is ``gym.make(env_id, **kwargs)`` then ``reset(seed=seed)`` (and, for ALFWorld, the
-named game, whose bytes must match ``sha256``). The manifest's own identity is the sha256 of its
+named game, whose ``game.tw-pddl`` must match ``sha256`` and whose ``traj_data.json``, the task
+that decides the task sentence, the reward and the expert, must match ``traj_data_sha256``). The
+manifest's own identity is the sha256 of its
 file: every result card carries it, so two numbers are comparable exactly when their manifest
 hashes agree.
 
@@ -34,6 +37,20 @@ EVAL_SEED_BASE = 1_000_000
 CARD_EPISODES = 500
 NUMBERLINE_EPISODES_PER_START = 17  # 30 start states x 17 = 510 >= CARD_EPISODES
 SMOKE_EPISODES_PER_ENV = 3
+# A game's entry names the sha256 of each of the game's files (``GAME_FILES``), in that order.
+GAME_DIGEST_KEYS = ("sha256", "traj_data_sha256")
+
+
+def game_entry(root: str | Path, game_file: str | Path) -> dict[str, str]:
+    """A manifest's record of a game: its path under ``root`` and the sha256 of each of its files."""
+    from vlm_envs.alfworld_wrap.games import game_digests
+
+    return {"path": Path(game_file).relative_to(root).as_posix(), **dict(zip(GAME_DIGEST_KEYS, game_digests(game_file)))}
+
+
+def entry_digests(game: dict[str, str]) -> tuple[str, ...]:
+    """The sha256s a manifest's game entry lists, in the order of ``GAME_FILES``."""
+    return tuple(game[key] for key in GAME_DIGEST_KEYS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,7 @@ class Episode:
     env_id: str
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     seed: int = 0
-    game: dict[str, str] | None = field(default=None, hash=False)  # {"path": ..., "sha256": ...}
+    game: dict[str, str] | None = field(default=None, hash=False)  # game_entry(): path and sha256s
 
     def to_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {"env_id": self.env_id, "kwargs": self.kwargs, "seed": self.seed}
@@ -54,8 +71,10 @@ class Episode:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Episode:
         unknown = set(record) - {"env_id", "kwargs", "seed", "game"}
-        if unknown or "env_id" not in record or not isinstance(record.get("seed", 0), int):
-            raise ValueError(f"not a manifest episode: {record!r}")
+        game = record.get("game")
+        bad_game = game is not None and (not isinstance(game, dict) or set(game) != {"path", *GAME_DIGEST_KEYS})
+        if unknown or bad_game or "env_id" not in record or not isinstance(record.get("seed", 0), int):
+            raise ValueError(f"not a manifest episode (a game needs path, {', '.join(GAME_DIGEST_KEYS)}): {record!r}")
         return cls(record["env_id"], dict(record.get("kwargs") or {}), int(record.get("seed", 0)), record.get("game"))
 
 
@@ -165,15 +184,12 @@ def build_smoke() -> Manifest:
 def build_alfworld(split: str, name: str) -> Manifest:
     """Every shipped game of ``split``, in sorted order, each reset with seed = its position."""
     from vlm_envs.alfworld_wrap import shipped_games_dir
-    from vlm_envs.alfworld_wrap.games import file_sha256, find_games, split_dir
+    from vlm_envs.alfworld_wrap.games import find_games, split_dir
 
     root = shipped_games_dir()
     games = find_games(split_dir(root, split), tuple(_task_types()))
-    listed = tuple(
-        Episode("alfworld/ALFWorld-v0", {"split": split}, i,
-                {"path": Path(g.game_file).relative_to(root).as_posix(), "sha256": file_sha256(g.game_file)})
-        for i, g in enumerate(games)
-    )
+    listed = tuple(Episode("alfworld/ALFWorld-v0", {"split": split}, i, game_entry(root, g.game_file))
+                   for i, g in enumerate(games))
     where = "in-distribution (ALFRED training floor plans)" if split == "eval_in_distribution" else \
         "out-of-distribution (ALFRED test floor plans, never seen in training)"
     return Manifest(name, listed, f"Every shipped {where} ALFWorld evaluation game, once.").with_hash()

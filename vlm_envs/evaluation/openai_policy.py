@@ -87,7 +87,7 @@ class OpenAIPolicy:
             with urllib.request.urlopen(urllib.request.Request(models_url, headers=self.headers), timeout=self.timeout) as r:
                 return json.loads(r.read())["data"][0]["id"]
         except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"could not read the model name from {models_url} ({err}); pass model=...") from None
+            raise ValueError(f"could not read the model name from {models_url} ({err}); pass model=... (--model)") from None
 
     def describe(self) -> dict[str, Any]:
         return {"name": "openai", "url": self.endpoint, "model": self.model, "temperature": self.temperature,

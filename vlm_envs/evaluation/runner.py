@@ -27,8 +27,8 @@ from typing import Any, Iterable, Literal
 import gymnasium as gym
 import numpy as np
 
-from vlm_envs.alfworld_wrap.games import file_sha256
-from vlm_envs.evaluation.manifests import Episode, Manifest
+from vlm_envs.alfworld_wrap.games import GAME_FILES, game_digests
+from vlm_envs.evaluation.manifests import Episode, Manifest, entry_digests
 from vlm_envs.evaluation.policies import Policy, Request, action_text, normalize_replies
 from vlm_envs.text.parsing import ParseMode
 from vlm_envs.text.prompts import Wording, text_only_prompt
@@ -75,6 +75,8 @@ class EpisodePlayer:
                 kwargs["text_mode"] = self.settings.text_mode
             if self.skip_invalid_games and "alfworld_wrap" in str(gym.spec(episode.env_id).entry_point):
                 kwargs["skip_invalid_games"] = True
+            if episode.game is not None:  # the env must know the folder the manifest's game paths are rooted in
+                kwargs.setdefault("game_dir", str(self.games_root))
             self._envs[key] = TextActions(gym.make(episode.env_id, **kwargs), mode=self.settings.parse_mode,
                                           on_parse_failure=self.settings.on_parse_failure)
         return self._envs[key]
@@ -251,18 +253,21 @@ def _record(state: _Running, view: dict) -> dict[str, Any]:
 
 
 def check_games(manifest: Manifest, games_root: str | Path | None, skip_invalid: bool) -> dict[int, str]:
-    """Verify each named game's sha256; return ``{index: reason}`` of the invalid ones when skipping."""
+    """Verify the sha256 of each named game's files; return ``{index: reason}`` of the invalid ones when skipping."""
     invalid: dict[int, str] = {}
-    hashes: dict[str, str] = {}
+    hashes: dict[Path, tuple[str, ...]] = {}
     for index, episode in enumerate(manifest.episodes):
         if episode.game is None:
             continue
         path = Path(games_root) / episode.game["path"]
-        if str(path) not in hashes:
-            hashes[str(path)] = file_sha256(path) if path.is_file() else ""
-        if hashes[str(path)] == episode.game["sha256"]:
+        if path not in hashes:
+            hashes[path] = game_digests(path)
+        differ = [(path.with_name(name), ours) for name, ours, listed in
+                  zip(GAME_FILES, hashes[path], entry_digests(episode.game)) if ours != listed]
+        if not differ:
             continue
-        reason = f"{path}: missing" if not hashes[str(path)] else f"{path}: sha256 differs from the manifest's"
+        file, digest = differ[0]
+        reason = f"{file}: missing" if not digest else f"{file}: sha256 differs from the manifest's"
         if not skip_invalid:
             raise ValueError(f"manifest {manifest.name!r} episode {index}: {reason} (skip_invalid_games=True skips it)")
         warnings.warn(f"skipping manifest episode {index}: {reason}", stacklevel=3)

@@ -132,7 +132,7 @@ def parse_action(
     mode: ParseMode = "lenient",
     aliases: dict[str, str] | None = None,
 ) -> ParseResult:
-    """Map model text to an index of ``vocab`` (spec prompts_and_parsers.md §4.1).
+    """Map model text to an index of ``vocab`` (the reference parser, with the fixes in ``docs/reference_differences.md``).
 
     Args:
         text: the decoded model output.
@@ -207,7 +207,7 @@ def _longest_contained(text: str, commands: Sequence[str]) -> str | None:
 
 
 def match_command(text: object, admissible: Sequence[str], mode: MatchMode = "fixed") -> CommandMatch:
-    """Match model text to one of the admissible commands (spec prompts_and_parsers.md §6.2).
+    """Match model text to one of the admissible commands (the reference matcher, or its fixed form).
 
     ``"fixed"`` (default): read the ``"action":`` value, then try an exact match, the longest
     admissible command contained in the value, and the longest contained in the last 30
