@@ -194,7 +194,8 @@ class _PlainTextWorld:
         return self._out(self.env.step(command)[0])
 
 
-@pytest.mark.parametrize("game", _one_per_type(SHIPPED) + _one_per_type(EVALUATION),
+@pytest.mark.parametrize("game", [g for split in ("train", "eval_out_of_distribution")
+                                  for g in _one_per_type(find_games(shipped_games_dir() / split, tuple(TASK_TYPES.values())))],
                          ids=lambda g: f"{Path(g.game_file).parts[-4]}-{g.task_type}")
 def test_engine_caches_change_nothing_textworld_says(game):
     """Feedback, admissible commands, facts and won are textworld's own, step for step (the

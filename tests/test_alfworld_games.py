@@ -45,16 +45,20 @@ def test_invalid_games_can_be_skipped_with_a_warning_and_are_counted_on_the_card
     assert len(env.unwrapped.games) == 2 and len(env.unwrapped.skipped_games) == 1
     assert str(corrupt) in env.unwrapped.skipped_games[0]
 
-    episodes = tuple(
-        Episode("alfworld/ALFWorld-v0", {"split": SPLIT, "game_dir": str(root)}, i, game_entry(root, g.game_file))
-        for i, g in enumerate(env.unwrapped.games)
-    )
-    manifest = Manifest("two-games", episodes).with_hash()
+    # Episodes that name no game play the env's folder: the unreadable game is skipped and counted.
+    seeded = Manifest("folder", tuple(Episode("alfworld/ALFWorld-v0", {"split": SPLIT, "game_dir": str(root)}, s)
+                                      for s in range(3))).with_hash()
     with pytest.warns(UserWarning, match=str(corrupt)):
-        card = evaluate(manifest, "oracle", games_root=root, skip_invalid_games=True)
-    assert card["complete"] and [r["success"] for r in card["episodes"]] == [True, True]
+        card = evaluate(seeded, "oracle", skip_invalid_games=True)
+    assert card["complete"] and [r["success"] for r in card["episodes"]] == [True, True, True]
     assert len(card["skipped_games"]) == 1 and str(corrupt) in card["skipped_games"][0]
     assert {r["task_type"] for r in card["episodes"]} == set(card["summary"]["per_task_type"])
+
+    # A manifest's games are the ones it names: an unreadable game beside them plays no part.
+    named = Manifest("two-games", tuple(Episode("alfworld/ALFWorld-v0", {"split": SPLIT}, i, game_entry(root, g.game_file))
+                                        for i, g in enumerate(env.unwrapped.games))).with_hash()
+    card = evaluate(named, "oracle", games_root=root)
+    assert card["complete"] and [r["success"] for r in card["episodes"]] == [True, True] and card["skipped_games"] == []
 
 
 @pytest.mark.parametrize("changed", ["game.tw-pddl", "traj_data.json"])

@@ -121,6 +121,10 @@ def test_evaluation_games_are_checked_against_the_manifests(tmp_path):
     counts = {"eval_out_of_distribution": {"pick_and_place_simple": 1}}
     [path] = gen.generate(tmp_path, counts=counts, progress=False)
     assert gen.check_official(tmp_path, counts, [path]) == []
+    traj = path.with_name("traj_data.json")
+    traj.write_text(traj.read_text() + " ")
+    [problem] = gen.check_official(tmp_path, counts, [path])
+    assert problem == f"{traj.relative_to(tmp_path).as_posix()}: sha256 differs from the manifest's"
     path.write_text(path.read_text() + " ")
     [problem] = gen.check_official(tmp_path, counts, [path])
     assert problem == f"{path.relative_to(tmp_path).as_posix()}: sha256 differs from the manifest's"

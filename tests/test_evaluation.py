@@ -172,6 +172,8 @@ def test_a_run_without_resume_refuses_to_overwrite_an_unfinished_journal(tmp_pat
     before = journal_path(out).read_text()
     with pytest.raises(ValueError, match="unfinished run.*--resume"):
         evaluate(manifest, "random", out=out)
+    with pytest.raises(ValueError, match="unfinished run"):  # refused before the policy is made (no server here)
+        evaluate(manifest, "openai:http://127.0.0.1:9/v1", out=out)
     assert journal_path(out).read_text() == before
     assert evaluate(manifest, "random", out=out, resume=True)["episodes"] == fresh["episodes"]
 
@@ -233,6 +235,18 @@ def test_cli_usage_errors_are_messages_not_tracebacks(tmp_path, capsys, argv, me
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_errors_while_playing_keep_their_traceback(monkeypatch):
+    import vlm_envs.evaluation as evaluation
+
+    class Broken(RandomPolicy):
+        def act(self, requests):
+            raise ValueError("a bug in the policy")
+
+    monkeypatch.setattr(evaluation, "make_policy", lambda spec, **options: Broken())
+    with pytest.raises(ValueError, match="a bug in the policy"):  # not a usage error
+        main(["evaluate", "--manifest", "smoke-v0", "--policy", "random"])
 
 
 def test_policy_errors_count_as_parse_failures_with_reason():

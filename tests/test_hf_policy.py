@@ -26,7 +26,8 @@ def _manifest(n: int = 3) -> Manifest:
 def test_hf_policy_answers_are_reproducible_and_batch_independent(tiny_model, temperature):
     policy = make_policy(f"hf:{tiny_model}", temperature=temperature, max_new_tokens=12)
     assert policy.describe() == {"name": "hf", "model": tiny_model, "temperature": temperature, "max_new_tokens": 12,
-                                 "conv_template": "llava_v1", "image_mode": "native"}  # as the trainer wraps LLaVA
+                                 "conv_template": "llava_v1", "image_mode": "native",  # as the trainer wraps LLaVA
+                                 "dtype": "float32", "device": "cpu"}
     one = evaluate(_manifest(), policy, num_envs=1)
     three = evaluate(_manifest(), policy, num_envs=3, schedule_seed=2)  # other batches, other order
     assert one["episodes"] == three["episodes"]

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlm_envs.evaluation import Settings, evaluate, load_manifest, make_policy, markdown, seeds_manifest
+    from vlm_envs.evaluation import (SetupError, Settings, check_out, evaluate, load_manifest, make_policy, markdown,
+                                     seeds_manifest)
 
     if args.manifest is not None:
         if args.env is not None:
@@ -130,6 +131,10 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     out = args.resume or args.out
     if args.resume and args.out and args.out != args.resume:
         parser.error("--resume RESULTS continues writing RESULTS; leave --out out or give the same path")
+    try:
+        check_out(out, bool(args.resume))  # before a model is loaded
+    except SetupError as err:
+        parser.error(str(err))
     options = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     if args.policy.startswith("openai:"):
         options.update(model=args.model, timeout=args.timeout, retries=args.retries, images=args.text_mode == "prompt")
@@ -149,7 +154,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         card = evaluate(manifest, policy, num_envs=args.num_envs, vectorization=args.vectorization, settings=settings,
                         out=out, resume=bool(args.resume), skip_invalid_games=args.skip_invalid_games, frames=frames,
                         progress=True)
-    except ValueError as err:  # a resume of another run, an unfinished journal, a game failing its sha256
+    except SetupError as err:  # a resume of another run, a game failing its sha256
         parser.error(str(err))
     finally:
         policy.close()

@@ -253,8 +253,9 @@ def cached_translate(domain: str, problem: str, optimize: bool) -> tuple[Any, st
 def write_translation(data: Mapping, folder: Path) -> None:
     """Parse and translate a game (as a reset needs them) into ``folder``, under the cache's keys."""
     logic = pddl_logic.GameLogic(domain=data["pddl_domain"], grammar=data["grammar"])  # fresh: resets add types
+    problem = data["pddl_problem"]
     entries = {_logic_key(data["pddl_domain"], data["grammar"]): logic,
-               _translation_key(logic.domain, data["pddl_problem"], False): _translate(logic.domain, data["pddl_problem"], False)}
+               _translation_key(logic.domain, problem, False): _translate(logic.domain, problem, False)}
     for key, result in entries.items():
         _write_entry(Path(folder), _entry_name(*key), result)
 

@@ -492,6 +492,8 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
 # 3,553 train games are generated on each machine, and this list is how a machine checks that it
 # wrote the same bytes.
 OFFICIAL_TRAIN_DIGESTS = Path(__file__).with_name("official_train.sha256.gz")
+
+
 def write_digests(digests: dict[str, tuple[str, str]], file: Path) -> None:
     lines = "".join(f"{game}  {traj}  {folder}\n" for folder, (game, traj) in sorted(digests.items()))
     file.write_bytes(gzip.compress(lines.encode(), mtime=0))

@@ -14,12 +14,12 @@ See :mod:`vlm_envs.evaluation.manifests` (what is played), :mod:`vlm_envs.evalua
 """
 
 from vlm_envs.evaluation.card import format_table, markdown, wilson_interval
-from vlm_envs.evaluation.evaluate import evaluate
+from vlm_envs.evaluation.evaluate import check_out, evaluate
 from vlm_envs.evaluation.manifests import Episode, Manifest, load_manifest, manifest_names, seeds_manifest
 from vlm_envs.evaluation.policies import Reply, Request, make_policy
-from vlm_envs.evaluation.runner import Settings
+from vlm_envs.evaluation.runner import SetupError, Settings
 
 __all__ = [
-    "Episode", "Manifest", "Reply", "Request", "Settings", "evaluate", "format_table", "load_manifest", "make_policy",
-    "manifest_names", "markdown", "seeds_manifest", "wilson_interval",
+    "Episode", "Manifest", "Reply", "Request", "SetupError", "Settings", "check_out", "evaluate", "format_table",
+    "load_manifest", "make_policy", "manifest_names", "markdown", "seeds_manifest", "wilson_interval",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 from vlm_envs.evaluation.card import build_card
 from vlm_envs.evaluation.manifests import Manifest, load_manifest
 from vlm_envs.evaluation.policies import Policy, make_policy
-from vlm_envs.evaluation.runner import Settings, Vectorization, check_games, play
+from vlm_envs.evaluation.runner import SetupError, Settings, Vectorization, check_games, play
 
 
 def journal_path(out: str | Path) -> Path:
@@ -33,7 +33,7 @@ def _identity(manifest: Manifest, policy: dict[str, Any], settings: Settings) ->
 def _check_same_run(found: dict[str, Any], expected: dict[str, Any], source: Path) -> None:
     for key, value in expected.items():
         if json.loads(json.dumps(found.get(key))) != json.loads(json.dumps(value)):
-            raise ValueError(f"cannot resume from {source}: its {key} is {found.get(key)!r}, this run's is {value!r}")
+            raise SetupError(f"cannot resume from {source}: its {key} is {found.get(key)!r}, this run's is {value!r}")
 
 
 def load_done(out: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -49,6 +49,16 @@ def load_done(out: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
         _check_same_run(header, identity, journal)
         done.update({record["index"]: record for record in records})
     return done
+
+
+def check_out(out: str | Path | None, resume: bool) -> None:
+    """Refuse, before anything is loaded, a resume with nowhere to resume from, or a new run that
+    would overwrite the journal of an unfinished one."""
+    if resume and out is None:
+        raise SetupError("resume needs the path of the results (out=...)")
+    if out is not None and not resume and _read_journal(journal_path(out))[1]:
+        raise SetupError(f"{journal_path(out)} holds the episodes of an unfinished run: pass resume=True "
+                         "(--resume) to continue it, or delete the file to start over")
 
 
 def _read_journal(journal: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -120,37 +130,34 @@ def evaluate(
         schedule_seed: shuffle the order of env work in ``sync`` mode (tests of order independence).
     """
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-    owned = isinstance(policy, str)  # made here, so closed here
-    policy = make_policy(policy) if owned else policy
-    description = policy.describe()
-    identity = _identity(manifest, description, settings)
     out = None if out is None else Path(out)
-    if resume and out is None:
-        raise ValueError("resume needs the path of the results (out=...)")
-    if out is not None and not resume and _read_journal(journal_path(out))[1]:
-        raise ValueError(f"{journal_path(out)} holds the episodes of an unfinished run: pass resume=True "
-                         "(--resume) to continue it, or delete the file to start over")
-    done = load_done(out, identity) if resume else {}
+    check_out(out, resume)
     if games_root is None and any(e.game for e in manifest.episodes):
         from vlm_envs.alfworld_wrap import shipped_games_dir
 
         games_root = shipped_games_dir()
-    skipped = check_games(manifest, games_root, skip_invalid_games)
-    todo = [i for i in range(len(manifest.episodes)) if i not in done and i not in skipped]
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    journal = _Journal(journal_path(out), identity, done) if out is not None else None
-    counter = _Progress(len(manifest.episodes), len(done) + len(skipped), manifest.name) if progress else None
-
-    def on_record(record: dict[str, Any]) -> None:
-        if journal is not None:
-            journal.write(record)
-        if counter is not None:
-            counter.advance()
-
-    start = time.perf_counter()
-    skipped_games: set[str] = set()
+    owned = isinstance(policy, str)  # made here, so closed here
+    policy = make_policy(policy) if owned else policy
+    journal = None
     try:
+        description = policy.describe()
+        identity = _identity(manifest, description, settings)
+        done = load_done(out, identity) if resume else {}
+        skipped = check_games(manifest, games_root, skip_invalid_games)
+        todo = [i for i in range(len(manifest.episodes)) if i not in done and i not in skipped]
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            journal = _Journal(journal_path(out), identity, done)
+        counter = _Progress(len(manifest.episodes), len(done) + len(skipped), manifest.name) if progress else None
+
+        def on_record(record: dict[str, Any]) -> None:
+            if journal is not None:
+                journal.write(record)
+            if counter is not None:
+                counter.advance()
+
+        start = time.perf_counter()
+        skipped_games: set[str] = set()
         played = play(manifest, policy, indices=todo, num_envs=num_envs, vectorization=vectorization, settings=settings,
                       games_root=games_root, on_record=on_record, frames=frames, schedule_seed=schedule_seed,
                       skip_invalid_games=skip_invalid_games, skipped_games=skipped_games)

@@ -45,6 +45,7 @@ class HFPolicy:
         if conv_template not in ("auto", "chat_template", *CONVERSATION_TEMPLATES):
             raise ValueError(f"conv_template must be auto, chat_template or one of {sorted(CONVERSATION_TEMPLATES)}")
         self.path = path
+        self.dtype, self.device = dtype, device
         self.temperature = float(temperature)
         self.max_new_tokens = int(max_new_tokens)
         processor, vlm = load_policy(path, dtype=dtype)
@@ -58,7 +59,8 @@ class HFPolicy:
 
     def describe(self) -> dict[str, Any]:
         return {"name": "hf", "model": self.path, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
-                "conv_template": self.conv_template, "image_mode": self.policy.encoder.image_mode}
+                "conv_template": self.conv_template, "image_mode": self.policy.encoder.image_mode,
+                "dtype": self.dtype, "device": self.device}
 
     def act(self, requests: Sequence[Request]) -> list[Reply]:
         return [self._answer(r) for r in requests]

@@ -54,20 +54,31 @@ class Settings:
         return dict(self.__dict__)
 
 
+class SetupError(ValueError):
+    """An evaluation that cannot start as asked (raised before any episode is played)."""
+
+
+def env_key(episode: Episode) -> str:
+    """Episodes with equal keys are played on the same env."""
+    return json.dumps([episode.env_id, episode.kwargs], sort_keys=True)
+
+
 class EpisodePlayer:
     """One slot: makes (and keeps) the envs its episodes need, plays one episode at a time."""
 
-    def __init__(self, settings: Settings, needs_oracle: bool, games_root: str | None, skip_invalid_games: bool = False):
+    def __init__(self, settings: Settings, needs_oracle: bool, games_root: str | None, skip_invalid_games: bool = False,
+                 game_files: dict[str, list[str]] | None = None):
         self.settings = settings
         self.needs_oracle = needs_oracle
         self.games_root = games_root
         self.skip_invalid_games = skip_invalid_games
+        self.game_files = game_files or {}
         self._envs: dict[str, gym.Env] = {}
         self._env: gym.Env | None = None
         self._info: dict[str, Any] = {}
 
     def _make(self, episode: Episode) -> gym.Env:
-        key = json.dumps([episode.env_id, episode.kwargs], sort_keys=True)
+        key = env_key(episode)
         if key not in self._envs:
             # Labels change nothing in the game and cost little; they give each record its count of optimal actions.
             kwargs = {**episode.kwargs, "oracle_labels": True}
@@ -75,8 +86,8 @@ class EpisodePlayer:
                 kwargs["text_mode"] = self.settings.text_mode
             if self.skip_invalid_games and "alfworld_wrap" in str(gym.spec(episode.env_id).entry_point):
                 kwargs["skip_invalid_games"] = True
-            if episode.game is not None:  # the env must know the folder the manifest's game paths are rooted in
-                kwargs.setdefault("game_dir", str(self.games_root))
+            if key in self.game_files:  # the manifest's games of this env (checked against it), not a folder scan
+                kwargs["game_files"] = self.game_files[key]
             self._envs[key] = TextActions(gym.make(episode.env_id, **kwargs), mode=self.settings.parse_mode,
                                           on_parse_failure=self.settings.on_parse_failure)
         return self._envs[key]
@@ -269,7 +280,7 @@ def check_games(manifest: Manifest, games_root: str | Path | None, skip_invalid:
         file, digest = differ[0]
         reason = f"{file}: missing" if not digest else f"{file}: sha256 differs from the manifest's"
         if not skip_invalid:
-            raise ValueError(f"manifest {manifest.name!r} episode {index}: {reason} (skip_invalid_games=True skips it)")
+            raise SetupError(f"manifest {manifest.name!r} episode {index}: {reason} (skip_invalid_games=True skips it)")
         warnings.warn(f"skipping manifest episode {index}: {reason}", stacklevel=3)
         invalid[index] = reason
     return invalid
@@ -304,8 +315,12 @@ def play(
     if not pending:
         return {}
     root = None if games_root is None else str(games_root)
+    game_files: dict[str, list[str]] = {}  # the games to play, per env
+    for episode in (manifest.episodes[i] for i in pending):
+        if episode.game is not None:
+            game_files.setdefault(env_key(episode), []).append(str(Path(root) / episode.game["path"]))
     n = min(num_envs, len(pending))
-    player_args = (settings, policy.needs_oracle, root, skip_invalid_games)
+    player_args = (settings, policy.needs_oracle, root, skip_invalid_games, game_files)
     if vectorization == "sync":
         slots = SyncSlots(n, lambda: EpisodePlayer(*player_args), schedule_seed)
     else:
