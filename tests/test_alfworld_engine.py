@@ -24,8 +24,6 @@ from vlm_envs.alfworld_wrap.games import find_games  # noqa: E402
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, goal_conditions  # noqa: E402
 
 SHIPPED = find_games(shipped_games_dir(), tuple(TASK_TYPES.values()))
-EVALUATION = [g for split in ("eval_in_distribution", "eval_out_of_distribution")
-              for g in find_games(shipped_games_dir() / split, tuple(TASK_TYPES.values()))]
 
 
 def _first_per_type(games, n=1):
@@ -199,7 +197,7 @@ class _PlainTextWorld:
                          ids=lambda g: f"{Path(g.game_file).parts[-4]}-{g.task_type}")
 def test_engine_caches_change_nothing_textworld_says(game):
     """Feedback, admissible commands, facts and won are textworld's own, step for step (the
-    evaluation games' parses and translations come from the package, the others are made here)."""
+    out-of-distribution games' translations come from the package, the train games' are made here)."""
     data = read_game_file(game.game_file)
     argv = list(sys.argv)
     plain = _PlainTextWorld(data)
@@ -228,11 +226,13 @@ def test_engine_caches_change_nothing_textworld_says(game):
 
 
 def test_a_shipped_evaluation_game_loads_without_parsing_or_translating(monkeypatch, tmp_path):
-    """Each evaluation game's grammar parse (~0.25 s of CPU) and PDDL translation (seconds) ship
-    with the package, so its first reset on a new machine does neither."""
+    """The env's grammar parse (~0.25 s of CPU, one for every game) and each evaluation game's
+    PDDL translation (seconds) ship with the package, so a first reset on a new machine, even the
+    first of a process, does neither."""
     from textworld.envs.pddl import logic as pddl_logic
 
     from vlm_envs.alfworld_wrap import engine as eng
+    from vlm_envs.alfworld_wrap.env import ALFWorldEnv
 
     def refuse(*args, **kwargs):
         raise AssertionError("parsed or translated a shipped evaluation game")
@@ -242,11 +242,14 @@ def test_a_shipped_evaluation_game_loads_without_parsing_or_translating(monkeypa
     monkeypatch.setattr(eng, "_translate", refuse)
     eng._LOGIC_CACHE.clear()
     eng._SAS_CACHE.clear()
-    engine = Engine()
-    for game in EVALUATION:
-        engine.load(read_game_file(game.game_file))
-        assert engine.reset().admissible_commands, game.game_file
-    assert len(EVALUATION) == 274 and not list(tmp_path.iterdir())
+    played = 0
+    for split in ("eval_in_distribution", "eval_out_of_distribution"):
+        env = ALFWorldEnv(split=split)
+        for i in range(len(env.games)):
+            _, info = env.reset(seed=i, options={"game_index": i})
+            assert info["admissible_commands"], env.games[i].game_file
+        played += len(env.games)
+    assert played == 274 and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("game", SAMPLE, ids=lambda g: g.name)
@@ -286,9 +289,18 @@ def test_generator_cli(tmp_path):
     out = tmp_path / "games"
     proc = subprocess.run(
         [sys.executable, "-m", "vlm_envs.alfworld_wrap.generate", "--out", str(out), "--games-per-type", "1",
-         "--splits", "train", "--task-types", "pick_and_place_simple", "--quiet"],
+         "--splits", "train", "--task-types", "pick_and_place_simple", "--quiet",
+         "--write-translations", str(tmp_path / "translations")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote 1 games" in proc.stdout
-    assert len(list(out.glob("train/*/*/game.tw-pddl"))) == 1
+    [game] = out.glob("train/*/*/game.tw-pddl")
+    # what it wrote is what the env looks up: the parse of the env's grammar and the translation
+    from vlm_envs.alfworld_wrap import engine as eng
+    from vlm_envs.alfworld_wrap.env import game_data
+
+    data = game_data(game)
+    wanted = {eng._entry_name(*eng._logic_key(data["pddl_domain"], data["grammar"])),
+              eng._entry_name(*eng._translation_key(data["pddl_domain"], data["pddl_problem"], False))}
+    assert {p.name for p in (tmp_path / "translations").iterdir()} == wanted

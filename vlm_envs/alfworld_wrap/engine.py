@@ -5,8 +5,8 @@ fast-downward library applies actions, textworld's grammar writes the feedback) 
 alfworld's ``AlfredDemangler`` (which turns ``Apple_bar__minus_01_dot_23...`` into ``apple 1``).
 This module adds only caches around it, never game logic:
 
-* the parsed grammar and domain (``GameLogic``) are shared by every game with the same domain and
-  grammar (each ALFWorld game has its own grammar, whose parse costs ~0.25 s of CPU);
+* the parsed grammar and domain (``GameLogic``, ~0.25 s of CPU) are shared by every game with the
+  same domain and grammar (the env gives all its games one grammar, see ``env.game_data``);
 * the PDDL -> SAS translation of a problem is cached, so resetting the same game again is cheap;
 * the translation the planner needs (``optimize=True``) is made only when a plan is asked for;
 * the text of an admissible command is cached per action and the placeholders its template

@@ -622,10 +622,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = generate(args.out, args.seed, args.games_per_type, args.splits, args.task_types, progress=not args.quiet,
                      counts=counts, avoid=args.avoid)
     if args.write_translations is not None:
-        from vlm_envs.alfworld_wrap.engine import read_game_file, write_translation
+        from vlm_envs.alfworld_wrap.engine import write_translation
+        from vlm_envs.alfworld_wrap.env import game_data
 
         for path in paths:
-            write_translation(read_game_file(path), args.write_translations)
+            write_translation(game_data(path), args.write_translations)
     print(f"wrote {len(paths)} games under {args.out}")
     if counts is None:
         return 0
