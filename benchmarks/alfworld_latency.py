@@ -12,7 +12,8 @@ Measured on the shipped evaluation games, then on the shipped train games with a
   translation read from the package (an empty disk cache, nothing of the game in memory), in a
   process that has loaded the libraries (by resetting a train game);
 * ``eval game, first reset of a new process``: the same, as the first reset a process makes
-  (the one-time loading of the planner library and textworld included; one process per game);
+  (the planner library's one-time setup included; textworld is imported when the env is made,
+  before the timing; one process per game);
 * ``reset, first time``: fast-downward translates the PDDL problem (an empty disk cache);
 * ``reset, new to the process``: the translation comes from the on-disk cache;
 * ``reset, played before``: the translation is in memory;

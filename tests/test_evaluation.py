@@ -370,3 +370,19 @@ def test_alfworld_manifests_have_the_official_sizes_and_verified_games(name):
         mix[task_type] = mix.get(task_type, 0) + 1
     assert mix == ALFWORLD_MIX[name]
     assert len({e.game["path"] for e in manifest.episodes}) == len(manifest.episodes)
+
+
+def test_the_committed_smollm2_card_is_complete_and_is_the_readme_row():
+    root = Path(__file__).resolve().parent.parent
+    card = json.loads((root / "docs" / "results" / "smollm2-135m-cards-v0.json").read_text())
+    manifest = load_manifest("cards-v0")
+    assert card["complete"] and card["manifest"]["sha256"] == manifest.sha256
+    assert [(r["env_id"], r["seed"]) for r in card["episodes"]] == [(e.env_id, e.seed) for e in manifest.episodes]
+    assert summarize(card["episodes"]) == card["summary"]
+    cells = []
+    for env_id in CARD_ENVS:
+        group = card["summary"]["per_env"][env_id]
+        low, high = group["wilson_95"]
+        cells.append(f"{100 * group['success_rate']:.1f} ({100 * low:.1f}-{100 * high:.1f})")
+    row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| SmolLM2-135M"))
+    assert row.split(" | ")[1:5] == cells

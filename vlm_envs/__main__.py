@@ -121,7 +121,9 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         env_ids = list(CARD_ENVS) if args.env in (None, "all") else [args.env]
         for env_id in env_ids:
-            if env_id not in gym.registry or not str(gym.spec(env_id).entry_point).startswith("vlm_envs"):
+            if env_id not in gym.registry:
+                parser.error(f"unknown env id {env_id!r}; registered by vlm_envs: {', '.join(CARD_ENVS)}")
+            if not str(gym.spec(env_id).entry_point).startswith("vlm_envs"):
                 parser.error(f"{env_id!r} is not an env of vlm_envs; its card games: {', '.join(CARD_ENVS)}")
         if args.episodes < 1:
             parser.error("--episodes must be positive")

@@ -136,6 +136,7 @@ def evaluate(
         from vlm_envs.alfworld_wrap import shipped_games_dir
 
         games_root = shipped_games_dir()
+    skipped = check_games(manifest, games_root, skip_invalid_games)  # before a model is loaded
     owned = isinstance(policy, str)  # made here, so closed here
     policy = make_policy(policy) if owned else policy
     journal = None
@@ -143,7 +144,6 @@ def evaluate(
         description = policy.describe()
         identity = _identity(manifest, description, settings)
         done = load_done(out, identity) if resume else {}
-        skipped = check_games(manifest, games_root, skip_invalid_games)
         todo = [i for i in range(len(manifest.episodes)) if i not in done and i not in skipped]
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
