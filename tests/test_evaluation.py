@@ -132,6 +132,12 @@ class CountingPolicy(RandomPolicy):
         return super().act(requests)
 
 
+def _write_journal(out: Path, card: dict, records: list[dict]) -> None:
+    """The journal a killed run of ``card``'s manifest, policy and settings leaves after ``records``."""
+    header = {"manifest": card["manifest"], "policy": card["policy"], "settings": card["settings"]}
+    journal_path(out).write_text("".join(json.dumps(x) + "\n" for x in [header, *records]))
+
+
 def test_resume_after_kill_neither_repeats_nor_loses_episodes(tmp_path):
     episodes = tuple(Episode("gym_cards/Points24-v0", {}, 5000 + i) for i in range(400))
     manifest = Manifest("resume-test", episodes).with_hash()
@@ -167,8 +173,7 @@ def test_a_run_without_resume_refuses_to_overwrite_an_unfinished_journal(tmp_pat
     manifest = _small_manifest(2)
     fresh = evaluate(manifest, "random")
     out = tmp_path / "results.json"
-    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
-    journal_path(out).write_text("".join(json.dumps(x) + "\n" for x in [header, *fresh["episodes"][:2]]))
+    _write_journal(out, fresh, fresh["episodes"][:2])
     before = journal_path(out).read_text()
     with pytest.raises(ValueError, match="unfinished run.*--resume"):
         evaluate(manifest, "random", out=out)
@@ -282,8 +287,7 @@ def test_resume_from_a_journal_written_before_the_labels(tmp_path):
     old = [{**{k: v for k, v in r.items() if k != "optimal_actions"},
             "final_info": {k: v for k, v in r["final_info"].items() if k not in LABEL_KEYS}}
            for r in fresh["episodes"] if r["index"] < 2]
-    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
-    journal_path(out).write_text("\n".join(json.dumps(x) for x in [header, *old]) + "\n")
+    _write_journal(out, fresh, old)
     card = evaluate(manifest, "random", out=out, resume=True)
     assert card["complete"] and [r for r in card["episodes"] if r["index"] < 2] == old
     per_env = card["summary"]["per_env"]
@@ -311,9 +315,7 @@ def test_a_kill_while_resume_rewrites_the_journal_loses_nothing(tmp_path, monkey
     manifest = _small_manifest(2)
     fresh = evaluate(manifest, "random")
     out = tmp_path / "results.json"
-    header = {"manifest": fresh["manifest"], "policy": fresh["policy"], "settings": fresh["settings"]}
-    kept = [r for r in fresh["episodes"] if r["index"] < 3]
-    journal_path(out).write_text("".join(json.dumps(x) + "\n" for x in [header, *kept]))
+    _write_journal(out, fresh, [r for r in fresh["episodes"] if r["index"] < 3])
     before = journal_path(out).read_text()
     real_dumps = json.dumps
 

@@ -62,6 +62,10 @@ class Episode:
     seed: int = 0
     game: dict[str, str] | None = field(default=None, hash=False)  # game_entry(): path and sha256s
 
+    def game_file(self, games_root: str | Path) -> Path:
+        """Where this episode's named game is, under ``games_root``."""
+        return Path(games_root) / self.game["path"]
+
     def to_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {"env_id": self.env_id, "kwargs": self.kwargs, "seed": self.seed}
         if self.game is not None:

@@ -97,7 +97,7 @@ class EpisodePlayer:
         self._env = self._make(spec)
         options = None
         if spec.game is not None:
-            options = {"game_file": str(Path(self.games_root) / spec.game["path"])}
+            options = {"game_file": str(spec.game_file(self.games_root))}
         obs, info = self._env.reset(seed=spec.seed, options=options)
         view = self._view(obs, info, 0.0, False, False)
         view["skipped_games"] = list(getattr(self._env.unwrapped, "skipped_games", []))
@@ -270,7 +270,7 @@ def check_games(manifest: Manifest, games_root: str | Path | None, skip_invalid:
     for index, episode in enumerate(manifest.episodes):
         if episode.game is None:
             continue
-        path = Path(games_root) / episode.game["path"]
+        path = episode.game_file(games_root)
         if path not in hashes:
             hashes[path] = game_digests(path)
         differ = [(path.with_name(name), ours) for name, ours, listed in
@@ -318,7 +318,7 @@ def play(
     game_files: dict[str, list[str]] = {}  # the games to play, per env
     for episode in (manifest.episodes[i] for i in pending):
         if episode.game is not None:
-            game_files.setdefault(env_key(episode), []).append(str(Path(root) / episode.game["path"]))
+            game_files.setdefault(env_key(episode), []).append(str(episode.game_file(root)))
     n = min(num_envs, len(pending))
     player_args = (settings, policy.needs_oracle, root, skip_invalid_games, game_files)
     if vectorization == "sync":
