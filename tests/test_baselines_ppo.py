@@ -257,11 +257,11 @@ def test_reading_objective_learns_digits_and_gate_scores_states(tmp_path, tiny_p
     picked = [s for s in states if tuple(s["fields"]) in {(0, 5), (5, 0), (2, 3), (3, 2)}]
     images = stack_images(policy.encoder.encode([""] * len(picked), [s["image"] for s in picked]))
     labels = torch.tensor([s["fields"] for s in picked])
-    head = ReadingHead(image_tokens(vlm, images).shape[1], vlm.config.text_config.hidden_size)
+    head = ReadingHead(image_tokens(policy, images).shape[1], vlm.config.text_config.hidden_size)
     optimizer = torch.optim.AdamW(vision_path_parameters(vlm) + list(head.parameters()), lr=1e-3)
-    first, _ = reading_loss(head, vlm, images, labels)
+    first, _ = reading_loss(head, policy, images, labels)
     for _ in range(80):
-        loss, acc = reading_loss(head, vlm, images, labels)
+        loss, acc = reading_loss(head, policy, images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -29,28 +29,22 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     load_policy,
     trainable_vision_parameters,
 )
-from baselines.vlm_ppo.tiny_families import FAMILIES, LLAVA_NEXT_7B_GEOMETRY, build_metaspace_tokenizer, build_tiny  # noqa: E402
+from baselines.vlm_ppo.tiny_families import (  # noqa: E402
+    CONV_TEMPLATES as TEMPLATE,
+    FAMILIES,
+    LLAVA_NEXT_7B_GEOMETRY,
+    build_metaspace_tokenizer,
+    build_tiny,
+)
 from tests.utils import checkpoint_copy  # noqa: E402
+from tests.utils import family_config as _config  # noqa: E402
 from vlm_envs.text import build_prompt  # noqa: E402
 
-TEMPLATE = {f: ("llava_v1" if f.startswith("llava") else "chat_template") for f in FAMILIES}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads(one_torch_thread):
     """One torch thread for every test here."""
-
-
-@pytest.fixture(scope="module")
-def family_path(tmp_path_factory):
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model")
-        return cache[family]
-
-    return get
 
 
 def _policy(path, family, temperature=0.7, **load):
@@ -157,14 +151,6 @@ def test_checkpoint_generation_config_does_not_leak(tmp_path):
 
 
 # --- (c) epoch-0 ratio is exactly 1, fp32 and bf16 ------------------------------------------
-def _config(tmp_path, path, family="llava", **overrides) -> Config:
-    base = dict(output_dir=str(tmp_path), model=str(path), threads=1, num_envs=2, num_steps=2, num_updates=1,
-                ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
-                temperature=1.0, max_new_tokens=10, eval_every=0, save_every=1, missing_action_key="last5",
-                conv_template=TEMPLATE[family], eval_sampled=False, eval_greedy_episodes=2, eval_episodes=2)
-    return Config(**{**base, **overrides})
-
-
 @pytest.mark.parametrize("dtype,lora_r", [("float32", 0), ("bfloat16", 4)])
 def test_epoch0_ratio_is_one(tmp_path, family_path, dtype, lora_r):
     """With LoRA dropout configured and gradient checkpointing on: a pass with dropout active, or in

@@ -25,7 +25,9 @@ def evaluate(cfg, policy, *, greedy: bool, episodes: int | None = None) -> dict[
     """
     episodes = episodes or ((cfg.eval_greedy_episodes or cfg.eval_episodes) if greedy else cfg.eval_episodes)
     check_eval_seeds(cfg.eval_seed, episodes)
-    width = min(episodes, 64 if greedy else max(cfg.num_envs, 8))
+    if cfg.eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be at least 1, got {cfg.eval_batch_size}")
+    width = min(episodes, cfg.eval_batch_size if greedy else max(cfg.num_envs, 8))
     was_training = policy.training
     policy.eval()
     # Finished envs reset in the same step and idle (their answers are ignored) until the batch ends.

@@ -20,6 +20,7 @@ import torch
 from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses
 from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.device import make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
@@ -96,12 +97,10 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    from accelerate import Accelerator
-
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ppo_config.json").write_text(to_json(cfg))
