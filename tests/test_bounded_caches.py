@@ -105,3 +105,18 @@ def test_caches_stay_within_budget_for_1000_sizes_and_targets():
     gc.collect()
     print(f"RSS grew {(_rss() - rss_before) / MiB:.0f} MiB; caches hold {sum(held.values()) / MiB:.0f} MiB")
     assert _rss() - rss_before < RSS_GROWTH_BOUND
+
+
+@pytest.mark.filterwarnings("ignore:ALFWorld split")
+def test_alfworld_layouts_stay_within_budget_at_large_sizes():
+    """The schematic kept 16 room layouts whatever their size (16 at 2048x2048: ~200 MiB before
+    their tiles); now large ones push older ones out."""
+    pytest.importorskip("alfworld")
+    from vlm_envs.alfworld_wrap.env import ALFWorldEnv
+    from vlm_envs.alfworld_wrap.schematic import _layout
+
+    for side in (2048, 2000, 1900, 1800):
+        env = ALFWorldEnv(image_size=(side, side))
+        env.reset(seed=0)
+        env.step("look")
+    assert _layout.cache.nbytes <= _layout.cache.max_bytes and len(_layout.cache) <= 2
