@@ -430,7 +430,7 @@ def test_accumulation_remainder_is_stepped_not_carried(tmp_path, family_path, mo
 
     def recording_backward(self, loss, **kwargs):
         window_ends.append(bool(self.sync_gradients))
-        weights.append(float(loss) / self.gradient_accumulation_steps)  # what reaches torch's backward
+        weights.append(float(loss.detach()) / self.gradient_accumulation_steps)  # what reaches torch's backward
         return backward(self, loss, **kwargs)
 
     def recording_losses(*args, **kwargs):
