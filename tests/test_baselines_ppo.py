@@ -65,6 +65,37 @@ def tiny_config(tmp_path, tiny_path, **overrides) -> Config:
 
 
 # --- model ----------------------------------------------------------------------------------
+def test_tiny_model_is_built_once_by_processes_starting_together(tmp_path, monkeypatch):
+    """Two starts at once (as ``accelerate launch`` makes them) build ``tiny-base`` once; the other
+    waits and gets the finished model. Before, both saw no model and built into the same folder."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from baselines.vlm_ppo import tiny
+    from baselines.vlm_ppo.train import resolve_model
+
+    builds, both_started = [], threading.Barrier(2)
+
+    def slow_build(path, spec=None):
+        builds.append(path)
+        time.sleep(0.5)
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text("{}")
+        return Path(path)
+
+    def start(_):
+        both_started.wait()
+        return resolve_model(Config(output_dir=str(tmp_path), model="tiny"))
+
+    monkeypatch.setattr(tiny, "build_tiny_llava", slow_build)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(start, range(2)))
+    assert len(builds) == 1 and paths[0] == paths[1] == str(tmp_path / "tiny-base")
+    assert (tmp_path / "tiny-base" / "config.json").exists()
+
+
 def test_saved_tiny_model_reloads_through_auto_classes(tiny_path, tiny):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -125,7 +125,7 @@ class Config:
     norm_adv: bool = True
     """Normalise advantages over the rollout buffer."""
     success_window: int = 200
-    """Rolling window (training episodes) of the logged training success rate (paper: 200)."""
+    """Rolling window (training episodes) of the logged training success rate (paper: 200); per process, the logged rate covering every process's window."""
 
     # --- evaluation, checkpoints, logging ---
     eval_every: int = 5
@@ -147,7 +147,7 @@ class Config:
     resume: bool = False
     """Continue from ``output_dir/checkpoints/latest`` (weights, optimizer, scheduler, RNG, and the envs, rebuilt by replaying their seeds and actions); the run then continues exactly as if never stopped."""
     time_limit_min: float = 0.0
-    """Stop PPO (checkpoint, final eval) after this many minutes of wall time; 0: no limit."""
+    """Stop PPO (checkpoint, final eval) after this many minutes of wall time, by process 0's clock for every process; 0: no limit."""
 
     # --- SFT warm start ---
     sft_data: str = ""
@@ -201,7 +201,7 @@ PRESETS: dict[str, dict[str, object]] = {
 # The paper's GPU recipe (RL4VLM's run scripts): LoRA r128/α256 on the LLM and projector, bf16,
 # gradient checkpointing, RL4VLM's image preprocessing, minibatch 1 with 128-step accumulation,
 # 4 epochs, lr 1e-5 -> 1e-9, T 0.2, 256 new tokens; one env per process, two processes
-# (``accelerate launch --num_processes 2``; ALFWorld: one).
+# (``accelerate launch --multi_gpu --num_processes 2``; ALFWorld: one).
 PAPER: dict[str, object] = dict(
     lora_r=128, lora_alpha=256, lora_dropout=0.05, dtype="bfloat16", gradient_checkpointing=True,
     image_mode="reference", conv_template="llava_v1", num_envs=1, ppo_epochs=4, minibatch_size=1,
