@@ -90,6 +90,25 @@ def test_a_stuck_step_answers_an_error_and_frees_its_slot_and_its_core(monkeypat
                 env.close()
 
 
+def test_a_reset_that_never_ends_answers_an_error_and_closes_its_session(monkeypatch):
+    """The issue's case: Points24 with solvable_only and an unreachable target dealt forever."""
+    original = NumberLineEnv.reset
+
+    def reset(self, *, seed=None, options=None):
+        while seed == 666:  # a deal that never finds a hand
+            pass
+        return original(self, seed=seed, options=options)
+
+    monkeypatch.setattr(NumberLineEnv, "reset", reset)
+    with serve_in_thread(create_app(NUMBER_LINE, max_sessions=1, step_timeout_s=1.0)) as url:
+        with websockets_sync.connect(ws_url(url), max_size=None) as ws:
+            answer = _ask(ws, {"type": "reset", "data": {"seed": 666}})
+            assert answer["data"]["code"] == "SESSION_ERROR" and "a reset took longer than the step timeout" in answer["data"]["message"]
+            with pytest.raises(Exception, match="1000|closed"):  # the server closed the session
+                _ask(ws, {"type": "reset", "data": {"seed": 0}})
+        _retry(lambda: RemoteEnv(url), SessionRefused).close()  # its only slot is free again
+
+
 def test_idle_sessions_are_closed_while_another_session_is_stuck(monkeypatch):
     """No reaper waits on a stuck env: a session blocked in native code (no step timeout here)
     does not keep an idle one from being closed."""
