@@ -1,8 +1,9 @@
-"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id."""
+"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, a free port, checkpoint copies."""
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 
 import gymnasium as gym
 
@@ -18,6 +19,13 @@ def _needs(spec) -> str | None:
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
 AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.find_spec(_needs(s)) is not None]
 CARD_SPECS = [s for s in ALL_SPECS if s.id.startswith("gym_cards/")]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server that must come back on the same address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def checkpoint_copy(run_dir, new_dir, update: int = 0):
