@@ -167,7 +167,8 @@ def test_frozen_tower_runs_once_per_transition(tmp_path, family_path, monkeypatc
                   num_steps=3)
     train.train_ppo(cfg)
     transitions, bootstrap = cfg.num_steps * cfg.num_envs, cfg.num_envs
-    assert len(runs) == transitions + bootstrap + truncated[0]  # one sample per run
+    probe = 1  # setup's reachability probe (train.freeze_unreachable): one blank observation
+    assert len(runs) == probe + transitions + bootstrap + truncated[0]  # one sample per run
 
 
 def test_trainable_tower_runs_in_every_pass(tmp_path, family_path):

@@ -7,7 +7,6 @@ and returns the answer already encoded as JSON text, so the server's event loop 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import re
@@ -17,7 +16,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
-from vlm_envs.registration import registered_ids
+from vlm_envs.registration import constructor_arguments, path_arguments, registered_ids
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, encode_image, encode_value, space_to_json
 from vlm_envs.wrappers import TextActions
 
@@ -60,7 +59,7 @@ def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) 
     server_only = sorted(set(env_kwargs) & path_arguments(env_id)) if from_client else []
     if server_only:
         raise ValueError(f"{server_only} name paths on the server: only the server's --env-kwargs may set them")
-    own = list(_own_arguments(env_id))
+    own = [name for name in constructor_arguments(env_id) if name != "render_mode"]
     unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
     if unknown:
         raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
@@ -97,40 +96,6 @@ def check_replay(replay: Any) -> tuple[str, ...]:
 def env_class(env_id: str) -> type:
     """The class ``gym.make(env_id)`` builds (from vlm_envs' own registry entry, never from client text)."""
     return load_env_creator(gym.spec(check_env_id(env_id)).entry_point)
-
-
-@functools.lru_cache(maxsize=None)
-def _constructor_parameters(env_id: str) -> tuple[inspect.Parameter, ...]:
-    """The named arguments of the env's constructor, following ``**kwargs`` up to the base classes that take them."""
-    found: dict[str, inspect.Parameter] = {}
-    for klass in env_class(env_id).__mro__:
-        if "__init__" not in klass.__dict__:
-            continue
-        params = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]
-        for p in params:
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                found.setdefault(p.name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return tuple(found.values())
-
-
-def _own_arguments(env_id: str) -> tuple[str, ...]:
-    return tuple(p.name for p in _constructor_parameters(env_id) if p.name != "render_mode")
-
-
-try:
-    from vlm_envs.registration import path_arguments  # the env side's one definition of "names a server path"
-except ImportError:
-    # LOCAL FALLBACK until vlm_envs.registration.path_arguments lands (issue 19, env side); the
-    # lead replaces this block with the import above at merge. A path argument is annotated as a
-    # path or named like one; derived from the constructor's signature, never a hand list of names.
-    _PATH_SUFFIXES = ("_dir", "_dirs", "_file", "_files", "_path", "_paths", "_art")
-
-    def path_arguments(env_id: str) -> set[str]:
-        """The env's constructor arguments that name files or folders on the server."""
-        return {p.name for p in _constructor_parameters(env_id)
-                if "Path" in str(p.annotation) or p.name.endswith(_PATH_SUFFIXES)}
 
 
 # -- the session's env ----------------------------------------------------------------------------
