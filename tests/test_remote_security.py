@@ -30,9 +30,11 @@ from tests.utils import ALL_SPECS, free_port
 pytest.importorskip("openenv.core")
 from vlm_envs.cards.number_line import NumberLineEnv  # noqa: E402
 from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused  # noqa: E402
+from vlm_envs.registration import constructor_arguments, path_arguments  # noqa: E402
 from vlm_envs.remote import served_env  # noqa: E402
 from vlm_envs.remote.server import (MAX_TEXT_CHARS, ServedEnv, check_env_kwargs, create_app, exposure_warning,  # noqa: E402
-                                     path_arguments, serve_in_process, serve_in_thread)
+                                     serve_in_process, serve_in_thread)
+from vlm_envs.spaces import MAX_IMAGE_SIDE  # noqa: E402
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
@@ -198,6 +200,12 @@ def test_lone_surrogates_play_as_the_local_env_plays_them():
             remote.close()
 
 
+@pytest.mark.parametrize("steps", [0, -3, 10**9, "10", 2.5])
+def test_max_episode_steps_from_a_client_is_checked(steps):
+    with pytest.raises((TypeError, ValueError), match="max_episode_steps"):
+        check_env_kwargs(NUMBER_LINE, {"max_episode_steps": steps})
+
+
 def test_replay_texts_obey_the_step_limit():
     with serve_in_thread(create_app(NUMBER_LINE)) as url:
         remote = RemoteEnv(url)
@@ -220,13 +228,14 @@ def test_format_penalty_must_be_finite(penalty):
             remote.close()
 
 
-def test_a_4096_pixel_raw_frame_reaches_remote_env():
+def test_the_largest_raw_frame_reaches_remote_env():
+    side = MAX_IMAGE_SIDE  # the envs refuse larger frames
     with serve_in_thread(create_app(NUMBER_LINE, max_sessions=1)) as url:
-        remote = RemoteEnv(url, image_encoding="raw", env_kwargs={"image_size": [4096, 4096]})
+        remote = RemoteEnv(url, image_encoding="raw", env_kwargs={"image_size": [side, side]})
         try:
             obs, _ = remote.reset(seed=0)
-            expected, _ = local_env(NUMBER_LINE, image_size=(4096, 4096)).reset(seed=0)
-            assert obs["image"].shape == (4096, 4096, 3) and np.array_equal(obs["image"], expected["image"])
+            expected, _ = local_env(NUMBER_LINE, image_size=(side, side)).reset(seed=0)
+            assert obs["image"].shape == (side, side, 3) and np.array_equal(obs["image"], expected["image"])
         finally:
             remote.close()
 
@@ -246,7 +255,7 @@ def test_an_answer_over_the_clients_limit_is_refused_clearly(monkeypatch):
 # -- server paths ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.id)
 def test_arguments_naming_server_paths_are_server_only_for_every_registered_id(spec):
-    own = {p.name for p in served_env._constructor_parameters(spec.id)}
+    own = set(constructor_arguments(spec.id))
     paths = path_arguments(spec.id)
     assert own & {"card_art", "game_dir", "game_files"} <= paths  # every one this package has today
     assert not paths & {"image_size", "target_points", "text_mode", "oracle_labels", "split", "max_position"}

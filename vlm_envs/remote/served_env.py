@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
+from vlm_envs.arguments import check_int
 from vlm_envs.registration import constructor_arguments, path_arguments, registered_ids
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, encode_image, encode_value, space_to_json
 from vlm_envs.wrappers import TextActions
@@ -25,6 +26,8 @@ MAX_EPISODE_ID_CHARS = 255
 DEFAULT_IMAGE_ENCODING = "png"
 # gym.make arguments that are not the env's own but are safe to pass from a client
 _MAKE_ARGUMENTS = ("max_episode_steps",)
+MAX_EPISODE_STEPS = 100_000
+"""The largest ``max_episode_steps`` a client may ask for."""
 _RESET_FIELDS = ("seed", "episode_id", "options", "env_kwargs", "text_actions", "image_encoding", "env_id", "replay")
 # An absolute path of two or more parts (``/etc/S2.png``, ``~/games/x``) in an error message.
 _SERVER_PATH = re.compile(r"(?<![\w/.~-])~?/[\w.-]+(?:/[\w.-]*)+")
@@ -63,6 +66,8 @@ def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) 
     unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
     if unknown:
         raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
+    if "max_episode_steps" in env_kwargs:  # gym.make's own argument: no env constructor checks it
+        check_int("max_episode_steps", env_kwargs["max_episode_steps"], 1, MAX_EPISODE_STEPS)
     return dict(env_kwargs)
 
 
