@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
+import typing
 from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -13,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.utils import ALL_SPECS, AVAILABLE_SPECS
+from tests.utils import ALL_SPECS, AVAILABLE_SPECS, write_card_art
 from vlm_envs.cards import EZPointsEnv, NumberLineEnv, Points24Env
 from vlm_envs.cards.deck import CARD_VALUES, FULL_DECK, hand_probability
 from vlm_envs.cards.formula import reachable_integers, solve
 from vlm_envs.cards.number_line import MAX_POSITION
-from vlm_envs.registration import constructor_arguments, path_arguments
+from vlm_envs.arguments import ServerPath, names_server_path
+from vlm_envs.registration import _constructor_annotations, constructor_arguments, path_arguments
 from vlm_envs.rendering import font
 
 # A call must answer within this: a correctness bound against hangs (a deal that never ends, a
@@ -229,18 +234,49 @@ def test_path_arguments_of_every_registered_id(env_id):
     assert path_arguments(env_id) <= set(constructor_arguments(env_id))
 
 
+# Constructor arguments that take text but name no file of the machine the env runs on. A new
+# argument typed str, a path or a sequence of them must be a ServerPath or be added here with why.
+NOT_PATHS = {
+    "render_mode": "a gymnasium render mode name",
+    "text_mode": "a choice among the env's text layouts",
+    "split": "an ALFWorld split name, resolved inside the server's own game folder",
+    "task_types": "ALFWorld task type names or numbers",
+    "obs_text_format": "a choice among ALFWorld's observation layouts",
+    "match_mode": "a choice among ALFWorld's command matchers",
+}
+
+
+def _takes_text_or_paths(annotation) -> bool:
+    """Whether an annotation admits a str or a path, alone, optional or in a sequence (not a Literal's fixed choices)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return False
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, os.PathLike)):
+        return True
+    return any(_takes_text_or_paths(arg) for arg in typing.get_args(annotation))
+
+
+def _unmarked_text_arguments(annotations) -> list[str]:
+    """Arguments that take text or paths, are not ServerPath and are not in NOT_PATHS; unannotated ones too."""
+    return [name for name, annotation in annotations if name not in NOT_PATHS and (
+        annotation is typing.Any or (_takes_text_or_paths(annotation) and not names_server_path(annotation)))]
+
+
+@pytest.mark.parametrize("env_id", [s.id for s in ALL_SPECS])
+def test_every_argument_that_takes_a_path_is_a_server_path_or_known_not_to_name_a_file(env_id):
+    """A path argument typed plain ``str`` would be a client's to set: the server would read what it names."""
+    assert _unmarked_text_arguments(_constructor_annotations(env_id)) == []
+
+
+def test_the_path_argument_net_catches_plain_text_and_path_types():
+    caught = [("art_dir", str), ("maps", Path), ("files", typing.Optional[Sequence[os.PathLike]]), ("untyped", typing.Any)]
+    passed = [("card_art", typing.Optional[ServerPath]), ("files", Sequence[ServerPath]), ("mode", typing.Literal["a", "b"]),
+              ("size", tuple[int, int]), ("text_mode", str)]
+    assert _unmarked_text_arguments(caught + passed) == ["art_dir", "maps", "files", "untyped"]
+
+
 def test_path_arguments_refuses_foreign_ids():
     with pytest.raises(ValueError, match="not an id registered by vlm_envs"):
         path_arguments("CartPole-v1")
-
-
-def _write_card_art(folder, skip: str = "") -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for code in (*FULL_DECK, "back"):
-        if code != skip:
-            Image.new("RGB", (10, 14), (200, 10 * len(code), 30)).save(folder / f"{code}.png")
 
 
 @pytest.mark.parametrize("env_id", sorted(k for k, v in EXPECTED_PATH_ARGUMENTS.items() if v))
@@ -248,7 +284,7 @@ def test_card_art_errors_reveal_no_server_path(tmp_path, env_id):
     """``card art /etc/S2.png not found`` told a client which files a folder held; now a missing
     folder and an incomplete one get the same message, naming neither the folder nor its files."""
     incomplete = tmp_path / "secret-folder"
-    _write_card_art(incomplete, skip="S2")
+    write_card_art(incomplete, skip="S2")
     messages = []
     for folder in (incomplete, tmp_path / "missing", "\0"):
         with pytest.raises(ValueError) as err:
@@ -260,7 +296,7 @@ def test_card_art_errors_reveal_no_server_path(tmp_path, env_id):
 def test_card_art_is_drawn_and_cached_once_per_folder_however_spelled(tmp_path):
     from vlm_envs.cards.drawing import card_sprite
 
-    _write_card_art(tmp_path / "art")
+    write_card_art(tmp_path / "art")
     before = len(card_sprite.cache)
     frames = []
     for spelling in (tmp_path / "art", f"{tmp_path}/./art", f"{tmp_path}/art/../art/"):

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, a free port, checkpoint copies."""
+"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, a free port, card art, checkpoint copies."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_card_art(folder, skip: str = "") -> None:
+    """A card-art folder (a PNG per card and ``back``) for ``card_art``; ``skip``: a card left out."""
+    from PIL import Image
+
+    from vlm_envs.cards.deck import FULL_DECK
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for code in (*FULL_DECK, "back"):
+        if code != skip:
+            Image.new("RGB", (10, 14), (200, 10 * len(code), 30)).save(folder / f"{code}.png")
 
 
 def checkpoint_copy(run_dir, new_dir, update: int = 0):
