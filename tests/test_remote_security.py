@@ -13,6 +13,7 @@ import base64
 import contextlib
 import importlib.util
 import json
+import os
 import resource
 import socket
 import threading
@@ -25,13 +26,15 @@ import numpy as np
 import pytest
 
 from tests.test_remote import _ask, _retry, assert_same_step, local_env
-from tests.utils import ALL_SPECS, free_port
+from tests.utils import ALL_SPECS, free_port, write_card_art
 
 pytest.importorskip("openenv.core")
 from vlm_envs.cards.number_line import NumberLineEnv  # noqa: E402
-from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused  # noqa: E402
+from vlm_envs.cards.points24 import Points24Env  # noqa: E402
+from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, TokenRefused  # noqa: E402
 from vlm_envs.registration import constructor_arguments, path_arguments  # noqa: E402
 from vlm_envs.remote import served_env  # noqa: E402
+from vlm_envs.remote.served_env import PathMask  # noqa: E402
 from vlm_envs.remote.server import (MAX_TEXT_CHARS, ServedEnv, check_env_kwargs, create_app, exposure_warning,  # noqa: E402
                                      serve_in_process, serve_in_thread)
 from vlm_envs.spaces import MAX_IMAGE_SIDE  # noqa: E402
@@ -206,6 +209,17 @@ def test_max_episode_steps_from_a_client_is_checked(steps):
         check_env_kwargs(NUMBER_LINE, {"max_episode_steps": steps})
 
 
+@pytest.mark.parametrize("env_kwargs", [[], 0, "", False, [["max_position", 3]]])
+def test_env_kwargs_that_are_not_an_object_are_refused(env_kwargs):
+    served = ServedEnv(NUMBER_LINE, {})
+    try:
+        with pytest.raises(TypeError, match="env_kwargs must be a JSON object"):
+            served.reset({"seed": 0, "env_kwargs": env_kwargs})
+        assert json.loads(served.reset({"seed": 0, "env_kwargs": None}))["type"] == "observation"  # null: the server's own
+    finally:
+        served.close()
+
+
 def test_replay_texts_obey_the_step_limit():
     with serve_in_thread(create_app(NUMBER_LINE)) as url:
         remote = RemoteEnv(url)
@@ -289,13 +303,65 @@ def test_error_messages_never_show_server_paths(monkeypatch, tmp_path):
             remote.close()
 
 
+# The server's card art as the operator may give it: relative to where it runs, or with a space.
+SERVER_ART = {"relative": lambda tmp_path: "r19art", "with a space": lambda tmp_path: str(tmp_path / "r19 my art" / "x")}
+
+
+def _server_art(monkeypatch, tmp_path, spelling: str) -> str:
+    """A card-art folder for the server's --env-kwargs, spelled as ``SERVER_ART[spelling]``; the server runs in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    art = SERVER_ART[spelling](tmp_path)
+    write_card_art(tmp_path / art)
+    return art
+
+
+def _assert_hidden(art: str, message: str) -> None:
+    for shown in (art, os.path.abspath(art), os.path.realpath(art)):
+        assert shown not in message, (shown, message)
+
+
+@pytest.mark.parametrize("spelling", list(SERVER_ART))
+def test_a_bad_client_kwarg_shows_none_of_the_servers_path_arguments(monkeypatch, tmp_path, spelling):
+    """gymnasium appended every make kwarg to a constructor's TypeError, the server's card_art among them."""
+    art = _server_art(monkeypatch, tmp_path, spelling)
+    with serve_in_thread(create_app(POINTS24, env_kwargs={"card_art": art})) as url, \
+            websockets_sync.connect(ws_url(url), max_size=None) as ws:
+        answer = _ask(ws, {"type": "reset", "data": {"seed": 0, "env_kwargs": {"target_points": True}}})
+        assert answer["type"] == "error" and answer["data"]["message"] == "target_points must be an int, got True", answer
+        _assert_hidden(art, json.dumps(answer))
+
+
+@pytest.mark.parametrize("spelling", list(SERVER_ART))
+def test_an_env_error_naming_the_servers_path_arguments_masks_them(monkeypatch, tmp_path, spelling):
+    art = _server_art(monkeypatch, tmp_path, spelling)
+
+    def step(self, action):
+        raise FileNotFoundError(f"cannot read {art}/S2.png, {os.path.abspath(art)} or {os.path.realpath(art)}/back.png")
+
+    monkeypatch.setattr(Points24Env, "step", step)
+    with serve_in_thread(create_app(POINTS24, env_kwargs={"card_art": art})) as url:
+        remote = RemoteEnv(url)
+        try:
+            remote.reset(seed=0)
+            with pytest.raises(ServerError) as err:
+                remote.step('{"formula": "1+2"}')
+        finally:
+            remote.close()
+    assert err.value.reason.startswith("cannot read <server path>/S2.png, <server path> or <server path>"), err.value.reason
+    _assert_hidden(art, err.value.reason)
+
+
+def test_the_servers_path_values_are_masked_whole_and_as_words():
+    mask = PathMask("alfworld/ALFWorld-v0", {"game_dir": "/srv", "game_files": ["games/a b.json", "~/g.json"], "max_steps": 7})
+    message = mask.client_message(ValueError(f"/srv, games/a b.json, {os.path.expanduser('~/g.json')} and /srv/x; "
+                                             "max_steps 7 at the start of /srvx"))
+    assert message == "<server path>, <server path>, <server path> and <server path>/x; max_steps 7 at the start of /srvx"
+    assert PathMask("alfworld/ALFWorld-v0", {"game_dir": "."}).client_message(ValueError("got 2.5.")) == "got 2.5."
+    assert PathMask(POINTS24, {"card_art": None}).client_message(ValueError("x")) == "x"
+
+
 def test_state_leaves_out_the_servers_path_arguments(tmp_path):
-    from PIL import Image
-
-    from vlm_envs.cards.deck import RANKS, SUITS
-
-    for code in [s + r for s in SUITS for r in RANKS] + ["back"]:
-        Image.new("RGB", (15, 21), (255, 255, 255)).save(tmp_path / f"{code}.png")
+    write_card_art(tmp_path)
     served = ServedEnv(POINTS24, {"card_art": str(tmp_path), "target_points": 24})
     try:
         state = json.loads(served.state())["data"]
@@ -363,6 +429,38 @@ def test_reconnect_gives_up_after_its_timeout_and_says_so_from_then_on():
         remote.close()
 
 
+def test_reconnect_fails_at_once_when_the_server_refuses_the_token():
+    port = free_port()
+    with serve_in_thread(create_app(NUMBER_LINE, token="old-token"), port=port) as url:
+        remote = RemoteEnv(url, token="old-token", reconnect=True, message_timeout_s=5, reconnect_timeout_s=30)
+        remote.reset(seed=0)
+    try:
+        with serve_in_thread(create_app(NUMBER_LINE, token="new-token"), port=port):
+            start = time.monotonic()
+            with pytest.raises(TokenRefused, match="reconnecting failed: .*missing or wrong token"):
+                remote.step(PLUS)
+            assert time.monotonic() - start < 10, "a refused token was retried for the reconnect timeout"
+            with pytest.raises(ConnectionError, match="the episode was lost: .*missing or wrong token"):
+                remote.step(PLUS)
+    finally:
+        remote.close()
+
+
+def test_without_reconnect_every_call_after_a_lost_connection_says_why():
+    with serve_in_thread(create_app(NUMBER_LINE)) as url:
+        remote = RemoteEnv(url, message_timeout_s=5)
+        remote.reset(seed=0)
+    try:
+        with pytest.raises(ConnectionError, match="connection lost") as first:
+            remote.step(PLUS)
+        for call in (lambda: remote.step(PLUS), lambda: remote.reset(seed=0)):
+            with pytest.raises(ConnectionError, match="connection lost .*reconnect=False") as later:
+                call()
+            assert str(first.value) in str(later.value)
+    finally:
+        remote.close()
+
+
 # -- access ---------------------------------------------------------------------------------------
 def _status(url: str, authorization: str | None) -> int:
     request = urllib.request.Request(f"{url}/health", headers={"Authorization": authorization} if authorization else {})
@@ -380,6 +478,15 @@ def test_the_token_scheme_is_case_insensitive_and_basic_carries_it_as_the_passwo
             assert _status(url, good) == 200, good
         for bad in (None, "Bearer wrong", "s3cret", "Token s3cret", basic(b"s3cret:"), "Basic !!!", "Bearer s3cret2"):
             assert _status(url, bad) == 401, bad
+
+
+def test_no_api_documentation_is_served():
+    with serve_in_thread(create_app(NUMBER_LINE)) as url:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{url}{path}", timeout=30)
+            assert refused.value.code == 404, path
+        assert _status(url, None) == 200
 
 
 def test_a_stock_openenv_client_reaches_a_token_server_with_the_token_in_its_url():
@@ -485,6 +592,49 @@ def test_slow_request_headers_are_cut_off(monkeypatch):
             sock.close()
         assert not open_, f"{len(open_)} of 30 slow connections still open after 6 s"
         assert _status(url, None) == 200
+
+
+@contextlib.contextmanager
+def unread_websocket(url: str):
+    """A WebSocket on ``url``'s /ws whose client reads nothing past the handshake (with a tiny
+    receive buffer); yields its ``send(message)``, and closes it on exit."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    protocol = ClientProtocol(parse_uri(ws_url(url)))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        protocol.send_request(protocol.connect())
+        sock.sendall(b"".join(protocol.data_to_send()))
+        while protocol.state is State.CONNECTING and (data := sock.recv(1)):  # byte by byte: nothing past the handshake
+            protocol.receive_data(data)
+        assert protocol.state is State.OPEN, protocol.handshake_exc
+
+        def send(message: dict) -> None:
+            protocol.send_text(json.dumps(message).encode())
+            sock.sendall(b"".join(protocol.data_to_send()))
+
+        yield send
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_slot_freed(monkeypatch):
+    """It sends resets for large raw frames and reads none: the answers wait for it past the send
+    timeout, then its connection is aborted and the only slot serves the next client."""
+    import vlm_envs.remote.server as server
+
+    lines: list[str] = []
+    monkeypatch.setattr(server.log, "info", lambda message, *args: lines.append(message % args))
+    with serve_in_thread(create_app(NUMBER_LINE, max_sessions=1, idle_timeout_s=None), send_timeout_s=1.0) as url:
+        with unread_websocket(url) as send:
+            for seed in range(4):
+                send({"type": "reset", "data": {"seed": seed, "image_encoding": "raw", "env_kwargs": {"image_size": [1024, 1024]}}})
+            start = time.monotonic()
+            _retry(lambda: RemoteEnv(url), SessionRefused, seconds=15).close()
+            print(f"the slot was free after {time.monotonic() - start:.1f} s")
+    assert len([line for line in lines if "closed: the client stopped reading" in line]) == 1, lines
 
 
 def _wait_for(predicate, seconds: float = 10.0) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_CLIENT_NAMES = ("RemoteEnv", "RemoteVectorEnv", "ServerError", "SessionRefused", "make_remote_vec")
+_CLIENT_NAMES = ("RemoteEnv", "RemoteVectorEnv", "ServerError", "SessionRefused", "TokenRefused", "make_remote_vec")
 __all__ = list(_CLIENT_NAMES)
 
 

@@ -13,12 +13,13 @@ Each :class:`RemoteEnv` is one session (one WebSocket) on the server, spoken to 
 same pixels, text, rewards, flags and info (``tests/test_remote.py``).
 
 Failures are never silent and never hang: a lost or silent server raises ``ConnectionError``
-naming the session after at most ``message_timeout_s``; an error answer (bad input, a step before
-reset, an env error) raises :class:`ServerError` with the server's reason. With
-``reconnect=True`` the client instead opens a fresh session (retrying a full or unreachable
-server for ``reconnect_timeout_s``), replays the episode (every reset and action since the last
-seeded reset) and checks that each replayed answer equals the recorded one before going on; if
-that fails, the episode is lost and every later call says so, and why.
+naming the session after at most ``message_timeout_s``, and every later call says why; an error
+answer (bad input, a step before reset, an env error) raises :class:`ServerError` with the
+server's reason. With ``reconnect=True`` the client instead opens a fresh session (retrying a
+full or unreachable server for ``reconnect_timeout_s``; a refused token, :class:`TokenRefused`,
+fails at once), replays the episode (every reset and action since the last seeded reset) and
+checks that each replayed answer equals the recorded one before going on; if that fails, the
+episode is lost and every later call says so, and why.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class ServerError(RuntimeError):
 
 
 class SessionRefused(ConnectionRefusedError):
-    """The server did not open a session (full: ``--max-sessions`` reached; or a wrong token)."""
+    """The server did not open a session: it is full (``--max-sessions`` reached), or (:class:`TokenRefused`) the token is wrong."""
+
+
+class TokenRefused(SessionRefused):
+    """The server refused the token (missing or wrong): retrying cannot help, so ``reconnect`` does not."""
 
 
 class _SessionClient(EnvClient[dict, dict, dict]):
@@ -83,7 +88,7 @@ class _SessionClient(EnvClient[dict, dict, dict]):
         except Exception as err:
             status = getattr(getattr(err, "response", None), "status_code", None)
             if status in (401, 403):
-                raise SessionRefused(f"{self._ws_url} refused the connection (HTTP {status}): missing or wrong token") from err
+                raise TokenRefused(f"{self._ws_url} refused the connection (HTTP {status}): missing or wrong token") from err
             raise ConnectionError(f"cannot connect to {self._ws_url}: {err}") from err
         return self
 
@@ -234,14 +239,17 @@ class RemoteEnv(gym.Env):
         (``reconnect``) restore the episode."""
         if self._lost:
             raise ConnectionError(self._lost)
+        if self._client is None:
+            raise ConnectionError(f"{self.url}: this RemoteEnv is closed")
         try:
             return self._send(kind, payload)
         except ConnectionError as err:
             # The connection's state is unknown now (a late answer could pair with the next message): drop it.
+            if not self.reconnect:
+                self._lose(f"{err}; this RemoteEnv has no connection since (reconnect=False): make a new one")
+                raise
             _close_quietly(self._client)
             self._client = None
-            if not self.reconnect or isinstance(err, SessionRefused):
-                raise
             lost = str(err)
         try:
             self._restore(lost)
@@ -258,8 +266,6 @@ class RemoteEnv(gym.Env):
             self._client = None
 
     def _send(self, kind: str, payload: Any) -> tuple:
-        if self._client is None:
-            raise ConnectionError(f"{self.url}: this RemoteEnv is closed")
         if kind == "reset":
             result = self._client.reset(**payload, **self._config)
         else:
@@ -283,7 +289,9 @@ class RemoteEnv(gym.Env):
             try:
                 self._open()
                 break
-            except ConnectionError as err:  # SessionRefused included: the lost session may still hold its slot
+            except TokenRefused as err:  # the server's token changed: waiting cannot help
+                raise TokenRefused(f"{lost}; reconnecting failed: {err}") from err
+            except ConnectionError as err:  # a full server (SessionRefused) included: the lost session may still hold its slot
                 if time.monotonic() + wait > deadline:
                     raise ConnectionError(f"{lost}; reconnecting failed for {self.reconnect_timeout_s:g} s: {err}") from err
                 time.sleep(wait)
@@ -410,4 +418,4 @@ def make_remote_vec(
     return RemoteVectorEnv(url, num_envs, **(vector_kwargs or {}), **session_kwargs)
 
 
-__all__ = ["RemoteEnv", "RemoteVectorEnv", "ServerError", "SessionRefused", "make_remote_vec"]
+__all__ = ["RemoteEnv", "RemoteVectorEnv", "ServerError", "SessionRefused", "TokenRefused", "make_remote_vec"]

@@ -37,7 +37,6 @@ class EnvThread:
     """A daemon thread that runs the calls given to :meth:`call` in order."""
 
     def __init__(self, name: str):
-        self.name = name
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: Future | None = None  # the call inside its function now, the only one an interrupt may hit

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
@@ -26,11 +27,13 @@ MAX_EPISODE_ID_CHARS = 255
 DEFAULT_IMAGE_ENCODING = "png"
 # gym.make arguments that are not the env's own but are safe to pass from a client
 _MAKE_ARGUMENTS = ("max_episode_steps",)
-MAX_EPISODE_STEPS = 100_000
-"""The largest ``max_episode_steps`` a client may ask for."""
-_RESET_FIELDS = ("seed", "episode_id", "options", "env_kwargs", "text_actions", "image_encoding", "env_id", "replay")
-# An absolute path of two or more parts (``/etc/S2.png``, ``~/games/x``) in an error message.
-_SERVER_PATH = re.compile(r"(?<![\w/.~-])~?/[\w.-]+(?:/[\w.-]*)+")
+MAX_CLIENT_EPISODE_STEPS = 100_000
+"""The largest ``max_episode_steps`` a client may ask for (the registered default is
+:data:`vlm_envs.registration.MAX_EPISODE_STEPS`)."""
+# An absolute path of two or more parts (``/etc/S2.png``, ``~/games/x``) in an error message; one
+# part is too often not a path (``+/-``): the server's own one-part paths are masked by value.
+_ANY_SERVER_PATH = re.compile(r"(?<![\w/.~-])~?/[\w.-]+(?:/[\w.-]*)+")
+_MASK = "<server path>"
 
 
 class MessageError(ValueError):
@@ -41,9 +44,44 @@ class MessageError(ValueError):
         self.code = code
 
 
-def client_message(err: BaseException) -> str:
-    """``str(err)`` for a client: paths on the server are masked, whoever raised the error."""
-    return _SERVER_PATH.sub("<server path>", str(err) or type(err).__name__)
+class PathMask:
+    """Turns an error into the message a client may see: no path on the server shows in it.
+
+    The values of the server's own path arguments (``card_art``, ``game_dir``, ``game_files`` in
+    ``server_kwargs``) are masked exactly, as given and as absolute and resolved paths, whatever
+    they hold (spaces, one part, relative); any other absolute path is masked by its look.
+    """
+
+    def __init__(self, env_id: str, server_kwargs: dict[str, Any]):
+        spellings: set[str] = set()
+        for name in path_arguments(env_id) & set(server_kwargs):
+            value = server_kwargs[name]
+            paths = () if value is None else (value,) if isinstance(value, (str, os.PathLike)) else value
+            for path in paths:
+                spellings |= _spellings(os.fspath(path))
+        # longest first, so a path is masked whole before a shorter value inside it (its relative form)
+        alternatives = [_as_word(s) for s in sorted(spellings, key=len, reverse=True) if any(c.isalnum() for c in s)]
+        self._own_paths = re.compile("|".join(alternatives)) if alternatives else None
+
+    def client_message(self, err: BaseException) -> str:
+        """``str(err)`` (or its type's name) with the server's paths masked."""
+        message = str(err) or type(err).__name__
+        if self._own_paths is not None:
+            message = self._own_paths.sub(_MASK, message)
+        return _ANY_SERVER_PATH.sub(_MASK, message)
+
+
+def _spellings(path: str) -> set[str]:
+    """``path`` as given, and as the absolute and resolved paths an env's message may show instead."""
+    expanded = os.path.expanduser(path)
+    return {path, expanded, os.path.abspath(expanded), os.path.realpath(expanded)}
+
+
+def _as_word(text: str) -> str:
+    """A pattern matching ``text`` not as part of a longer word (``art`` is not masked in ``start``)."""
+    before = r"(?<!\w)" if re.match(r"\w", text[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", text[-1]) else ""
+    return before + re.escape(text) + after
 
 
 # -- what a client may choose ---------------------------------------------------------------------
@@ -67,7 +105,7 @@ def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) 
     if unknown:
         raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
     if "max_episode_steps" in env_kwargs:  # gym.make's own argument: no env constructor checks it
-        check_int("max_episode_steps", env_kwargs["max_episode_steps"], 1, MAX_EPISODE_STEPS)
+        check_int("max_episode_steps", env_kwargs["max_episode_steps"], 1, MAX_CLIENT_EPISODE_STEPS)
     return dict(env_kwargs)
 
 
@@ -104,6 +142,17 @@ def env_class(env_id: str) -> type:
 
 
 # -- the session's env ----------------------------------------------------------------------------
+class _ResetRequest(NamedTuple):
+    """A checked reset: ``config`` is ``(env_kwargs over the server's defaults, TextActions arguments or None)``."""
+
+    seed: int | None
+    episode_id: str | None
+    options: dict | None
+    config: tuple[dict[str, Any], dict[str, Any] | None]
+    image_encoding: str
+    replay: tuple[str, ...]
+
+
 class ServedEnv:
     """One session's env: ``TextActions(gym.make(env_id, **env_kwargs), **text_actions)``, or the
     plain env when the session resets with ``text_actions=false``, so a session plays exactly as
@@ -124,7 +173,16 @@ class ServedEnv:
         self._lost = "no episode yet: reset the session first"  # why a step cannot be played; "" once reset
 
     def _build(self, env_kwargs: dict[str, Any], text_actions: dict[str, Any] | None) -> gym.Env:
-        env = gym.make(self.env_id, **env_kwargs)
+        try:
+            env = gym.make(self.env_id, **env_kwargs)
+        except TypeError as err:
+            # gymnasium re-raises a constructor's TypeError as "... was raised from the environment
+            # creator for ID with kwargs ({...})": every kwarg, the server's own paths among them.
+            # The env's own message names the argument at fault; that is the answer.
+            cause = err.__cause__
+            if isinstance(cause, TypeError) and str(err).startswith(f"{cause} was raised from the environment creator"):
+                raise cause from None
+            raise
         return TextActions(env, **text_actions) if text_actions is not None else env
 
     def reset(self, data: dict[str, Any]) -> str:
@@ -133,22 +191,17 @@ class ServedEnv:
         unknown = sorted(set(data) - set(_RESET_FIELDS))
         if unknown:
             raise MessageError("VALIDATION_ERROR", f"unknown reset field(s) {unknown[:5]!r:.200}; a reset takes {list(_RESET_FIELDS)}")
-        self._check_fields(**data)
-        config = ({**self._defaults, **check_env_kwargs(self.env_id, data.get("env_kwargs") or {})},
-                  check_text_actions(data.get("text_actions", True)))
-        replay = check_replay(data.get("replay"))
-        if replay and config[1] is None:
-            raise ValueError("replay needs a text-action session (text_actions=true)")
-        if config != self._config:
-            env = self._build(*config)  # first, so that a refused configuration leaves the session as it was
+        request = self._check_reset(**data)
+        if request.config != self._config:
+            env = self._build(*request.config)  # first, so that a refused configuration leaves the session as it was
             self._env.close()
-            self._env, self._config = env, config
-        self._image_encoding = data.get("image_encoding", DEFAULT_IMAGE_ENCODING)
+            self._env, self._config = env, request.config
+        self._image_encoding = request.image_encoding
         self._lost = "the episode was lost: the last reset failed; reset again"
-        if replay:  # TextActions replays the texts after the reset (restoring a checkpointed episode)
-            self._env.replay_on_reset = replay
-        obs, info = self._env.reset(seed=data.get("seed"), options=data.get("options"))
-        self._episode_id, self._steps, self._lost = data.get("episode_id") or uuid.uuid4().hex[:12], 0, ""
+        if request.replay:  # TextActions replays the texts after the reset (restoring a checkpointed episode)
+            self._env.replay_on_reset = request.replay
+        obs, info = self._env.reset(seed=request.seed, options=request.options)
+        self._episode_id, self._steps, self._lost = request.episode_id or uuid.uuid4().hex[:12], 0, ""
         return self._answer(obs, None, False, False, info)
 
     def step(self, data: dict[str, Any]) -> str:
@@ -199,8 +252,10 @@ class ServedEnv:
             self._env = None
 
     # -- helpers ----------------------------------------------------------------------------
-    def _check_fields(self, seed: Any = None, episode_id: Any = None, options: Any = None, image_encoding: Any = DEFAULT_IMAGE_ENCODING,
-                      env_id: Any = None, **configuration: Any) -> None:
+    def _check_reset(self, seed: Any = None, episode_id: Any = None, options: Any = None, env_kwargs: Any = None,
+                     text_actions: Any = True, image_encoding: Any = DEFAULT_IMAGE_ENCODING, env_id: Any = None,
+                     replay: Any = None) -> _ResetRequest:
+        """A reset message's fields (these parameters are the protocol's list of them), checked."""
         if env_id is not None and check_env_id(env_id) != self.env_id:
             raise ValueError(f"this server serves {self.env_id}, not {env_id}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
@@ -211,6 +266,12 @@ class ServedEnv:
             raise TypeError(f"options must be a JSON object or null, got {options!r}")
         if image_encoding not in IMAGE_ENCODINGS:
             raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
+        config = ({**self._defaults, **check_env_kwargs(self.env_id, {} if env_kwargs is None else env_kwargs)},
+                  check_text_actions(text_actions))
+        replay = check_replay(replay)
+        if replay and config[1] is None:
+            raise ValueError("replay needs a text-action session (text_actions=true)")
+        return _ResetRequest(seed, episode_id, options, config, image_encoding, replay)
 
     def _answer(self, obs: dict, reward: Any, terminated: bool, truncated: bool, info: dict) -> str:
         """OpenEnv's observation message: ``{"observation": {...}, "reward", "done"}``."""
@@ -227,6 +288,9 @@ class ServedEnv:
                              f"of the clients ({self._image_encoding} {height}x{width} frames): use image_encoding='png' "
                              f"or a smaller image_size")
         return text
+
+
+_RESET_FIELDS = tuple(inspect.signature(ServedEnv._check_reset).parameters)[1:]  # the fields of a reset's "data"
 
 
 def _json(message: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ waiting for their envs to close, so one stuck env stopped the reaping for everyo
   session is closed and its slot freed (the call is interrupted, never waited for);
 * every malformed message gets an error answer and the session goes on;
 * an idle session is closed by its own connection; no reaper waits on anything;
+* a client that leaves its answers unread for ``SEND_TIMEOUT_S`` is cut off, its slot and unsent frames freed;
 * ``--max-sessions`` counts a session from its handshake until its env is handed back;
 * access: an ASGI middleware requires the token on every HTTP request and WebSocket handshake;
 * HTTP: request headers must arrive within ``header_timeout_s`` (slowloris), at most
@@ -48,8 +49,7 @@ from typing import Any
 from vlm_envs.optional import require
 from vlm_envs.remote._openenv import import_openenv
 from vlm_envs.remote.env_thread import EnvCallTimeout, EnvThread
-from vlm_envs.remote.served_env import (MAX_TEXT_CHARS, MessageError, ServedEnv, check_env_id, check_env_kwargs, client_message,
-                                        env_class, path_arguments)
+from vlm_envs.remote.served_env import MAX_TEXT_CHARS, MessageError, PathMask, ServedEnv, check_env_id, check_env_kwargs, env_class
 
 import_openenv("the env server")  # before any of its dependencies, so a missing extra is named
 uvicorn = require("uvicorn", "serve", "the env server")
@@ -57,11 +57,18 @@ from fastapi import FastAPI, WebSocket  # noqa: E402
 from openenv.core.env_server.types import EnvironmentMetadata, HealthResponse, SchemaResponse, State  # noqa: E402
 from pydantic import BaseModel, Field, StrictInt, StrictStr  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol  # noqa: E402
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame from a client; larger closes that session's connection (1009)
 DEFAULT_IDLE_TIMEOUT_S = 600.0
 DEFAULT_STEP_TIMEOUT_S = 60.0
 HEADER_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 60.0
+"""How long an answer may wait for the client to take the previous ones before its connection is
+aborted (a client that stops reading would otherwise hold its slot and its unsent frames forever)."""
+# Client messages read ahead of the session, per connection (uvicorn's websockets-sansio reads one
+# at a time anyway; this bounds the queue of its other WebSocket implementations too).
+WS_MAX_QUEUE = 2
 # HTTP connections allowed beside the sessions (health checks, refused handshakes); more get 503
 HTTP_CONNECTIONS_BEYOND_SESSIONS = 64
 _ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
@@ -144,6 +151,7 @@ class Sessions:
         self.env_id, self.defaults, self.max_sessions = env_id, defaults, max_sessions
         self.idle_timeout_s, self.step_timeout_s = idle_timeout_s, step_timeout_s
         self.active = 0
+        self._paths = PathMask(env_id, defaults)
         self._shared_thread = None if thread_safe else EnvThread("vlm-envs-env")
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -166,7 +174,7 @@ class Sessions:
             ended = f"building its env took longer than the step timeout of {self.step_timeout_s:g} s"
             await _send_quietly(websocket, _error("FACTORY_ERROR", ended))
         except Exception as err:  # noqa: BLE001  (the server's own --env-kwargs failed here; said to the client and logged)
-            ended = f"building its env failed: {client_message(err)}"
+            ended = f"building its env failed: {self._paths.client_message(err)}"
             await _send_quietly(websocket, _error("FACTORY_ERROR", ended))
         finally:
             self.active -= 1
@@ -200,20 +208,23 @@ class Sessions:
                 await _send_quietly(websocket, _error("SESSION_ERROR", f"session {served.session_id} was closed by the server: {reason}"))
                 return reason
             except MessageError as err:
-                answer = _error(err.code, client_message(err))
+                answer = _error(err.code, self._paths.client_message(err))
             except Exception as err:  # noqa: BLE001  (an error is an answer: bad input, an env error)
-                answer = _error("EXECUTION_ERROR", client_message(err))
-            if not await _send_quietly(websocket, answer):
-                return "the client disconnected"
+                answer = _error("EXECUTION_ERROR", self._paths.client_message(err))
+            unsent = await _send_quietly(websocket, answer)
+            if unsent:
+                return unsent
 
 
-async def _send_quietly(websocket: WebSocket, text: str) -> bool:
-    """Send ``text``; False if the client is gone (not an error of the server's)."""
+async def _send_quietly(websocket: WebSocket, text: str) -> str | None:
+    """Send ``text``; ``None`` once sent, else why not: the client is gone or stopped reading (not an error of the server's)."""
     try:
         await websocket.send_text(text)
-        return True
+        return None
+    except ClientStoppedReading as err:
+        return str(err)
     except Exception:  # noqa: BLE001  (starlette's WebSocketDisconnect, or a close already under way)
-        return False
+        return "the client disconnected"
 
 
 async def _close_quietly(websocket: WebSocket) -> None:
@@ -305,8 +316,8 @@ def create_app(
         _log_accept_errors_briefly(asyncio.get_running_loop())
         yield
 
-    app = FastAPI(title=f"vlm_envs: {env_id}", lifespan=lifespan,
-                  description="OpenEnv's WebSocket protocol; sessions on /ws (docs/serving.md)")
+    # No /docs, /redoc or /openapi.json: the protocol is docs/serving.md, and a server says no more than it must.
+    app = FastAPI(title=f"vlm_envs: {env_id}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions = sessions
     metadata = EnvironmentMetadata(name=env_id, description=(cls.__doc__ or env_id).strip().splitlines()[0])
     schema = SchemaResponse(action=StepAction.model_json_schema(), observation=StepObservation.model_json_schema(),
@@ -374,14 +385,59 @@ class HeaderTimeoutH11(H11Protocol):
             self.transport.close()
 
 
-def _uvicorn_config(app, header_timeout_s: float, **kwargs: Any):
+class ClientStoppedReading(Exception):
+    """A client left its answers unread past the send timeout; its connection was aborted.
+
+    Not an ``OSError``, so starlette passes it to the session as it is and the session says why it ended.
+    """
+
+
+class SendTimeoutWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, aborting a connection whose client has not taken its earlier
+    answers ``send_timeout_s`` after the next one is ready. Without it, a client that never reads
+    held its session slot and its unsent frames forever: this protocol before uvicorn 0.53 buffered
+    every answer (a raw 2048 px frame is 16 MiB of base64), later ones wait for the buffer to drain
+    with no limit.
+    The wait is the transport's own flow control (``pause_writing``/``resume_writing``)."""
+
+    def __init__(self, *args: Any, send_timeout_s: float = SEND_TIMEOUT_S, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._send_timeout_s = send_timeout_s
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._drained.set()
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        self._drained.set()  # nothing drains now: the send goes on to find the connection gone
+
+    async def send(self, message) -> None:
+        if not self._drained.is_set():
+            try:
+                await asyncio.wait_for(self._drained.wait(), self._send_timeout_s)
+            except TimeoutError:
+                self.transport.abort()  # drops the unsent frames; the session frees its slot
+                raise ClientStoppedReading(f"the client stopped reading: its answers were left unread for {self._send_timeout_s:g} s") from None
+        await super().send(message)
+
+
+def _uvicorn_config(app, header_timeout_s: float, send_timeout_s: float, **kwargs: Any):
     return uvicorn.Config(app, http=functools.partial(HeaderTimeoutH11, header_timeout_s=header_timeout_s),
-                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="on", **kwargs)
+                          ws=functools.partial(SendTimeoutWebSockets, send_timeout_s=send_timeout_s),
+                          ws_max_size=MAX_MESSAGE_BYTES, ws_max_queue=WS_MAX_QUEUE, lifespan="on", **kwargs)
 
 
 @contextlib.contextmanager
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0,
-                    header_timeout_s: float = HEADER_TIMEOUT_S, limit_concurrency: int | None = None) -> Iterator[str]:
+                    header_timeout_s: float = HEADER_TIMEOUT_S, send_timeout_s: float = SEND_TIMEOUT_S,
+                    limit_concurrency: int | None = None) -> Iterator[str]:
     """Run ``app`` on a free port (``port=0``) in a background thread; yields its ``http://`` URL, stops on exit.
 
     For notebooks, tests and benchmarks: the server shares the process, so it starts in a blink.
@@ -389,7 +445,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server can take its port back
     sock.bind((host, port))
-    config = _uvicorn_config(app, header_timeout_s, log_level="warning", limit_concurrency=limit_concurrency)
+    config = _uvicorn_config(app, header_timeout_s, send_timeout_s, log_level="warning", limit_concurrency=limit_concurrency)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="vlm-envs-server", daemon=True)
     thread.start()
@@ -465,7 +521,7 @@ def serve(
     app = create_app(env_id, env_kwargs, max_sessions, token, idle_timeout_s, step_timeout_s)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # this module's lines beside uvicorn's, same format
     log_config["loggers"][__name__] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
-    config = _uvicorn_config(app, HEADER_TIMEOUT_S, host=host, port=port, log_level=log_level, log_config=log_config,
+    config = _uvicorn_config(app, HEADER_TIMEOUT_S, SEND_TIMEOUT_S, host=host, port=port, log_level=log_level, log_config=log_config,
                              limit_concurrency=max_sessions + HTTP_CONNECTIONS_BEYOND_SESSIONS)
     warning = exposure_warning(host, token)
     if warning:
@@ -474,4 +530,4 @@ def serve(
 
 
 __all__ = ["BearerToken", "ServedEnv", "Sessions", "StepAction", "StepObservation", "check_env_id", "check_env_kwargs",
-           "create_app", "exposure_warning", "parse_message", "path_arguments", "serve", "serve_in_process", "serve_in_thread"]
+           "create_app", "exposure_warning", "parse_message", "serve", "serve_in_process", "serve_in_thread"]
