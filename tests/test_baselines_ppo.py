@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses  # noqa: E402
+from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses, tis_weights  # noqa: E402
 from baselines.vlm_ppo.config import Config  # noqa: E402
 from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
 from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
@@ -183,6 +183,28 @@ def test_ppo_losses_mask_and_guard():
     assert out["value_loss"].item() == pytest.approx(0.5)
     guarded = ppo_losses(torch.tensor([3.0, 0.0, 0.0]), old, adv, valid, v, v, v, clip=0.1, ratio_guard=10.0)
     assert guarded["policy_loss"].item() == pytest.approx(-(1.1 - 1.0) / 2)
+
+
+def test_tis_weights_truncate_and_weight_the_clipped_loss():
+    scored = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)
+    sampled = torch.tensor([-1.5, -1.0, -3.0, -9.0])
+    w = tis_weights(scored, sampled, cap=2.0)
+    assert w.tolist() == pytest.approx([np.exp(0.5), np.exp(-1.0), 1.0, 2.0])  # exp(5) truncated to the cap
+    assert not w.requires_grad
+    new = torch.tensor([0.05, -0.3, 0.0, 0.02])
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    valid = torch.tensor([True, True, True, False])
+    v = torch.zeros(4)
+    out = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1, is_weight=w)
+    r, a = np.exp([0.05, -0.3, 0.0]), [1.0, -2.0, 0.5]  # the valid samples; sample 1's clip binds
+    per_sample = [-min(ri * ai, np.clip(ri, 0.9, 1.1) * ai) for ri, ai in zip(r, a)]
+    weights = [np.exp(0.5), np.exp(-1.0), 1.0]
+    assert out["policy_loss"].item() == pytest.approx(np.mean([w_ * p for w_, p in zip(weights, per_sample)]), rel=1e-5)
+    plain = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1)
+    assert plain["policy_loss"].item() == pytest.approx(np.mean(per_sample), rel=1e-5)
+    with pytest.raises(ValueError, match="cap"):
+        tis_weights(scored, sampled, cap=0.0)
 
 
 def test_lr_schedule_never_rises():

@@ -116,6 +116,8 @@ class Config:
     """Value-loss coefficient."""
     entropy_coef: float = 0.0
     """Coefficient of the mean token entropy bonus (paper: none). The full-vocabulary entropy is only computed when this is above 0."""
+    tis_cap: float | None = None
+    """Truncated importance sampling: each sample's policy loss is weighted by ``min(exp(scored - sampled), C)`` (detached), where ``sampled`` is the answer's λ-weighted log-prob under the distribution ``generate`` drew it from and ``scored`` the same from the teacher-forced pass (π_old of the ratio). In bf16 the two differ (``charts/behaviour_logp_gap``), so PPO would treat samples of another policy as π_old's. Default (unset): 2.0 in bfloat16/float16 (verl's TIS default), off in float32 (the gap is ~1e-5 there); 0 turns it off."""
     kl_coef: float = 0.0
     """Coefficient of a per-token KL penalty to the initial policy (0: off, as the paper). Needs LoRA: the initial policy is the model with its adapter switched off, so no second copy is kept."""
     max_grad_norm: float = 0.01

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses
+from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses, tis_weights
 from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
 from baselines.vlm_ppo.encoding import Encoder
@@ -60,7 +60,17 @@ def check_config(cfg: Config) -> None:
                          f"(num_steps*num_envs={cfg.num_steps * cfg.num_envs}): no update would ever run")
     if cfg.temperature <= 0:
         raise ValueError(f"temperature must be > 0 (log-probs use softmax(z/T)), got {cfg.temperature}")
+    if cfg.tis_cap is not None and (cfg.tis_cap < 0 or 0 < cfg.tis_cap < 1):
+        raise ValueError(f"tis_cap must be 0 (off) or >= 1 (a cap below 1 would down-weight even on-policy samples), "
+                         f"got {cfg.tis_cap}")
     check_eval_seeds(cfg.eval_seed, max(cfg.eval_episodes, cfg.eval_greedy_episodes))
+
+
+def tis_cap(cfg: Config) -> float:
+    """The truncated-importance-sampling cap in effect: ``--tis-cap``, or by dtype when unset (0: off)."""
+    if cfg.tis_cap is not None:
+        return cfg.tis_cap
+    return 0.0 if cfg.dtype == "float32" else 2.0
 
 
 def build_policy(cfg: Config, checkpoint: Path | None = None) -> ActorCritic:
@@ -197,6 +207,8 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
     old_logp, old_values = rollout.logprobs.flatten(), rollout.values.flatten()
     valid = rollout.policy_valid.flatten()
+    cap = tis_cap(cfg)
+    is_weight = tis_weights(old_logp, rollout.sampled_logprobs.flatten(), cap) if cap > 0 else None
     value_params = list(policy.value_head.parameters())
     policy_params = [p for p in policy.vlm.parameters() if p.requires_grad]
     stats = collections.defaultdict(list)
@@ -213,7 +225,8 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                                     [rollout.boundaries[j] for j in mb], with_entropy=cfg.entropy_coef > 0)
                     at = lambda x: x[mb].to(out.value.device)  # noqa: E731
                     losses = ppo_losses(out.logprob, at(old_logp), at(advantages), at(valid), out.value,
-                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard)
+                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard,
+                                        None if is_weight is None else at(is_weight))
                     loss = losses["policy_loss"] + cfg.vf_coef * losses["value_loss"]
                     if cfg.entropy_coef > 0:
                         losses["entropy"] = out.entropy.mean()
@@ -238,6 +251,9 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
             stepped = True
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out["charts/epoch0_ratio_dev"] = first_step_dev
+    if is_weight is not None and valid.any():
+        out["charts/tis_weight"] = float(is_weight[valid].mean())
+        out["charts/tis_truncated"] = float((is_weight[valid] >= cap).float().mean())
     return out
 
 
@@ -253,6 +269,7 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
     done = np.asarray(list(run.recent), dtype=float).reshape(-1, 3)
     steps = rollout.num_steps * rollout.num_envs
     thought = [k or 0 for k in rollout.boundaries]
+    gaps = rollout.behaviour_gaps()
     return {
         "charts/lr": run.scheduler.get_last_lr()[0],
         "charts/train_success": done[:, 0].mean() if len(done) else float("nan"),
@@ -267,6 +284,8 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
         "charts/thought_tokens": float(np.mean(thought)),
         "charts/thought_logp": float(rollout.thought_logprobs.mean()),
         "charts/action_logp": float(rollout.action_logprobs.mean()),
+        "charts/behaviour_logp_gap": float(gaps.mean()) if len(gaps) else float("nan"),
+        "charts/behaviour_logp_gap_max": float(gaps.max()) if len(gaps) else float("nan"),
         "charts/value_mean": float(rollout.values.mean()),
         "charts/return_mean": float(returns.mean()),
     }
