@@ -87,12 +87,26 @@ def build(family: str, path: Path, tiny: bool, logit_span: float) -> None:
                    device="cuda", **SEVEN_B[family]["sizes"])
 
 
+def ppo_config(family: str, model: Path, output_dir: Path, args: argparse.Namespace):
+    """The paper preset on NumberLine, 16 envs x 4 steps, one update, every answer in the policy loss."""
+    from baselines.vlm_ppo.config import Config, preset_values
+
+    return Config(**{
+        **preset_values("paper", "gym_cards/NumberLine-v0"), "preset": "paper",
+        "output_dir": str(output_dir), "model": str(model), "seed": 0,
+        "conv_template": "llava_v1" if family.startswith("llava") else "chat_template",
+        "image_mode": "reference" if family.startswith("llava") else "native",
+        "num_envs": 16, "num_steps": 4, "num_updates": 1, "ppo_epochs": args.ppo_epochs,
+        "max_new_tokens": args.max_new_tokens, "missing_action_key": "last5", "eval_every": 0,
+        "threads": 1 if args.tiny else 0,
+    })
+
+
 def run_one(args: argparse.Namespace) -> None:
     """One PPO update of ``args.one`` (in each of accelerate's processes); the main one prints a result line."""
     import torch
     from accelerate import PartialState
 
-    from baselines.vlm_ppo.config import Config, preset_values
     from baselines.vlm_ppo.train import train_ppo
 
     family, root = args.one, Path(args.workdir) / args.one
@@ -108,15 +122,7 @@ def run_one(args: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     processes = PartialState().num_processes
-    cfg = Config(**{
-        **preset_values("paper", "gym_cards/NumberLine-v0"), "preset": "paper",
-        "output_dir": str(root / f"run_{processes}"), "model": str(model), "seed": 0,
-        "conv_template": "llava_v1" if family.startswith("llava") else "chat_template",
-        "image_mode": "reference" if family.startswith("llava") else "native",
-        "num_envs": 16, "num_steps": 4, "num_updates": 1, "ppo_epochs": args.ppo_epochs,
-        "max_new_tokens": args.max_new_tokens, "missing_action_key": "last5", "eval_every": 0,
-        "threads": 1 if args.tiny else 0,
-    })
+    cfg = ppo_config(family, model, root / f"run_{processes}", args)
     t1 = time.time()
     metrics = train_ppo(cfg)
     run_s = time.time() - t1

@@ -207,6 +207,16 @@ def test_tis_weights_truncate_and_weight_the_clipped_loss():
         tis_weights(scored, sampled, cap=0.0)
 
 
+def test_tis_cap_defaults_by_dtype_and_refuses_caps_below_one():
+    from baselines.vlm_ppo.train import check_config, tis_cap
+
+    assert tis_cap(Config()) == 0.0 and tis_cap(Config(dtype="bfloat16", lora_r=8)) == 2.0
+    assert tis_cap(Config(dtype="bfloat16", lora_r=8, tis_cap=0.0)) == 0.0 and tis_cap(Config(tis_cap=3.0)) == 3.0
+    for bad in (-1.0, 0.5):
+        with pytest.raises(ValueError, match="tis_cap"):
+            check_config(Config(tis_cap=bad))
+
+
 def test_lr_schedule_never_rises():
     f = cosine_schedule(10, 1e-5, 1e-9)
     lrs = [1e-5 * f(s) for s in range(15)]

@@ -112,6 +112,21 @@ def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
     assert worst < 1e-5
 
 
+def test_sampled_logprobs_are_the_distribution_sampled(family_path):
+    """generate's own log-probs: log_softmax of the processed scores it sampled from, at the sampled token."""
+    policy = _policy(family_path("qwen2_vl"), "qwen2_vl", temperature=0.5)
+    encoded = policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))
+    torch.manual_seed(0)
+    answers, logprobs, scores = policy.generate(encoded, greedy=False, max_new_tokens=10, with_logprobs=True,
+                                                return_scores=True)
+    for i, a in enumerate(answers):
+        drawn_from = torch.stack([torch.log_softmax(s[i], -1) for s in scores[:len(a)]])
+        assert logprobs[i].dtype == torch.float32 and len(logprobs[i]) == len(a)
+        assert torch.equal(logprobs[i], drawn_from[torch.arange(len(a)), torch.tensor(a)])
+    with pytest.raises(ValueError, match="with_logprobs needs sampling"):
+        policy.generate(encoded, greedy=True, max_new_tokens=4, with_logprobs=True)
+
+
 TOWER = {"llava": "model.vision_tower", "llava_next": "model.vision_tower", "qwen2_vl": "model.visual",
          "qwen2_5_vl": "model.visual", "qwen3_vl": "model.visual", "gemma3": "model.vision_tower",
          "smolvlm": "model.vision_model"}

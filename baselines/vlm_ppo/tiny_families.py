@@ -193,8 +193,9 @@ def widen_logits(model, processor, span: float = 30.0) -> float:
     The span is ``max - min`` over the vocabulary at the last token of a NumberLine prompt (a
     trained 7B model's is ~30; a random tiny model's a few units). Precision effects scale with
     it: bf16 rounds a logit near 16 to a multiple of 1/16, which is 0.3 nats at T 0.2, so a
-    random model shows a trained model's bf16 sampler/scorer gap only at this range. Gemma3's
-    head is tied: its input embeddings scale too, so the span is measured again after scaling.
+    random model shows a trained model's bf16 sampler/scorer gap only at this range. A tied head
+    (Gemma3) is replaced by an untied random one first: a random model whose head is its input
+    embedding repeats its last token with certainty at this range (every log-prob 0, no gap).
     """
     import numpy as np
     import torch
@@ -206,16 +207,15 @@ def widen_logits(model, processor, span: float = 30.0) -> float:
     frame = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
     prompt = Encoder(processor, model.config, template).encode([build_prompt("numberline", "")], [frame])
     inputs = to_device(batch_prompts(prompt, processor.tokenizer.pad_token_id), model.device)
-    total = 1.0
+    head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(torch.randn_like(head.weight))
+        model.config.tie_word_embeddings = model.config.get_text_config().tie_word_embeddings = False
     with torch.no_grad():
-        for _ in range(3):
-            logits = model(**inputs, logits_to_keep=1).logits[0, -1].float()
-            factor = span / float(logits.max() - logits.min())
-            if abs(factor - 1.0) < 1e-3:
-                break
-            model.get_output_embeddings().weight.mul_(factor)
-            total *= factor
-    return total
+        logits = model(**inputs, logits_to_keep=1).logits[0, -1].float()
+        factor = span / float(logits.max() - logits.min())
+        head.weight.mul_(factor)
+    return factor
 
 
 def _randomise_zero_matrices(model, std: float) -> None:
