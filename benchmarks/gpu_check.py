@@ -155,7 +155,7 @@ def saved_parameters(model: Path) -> int:
 
 def launch(args: argparse.Namespace, family: str, processes: int, workdir: Path) -> dict:
     """Run :func:`run_one` in a fresh process (or ``processes`` of them); stderr streams through."""
-    flags = [__file__, "--one", family, "--workdir", str(workdir), "--max-new-tokens", str(args.max_new_tokens),
+    flags = [str(Path(__file__).resolve()), "--one", family, "--workdir", str(workdir), "--max-new-tokens", str(args.max_new_tokens),
              "--ppo-epochs", str(args.ppo_epochs), "--logit-span", str(args.logit_span)] + (["--tiny"] if args.tiny else [])
     cmd = [sys.executable, *flags]
     if processes > 1:

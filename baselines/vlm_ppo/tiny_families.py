@@ -143,7 +143,7 @@ def build_tiny(family: str, path: str | Path, *, seed: int = 0, geometry: dict |
     "model": {...}}``) lays a real checkpoint's config fields over the built config, e.g. a 7B's
     widths (the processor and its small trained tokenizer stay: ids beyond the tokenizer decode to
     nothing). ``logit_span`` scales the LM head (:func:`widen_logits`). ``dtype`` and ``device``
-    say where the weights are built: a 7B geometry directly on a GPU in bf16, never on the CPU.
+    say where the weights are initialised (a 7B geometry: on the GPU in bf16, with no slow CPU init).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
