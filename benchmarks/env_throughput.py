@@ -75,9 +75,10 @@ def _uncached_frame(env) -> np.ndarray:
     from vlm_envs import rendering
     from vlm_envs.cards import drawing, number_line
 
-    caches = (drawing.card_sprite, drawing._procedural_card, number_line._frame, rendering.font, rendering._glyph_mask, rendering.text_advance)
-    for cached in caches:
+    for cached in (drawing._procedural_card, rendering.font, rendering._glyph_mask, rendering.text_advance):
         cached.cache_clear()
+    for cached in (drawing.card_sprite, number_line._layout):  # bounded in bytes (vlm_envs.caching)
+        cached.cache.clear()
     for attr in ("_canvas", "_frame"):
         if hasattr(env, attr):
             setattr(env, attr, None)

@@ -20,12 +20,9 @@ num_envs / time). The load average is printed: compare numbers from one run on a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import gymnasium as gym
 import numpy as np
@@ -95,27 +92,6 @@ def frame_sizes(env_id: str) -> str:
     return f"one {image.shape[1]}x{image.shape[0]} frame: " + "; ".join(parts)
 
 
-def start_server(env_id: str, max_sessions: int) -> tuple[subprocess.Popen, str]:
-    """``python -m vlm_envs serve`` on a free loopback port; returns the process and its URL once it answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "vlm_envs", "serve", "--env", env_id, "--port", str(port),
-                             "--max-sessions", str(max_sessions)])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("the server exited") from None
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start in 180 s")
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="gym_cards/Points24-v0")
@@ -125,13 +101,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args(argv)
 
-    server, url = start_server(args.env, max(args.sizes)) if any(m.startswith("remote") for m in args.modes) else (None, None)
-    try:
+    with contextlib.ExitStack() as stack:
+        url = None
+        if any(m.startswith("remote") for m in args.modes):
+            from vlm_envs.remote.server import serve_in_process
+
+            _, url = stack.enter_context(serve_in_process(args.env, "--max-sessions", str(max(args.sizes))))
         rows = [measure(mode, args.env, n, args.steps, args.warmup, url) for n in args.sizes for mode in args.modes]
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
     print(f"{args.env}, {args.steps} vector steps per row, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(frame_sizes(args.env))
     print(f"| {'mode':<11} | {'envs':>4} | {'p50 ms':>8} | {'p99 ms':>8} | {'env steps/s':>11} |")

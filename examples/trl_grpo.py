@@ -3,6 +3,7 @@
     pip install -e ".[train]" trl datasets
     python examples/trl_grpo.py --env-id gym_cards/NumberLine-v0 --max-steps 2
     python examples/trl_grpo.py --env-url http://127.0.0.1:8000 --max-steps 2   # the env served through OpenEnv
+    VLM_ENVS_TOKEN=... python examples/trl_grpo.py --env-url http://envhost:8000   # a server with a token
 
 With ``--env-url`` the episodes are played on a server (``python -m vlm_envs serve --env ID``, the
 "serve" extra) through OpenEnv's WebSocket client (:class:`vlm_envs.remote.RemoteEnv`): the trainer
@@ -55,12 +56,12 @@ def user_turn(env: gym.Env, state: str, feedback: str = "") -> str:
     return f"USER: {feedback}State: {state}\n{task}\nASSISTANT:{ANSWER_PREFIX}"
 
 
-def env_maker(env_id: str, env_url: str | None):
+def env_maker(env_id: str, env_url: str | None, env_token: str | None = None):
     """A text-action env whose ``obs["text"]`` is the whole state: local, or a session on ``env_url``."""
     if env_url:
         from vlm_envs.remote import RemoteEnv
 
-        return lambda: RemoteEnv(env_url, env_id=env_id, env_kwargs={"text_mode": "full"})
+        return lambda: RemoteEnv(env_url, env_id=env_id, env_kwargs={"text_mode": "full"}, token=env_token)
     return lambda: vlm_envs.TextActions(gym.make(env_id, text_mode="full"))
 
 
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env-id", default="gym_cards/NumberLine-v0")
     parser.add_argument("--env-url", default=None, help="play on this vlm_envs server (python -m vlm_envs serve) instead")
+    parser.add_argument("--env-token", default=os.environ.get("VLM_ENVS_TOKEN"),
+                        help="the server's token (default: $VLM_ENVS_TOKEN; on the command line every local user sees it)")
     parser.add_argument("--episodes", type=int, default=8, help="distinct starting seeds in the dataset")
     parser.add_argument("--num-generations", type=int, default=4, help="episodes per seed (the GRPO group)")
     parser.add_argument("--max-steps", type=int, default=2, help="GRPO optimizer steps")
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{err}: run `pip install trl datasets` (and the train extra)") from err
 
     model, tokenizer = build_tiny_lm(args.seed)
-    make_env = env_maker(args.env_id, args.env_url)
+    make_env = env_maker(args.env_id, args.env_url, args.env_token)
     seed_of_prompt: dict[str, int] = {}
     for seed in range(args.seed, args.seed + args.episodes):
         env = make_env()

@@ -20,3 +20,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def family_path(tmp_path_factory):
+    """``family_path(family)``: a tiny random checkpoint of ``family`` (tiny_families.py), built once per session."""
+    pytest.importorskip("transformers")
+    from baselines.vlm_ppo.tiny_families import build_tiny
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model")
+        return cache[family]
+
+    return get

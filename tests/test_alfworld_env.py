@@ -260,8 +260,17 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         ALFWorldEnv(reward_mode="sparse")
     with pytest.raises(ValueError, match="max_steps"):
         ALFWorldEnv(max_steps=0)
-    with pytest.raises(ValueError, match="no playable game"):
+    with pytest.raises(ValueError, match="max_steps"):
+        ALFWorldEnv(max_steps=10**9)
+    with pytest.raises(ValueError, match="success_bonus"):
+        ALFWorldEnv(success_bonus=float("nan"))
+    with pytest.raises(TypeError, match="game_files"):
+        ALFWorldEnv(game_files="games/train/a/b/game.tw-pddl")  # one string, not a list
+    with pytest.raises(TypeError, match="task_types"):
+        ALFWorldEnv(task_types=1.5)
+    with pytest.raises(ValueError, match="no playable game") as err:
         ALFWorldEnv(game_dir=str(tmp_path))
+    assert str(tmp_path) not in str(err.value)  # errors never show the server's folders
     env = ALFWorldEnv()
     with pytest.raises(RuntimeError, match="reset"):
         env.step("look")
@@ -269,6 +278,21 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         env.reset(options={"game_index": 10_000})
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"level": 3})
+
+
+def test_info_game_file_is_the_path_under_the_games_root():
+    """``info["game_file"]`` showed where the server installed its games; now it is the path under
+    the games root, as manifests name games, and a reset can name the game that way."""
+    from vlm_envs.evaluation.manifests import build_alfworld
+
+    episode = build_alfworld("eval_in_distribution", "test").episodes[3]
+    env = ALFWorldEnv(split="eval_in_distribution")
+    _, info = env.reset(seed=0, options={"game_file": episode.game["path"]})
+    assert info["game_file"] == episode.game["path"]
+    _, again = env.reset(seed=0, options={"game_file": str(episode.game_file(shipped_games_dir()))})  # a local path too
+    assert again["game_file"] == info["game_file"]
+    named = ALFWorldEnv(game_files=[str(episode.game_file(shipped_games_dir()))])
+    assert named.reset(seed=0)[1]["game_file"] == episode.game["path"].split("/", 1)[1]  # under the split folder
 
 
 def test_game_dir_with_official_layout(tmp_path):
@@ -286,7 +310,8 @@ def test_game_dir_with_official_layout(tmp_path):
     sliced.mkdir(parents=True)
     env = ALFWorldEnv(split="eval_out_of_distribution", game_dir=str(tmp_path / "json_2.1.1"))
     assert len(env.games) == 2
-    env.reset(seed=0)
+    _, info = env.reset(seed=0)
+    assert info["game_file"].startswith("valid_unseen/") and str(tmp_path) not in info["game_file"]
 
 
 # -- the image never shows hidden state ----------------------------------------------------------

@@ -65,6 +65,37 @@ def tiny_config(tmp_path, tiny_path, **overrides) -> Config:
 
 
 # --- model ----------------------------------------------------------------------------------
+def test_tiny_model_is_built_once_by_processes_starting_together(tmp_path, monkeypatch):
+    """Two starts at once (as ``accelerate launch`` makes them) build ``tiny-base`` once; the other
+    waits and gets the finished model. Before, both saw no model and built into the same folder."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from baselines.vlm_ppo import tiny
+    from baselines.vlm_ppo.train import resolve_model
+
+    builds, both_started = [], threading.Barrier(2)
+
+    def slow_build(path, spec=None):
+        builds.append(path)
+        time.sleep(0.5)
+        Path(path).mkdir(parents=True)
+        (Path(path) / "config.json").write_text("{}")
+        return Path(path)
+
+    def start(_):
+        both_started.wait()
+        return resolve_model(Config(output_dir=str(tmp_path), model="tiny"))
+
+    monkeypatch.setattr(tiny, "build_tiny_llava", slow_build)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(start, range(2)))
+    assert len(builds) == 1 and paths[0] == paths[1] == str(tmp_path / "tiny-base")
+    assert (tmp_path / "tiny-base" / "config.json").exists()
+
+
 def test_saved_tiny_model_reloads_through_auto_classes(tiny_path, tiny):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -289,11 +320,11 @@ def test_reading_objective_learns_digits_and_gate_scores_states(tmp_path, tiny_p
     picked = [s for s in states if tuple(s["fields"]) in {(0, 5), (5, 0), (2, 3), (3, 2)}]
     images = stack_images(policy.encoder.encode([""] * len(picked), [s["image"] for s in picked]))
     labels = torch.tensor([s["fields"] for s in picked])
-    head = ReadingHead(image_tokens(vlm, images).shape[1], vlm.config.text_config.hidden_size)
+    head = ReadingHead(image_tokens(policy, images).shape[1], vlm.config.text_config.hidden_size)
     optimizer = torch.optim.AdamW(vision_path_parameters(vlm) + list(head.parameters()), lr=1e-3)
-    first, _ = reading_loss(head, vlm, images, labels)
+    first, _ = reading_loss(head, policy, images, labels)
     for _ in range(80):
-        loss, acc = reading_loss(head, vlm, images, labels)
+        loss, acc = reading_loss(head, policy, images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

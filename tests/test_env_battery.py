@@ -118,7 +118,7 @@ def test_bad_constructor_arguments_are_clear_errors(env_id):
         gym.make(env_id, render_mode="vr")
     with pytest.raises(ValueError, match="image_size"):
         gym.make(env_id, image_size=(4, 4))
-    with pytest.raises(ValueError, match="at most 4096"):  # refused before any frame is allocated
+    with pytest.raises(ValueError, match="at most 2048"):  # refused before any frame is allocated
         gym.make(env_id, image_size=(40_000, 40_000))
     with pytest.raises(ValueError, match="text_mode"):
         gym.make(env_id, text_mode="verbose")

@@ -54,8 +54,8 @@ def test_trl_grpo_example_plays_through_an_openenv_server():
     pytest.importorskip("openenv.core")
     from vlm_envs.remote.server import create_app, serve_in_thread
 
-    with serve_in_thread(create_app("gym_cards/NumberLine-v0", max_sessions=4)) as url:
-        out = run_example("trl_grpo.py", "--env-url", url, "--episodes", "2", "--num-generations", "2", "--max-steps", "1",
-                          "--max-turns", "2")
+    with serve_in_thread(create_app("gym_cards/NumberLine-v0", max_sessions=4, token="grpo-token")) as url:
+        out = run_example("trl_grpo.py", "--env-url", url, "--env-token", "grpo-token", "--episodes", "2",
+                          "--num-generations", "2", "--max-steps", "1", "--max-turns", "2")
     summary = ast.literal_eval(out.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and len([row for row in summary["log"] if "reward" in row]) == 1

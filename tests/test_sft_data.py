@@ -202,7 +202,7 @@ def test_reading_head_learns_blackjack_totals(tmp_path):
     import random
 
     from baselines.vlm_ppo.encoding import Encoder
-    from baselines.vlm_ppo.policy import load_policy
+    from baselines.vlm_ppo.policy import ActorCritic, load_policy
     from baselines.vlm_ppo.reading import (
         ReadingHead,
         heldout_states,
@@ -217,16 +217,16 @@ def test_reading_head_learns_blackjack_totals(tmp_path):
     states = heldout_states(cfg, episodes=8)
     assert all(s["fields"][0] >= 4 and 2 <= s["fields"][1] <= 11 for s in states)
     processor, vlm = load_policy(str(build_tiny_llava(tmp_path / "tiny")), train_vision=True)
-    encoder = Encoder(processor, vlm.config)
-    samples = [{"prompt": encoder.encode([""], [s["image"]])[0], "fields": s["fields"]} for s in states[:4]]
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=1.0)
+    samples = [{"prompt": policy.encoder.encode([""], [s["image"]])[0], "fields": s["fields"]} for s in states[:4]]
     images, labels = _reading_batch(samples)
     spec = READING_TASKS["blackjack"]
-    head = ReadingHead(image_tokens(vlm, images).shape[1], vlm.config.text_config.hidden_size, len(spec.fields), spec.classes)
-    first, _ = reading_loss(head, vlm, images, labels)
+    head = ReadingHead(image_tokens(policy, images).shape[1], vlm.config.text_config.hidden_size, len(spec.fields), spec.classes)
+    first, _ = reading_loss(head, policy, images, labels)
     log = io.StringIO()
-    assert align_vision(cfg, vlm, head, samples, random.Random(0), log) == 1.0
+    assert align_vision(cfg, policy, head, samples, random.Random(0), log) == 1.0
     assert log.getvalue().count("align") == 25
-    assert reading_loss(head, vlm, images, labels)[0].item() < 0.3 * first.item()
+    assert reading_loss(head, policy, images, labels)[0].item() < 0.3 * first.item()
 
 
 # --- the embedded model's ALFWorld capacity ------------------------------------------------------

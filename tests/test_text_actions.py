@@ -80,6 +80,17 @@ def test_bad_configuration_is_a_clear_error():
         TextActions(gym.make("gym_cards/Blackjack-v0"), mode="loose")
     with pytest.raises(ValueError, match="aliases"):
         TextActions(gym.make("gym_cards/Blackjack-v0"), aliases={"stay": "fold"})
+    with pytest.raises(TypeError, match="aliases"):
+        TextActions(gym.make("gym_cards/Blackjack-v0"), aliases=["stay"])
+
+
+@pytest.mark.parametrize("penalty", [float("nan"), float("inf"), -float("inf")])
+def test_format_penalty_must_be_finite(penalty):
+    """A NaN or infinite penalty was accepted and then poisoned every return it entered."""
+    with pytest.raises(ValueError, match="format_penalty must be finite"):
+        TextActions(gym.make("gym_cards/Blackjack-v0"), on_parse_failure="penalty", format_penalty=penalty)
+    with pytest.raises(TypeError, match="format_penalty"):
+        TextActions(gym.make("gym_cards/Blackjack-v0"), format_penalty="-1")
 
 
 @pytest.mark.parametrize("text", ["", "\x00" * 10, "ü" * 100_000, '{"action": "' + "9" * 50_000 + '"}', "🂡🂮 action"])

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,32 +31,21 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     trainable_vision_parameters,
 )
 from baselines.vlm_ppo.tiny_families import (  # noqa: E402
+    CONV_TEMPLATES as TEMPLATE,
     FAMILIES,
     LLAVA_NEXT_7B_GEOMETRY,
     build_metaspace_tokenizer,
     build_tiny,
 )
 from tests.utils import checkpoint_copy  # noqa: E402
+from tests.utils import family_config as _config  # noqa: E402
 from vlm_envs.text import build_prompt  # noqa: E402
 
-TEMPLATE = {f: ("llava_v1" if f.startswith("llava") else "chat_template") for f in FAMILIES}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads(one_torch_thread):
     """One torch thread for every test here."""
-
-
-@pytest.fixture(scope="module")
-def family_path(tmp_path_factory):
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model")
-        return cache[family]
-
-    return get
 
 
 def _policy(path, family, temperature=0.7, **load):
@@ -177,14 +167,6 @@ def test_checkpoint_generation_config_does_not_leak(tmp_path):
 
 
 # --- (c) epoch-0 ratio is exactly 1, fp32 and bf16 ------------------------------------------
-def _config(tmp_path, path, family="llava", **overrides) -> Config:
-    base = dict(output_dir=str(tmp_path), model=str(path), threads=1, num_envs=2, num_steps=2, num_updates=1,
-                ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
-                temperature=1.0, max_new_tokens=10, eval_every=0, save_every=1, missing_action_key="last5",
-                conv_template=TEMPLATE[family], eval_sampled=False, eval_greedy_episodes=2, eval_episodes=2)
-    return Config(**{**base, **overrides})
-
-
 @pytest.mark.parametrize("dtype,lora_r", [("float32", 0), ("bfloat16", 4)])
 def test_epoch0_ratio_is_one(tmp_path, family_path, dtype, lora_r):
     """With LoRA dropout configured and gradient checkpointing on: a pass with dropout active, or in
@@ -349,12 +331,15 @@ def test_family_sft_ppo_eval_resume(tmp_path, family_path, family):
 
 
 # --- checkpoints: every vectorization mode, bit-identical; no code execution ---------------------
-def _metrics_rows(path):
+def _csv_rows(path):
     import csv
 
     with open(path) as f:
-        return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "charts/tokens_per_s"}
-                for r in csv.DictReader(f)]
+        return list(csv.DictReader(f))
+
+
+def _metrics_rows(path):
+    return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "charts/tokens_per_s"} for r in _csv_rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -473,42 +458,185 @@ def test_kl_penalty_uses_the_adapter_off_model(tmp_path, family_path):
 
 
 def test_accumulation_remainder_is_stepped_not_carried(tmp_path, family_path, monkeypatch):
-    """3 mini-batches per epoch with 2 accumulated: 2 optimizer steps per epoch, no gradient left over."""
+    """3 mini-batches per epoch with 2 accumulated: 2 optimizer steps per epoch, no gradient left over;
+    the shorter window is averaged over its own size. Accumulation goes through accelerate's state:
+    only a window's last backward has ``sync_gradients`` set, which is where a DeepSpeed engine steps
+    (before, it stayed set on every mini-batch: 3 DeepSpeed steps per epoch, not 2)."""
+    from accelerate import Accelerator
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
     from baselines.vlm_ppo import train
 
-    steps, leftovers = [], []
+    steps, leftovers, window_ends, weights, losses = [], [], [], [], []
     original = train.ppo_update
 
-    def counting(run, *args):
-        step = run.optimizer.step
-        run.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+    def checking(run, *args):
         out = original(run, *args)
         leftovers.append(max((float(p.grad.abs().max()) for p in run.policy.parameters() if p.grad is not None),
                              default=0.0))
         return out
 
-    monkeypatch.setattr(train, "ppo_update", counting)
-    train.train_ppo(_config(tmp_path, family_path("llava"), num_envs=2, num_steps=3, minibatch_size=2,
-                            grad_accum_steps=2, ppo_epochs=2))
+    backward, ppo_losses_ = Accelerator.backward, train.ppo_losses
+
+    def recording_backward(self, loss, **kwargs):
+        window_ends.append(bool(self.sync_gradients))
+        weights.append(float(loss.detach()) / self.gradient_accumulation_steps)  # what reaches torch's backward
+        return backward(self, loss, **kwargs)
+
+    def recording_losses(*args, **kwargs):
+        out = ppo_losses_(*args, **kwargs)
+        losses.append(float((out["policy_loss"] + 0.5 * out["value_loss"]).detach()))
+        return out
+
+    monkeypatch.setattr(train, "ppo_update", checking)
+    monkeypatch.setattr(Accelerator, "backward", recording_backward)
+    monkeypatch.setattr(train, "ppo_losses", recording_losses)
+    hook = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        train.train_ppo(_config(tmp_path, family_path("llava"), num_envs=2, num_steps=3, minibatch_size=2,
+                                grad_accum_steps=2, ppo_epochs=2, vf_coef=0.5))
+    finally:
+        hook.remove()
     assert len(steps) == 2 * 2 and leftovers == [0.0]
+    assert window_ends == [False, True, True] * 2
+    assert weights == pytest.approx([loss * w for loss, w in zip(losses, [0.5, 0.5, 1.0] * 2)], rel=1e-6)
 
 
 # --- multi-process (accelerate, gloo on CPU) -----------------------------------------------------
-def test_two_processes_hold_identical_weights_and_distinct_env_seeds(tmp_path, family_path):
-    out = tmp_path / "run"
-    # accelerate's multi-process launcher (torchrun underneath); ACCELERATE_USE_CPU selects gloo on CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+def _launch(cfg: Config, *extra: str, processes: int = 2, deepspeed_config: dict | None = None
+            ) -> tuple[list[dict], str]:
+    """``tests/instrumented_ppo.py`` in ``processes`` real DDP processes (accelerate's launcher, torchrun
+    underneath; ACCELERATE_USE_CPU selects gloo on CPU), or under DeepSpeed with ``deepspeed_config``;
+    each process's counters, and stdout."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if deepspeed_config is None:
+        backend = ["--multi_gpu"]
+        env["ACCELERATE_USE_CPU"] = "true"
+    else:
+        (out / "deepspeed.json").write_text(json.dumps(deepspeed_config))
+        backend = ["--use_deepspeed", "--deepspeed_config_file", str(out / "deepspeed.json")]
+        env["DS_ACCELERATOR"] = "cpu"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *backend, "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "baselines.vlm_ppo", "ppo", "--output-dir", str(out), "--model", str(family_path("llava")),
-           "--threads", "1", "--num-envs", "2", "--num-steps", "2", "--num-updates", "2", "--ppo-epochs", "1",
-           "--minibatch-size", "2", "--grad-accum-steps", "1", "--lr", "1e-3", "--max-new-tokens", "8",
-           "--temperature", "1.0", "--eval-every", "0", "--save-every", "1", "--max-grad-norm", "1.0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    subprocess.run(cmd, check=True, timeout=600, env=env, capture_output=True)
-    states = [json.loads((out / "checkpoints" / "update_00001" / f"trainer_state_{r}.json").read_text()) for r in (0, 1)]
+           "-m", "tests.instrumented_ppo", json.dumps(dataclasses.asdict(cfg)), str(out), *extra]
+    # its own process group: processes stuck at a collective are killed with the launcher
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).parents[1], start_new_session=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            raise
+    assert launcher.returncode == 0, stderr[-4000:]
+    return [json.loads((out / f"process_{r}.json").read_text()) for r in range(processes)], stdout
+
+
+def test_two_processes_train_evaluate_and_log_as_one(tmp_path, family_path):
+    """Two DDP processes training the vision tower of a LLaVA whose ``vision_feature_layer`` is -2:
+    its last layer and post-layernorm reach no loss and are frozen at setup (before, DDP stopped
+    with "Expected to have finished reduction"). Each process steps once per accumulation window;
+    both hold identical weights and play distinct env seeds; held-out episodes are split over the
+    two and give exactly one process's numbers; logged training metrics cover both processes; and
+    process 1, whose clock runs 1,000x fast, still follows process 0's decision on the time limit."""
+    path = family_path("llava")
+    cfg = _config(tmp_path / "run", path, env_id="gym_cards/Blackjack-v0", train_vision=True, num_steps=3,
+                  num_updates=2, ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, max_new_tokens=8,
+                  eval_every=5, eval_sampled=True, eval_episodes=16, eval_greedy_episodes=16, time_limit_min=10.0)
+    processes, stdout = _launch(cfg, "--fast-clock-on-rank", "1")
+    out = Path(cfg.output_dir)
+    # 3 mini-batches per epoch in windows of 2 and 1, 2 epochs, 2 updates
+    for counts in processes:
+        assert (counts["optimizer_steps"], counts["window_ends"], counts["backwards"]) == (8, 8, 12)
+    assert "time limit" not in stdout  # both processes ran every update, as process 0 decided
+    states = [json.loads((out / "checkpoints" / "update_00001" / f"trainer_state_{r}.json").read_text())
+              for r in (0, 1)]
     first = json.loads((out / "checkpoints" / "update_00000" / "trainer_state_0.json").read_text())
     assert states[0]["weights_sha256"] == states[1]["weights_sha256"] != first["weights_sha256"]
     assert not set(states[0]["envs"]["seeds"]) & set(states[1]["envs"]["seeds"])
+    before, after = _weights(path), _weights(out / "checkpoints" / "update_00001" / "model")
+    tower = "vision_tower.encoder.layers"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(f"{tower}.0."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(f"{tower}.1.") or "post_layernorm" in k)
+    assert "frozen 18 trainable parameters that no loss reaches" in stdout
+
+    rows = {int(r["update"]): r for r in _csv_rows(out / "metrics.csv")}
+    for update in (0, 1):
+        local = [counts["local_metrics"][update] for counts in processes]
+        row = {k: float(v) for k, v in rows[update].items() if v != ""}
+        episodes = [m["charts/episodes_in_window"] for m in local]
+        assert min(episodes) > 0 and row["charts/episodes_in_window"] == sum(episodes)
+        assert row["charts/tokens_per_s"] == pytest.approx(sum(m["charts/tokens_per_s"] for m in local))
+        assert row["charts/value_mean"] == pytest.approx(np.mean([m["charts/value_mean"] for m in local]))
+        assert row["charts/train_success"] == pytest.approx(
+            sum(m["charts/train_success"] * n for m, n in zip(local, episodes)) / sum(episodes))
+
+    from baselines.vlm_ppo.evaluation import evaluate
+    from baselines.vlm_ppo.train import build_policy
+
+    policy = build_policy(cfg)
+    for mode in ("greedy", "sampled"):
+        alone = evaluate(cfg, policy, greedy=mode == "greedy")
+        shared = {k: float(rows[-1][f"eval/{mode}_{k}"]) for k in alone}
+        assert shared == alone, mode
+    assert alone["episodes"] == 16 and shared["episodes"] == 16
+    assert all(counts["eval_generates"] > 0 for counts in processes)  # the sampled batches were split
+
+
+def test_two_processes_full_finetuning_in_reference_mode(tmp_path, family_path):
+    """LLaVA-NeXT fully fine-tuned in reference mode (no newline tokens): ``image_newline`` reaches no
+    loss and is frozen at setup; before, two DDP processes stopped at the first backward."""
+    path = family_path("llava_next")
+    cfg = _config(tmp_path / "run", path, "llava_next", image_mode="reference", lora_r=0, max_new_tokens=8)
+    processes, stdout = _launch(cfg)
+    assert [c["optimizer_steps"] for c in processes] == [2, 2]  # one window per epoch, 2 epochs
+    assert "no loss reaches: vlm.model.image_newline" in stdout
+    ckpt = Path(cfg.output_dir) / "checkpoints" / "update_00000"
+    states = [json.loads((ckpt / f"trainer_state_{r}.json").read_text()) for r in (0, 1)]
+    assert states[0]["weights_sha256"] == states[1]["weights_sha256"]
+
+
+
+def test_deepspeed_and_fsdp_are_refused_with_what_is_untested():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from baselines.vlm_ppo.train import check_parallelism
+
+    for stage in (2, 3):
+        deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
+                                    state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage)))
+        with pytest.raises(ValueError, match=rf"DeepSpeed \(ZeRO-{stage}\) is not supported by this trainer: untested"):
+            check_parallelism(deepspeed)
+    with pytest.raises(ValueError, match="FSDP is not supported by this trainer: untested.*weights that generate"):
+        check_parallelism(SimpleNamespace(distributed_type=DistributedType.FSDP))
+    check_parallelism(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))  # plain DDP runs
+
+
+def test_deepspeed_engine_steps_once_per_window(tmp_path, family_path):
+    """A real DeepSpeed ZeRO-2 engine (CPU, one process; the start-up refusal lifted to watch it):
+    it steps where accelerate's ``sync_gradients`` marks a window's end, 8 times in 12 backward
+    passes (3 mini-batches per epoch in windows of 2 and 1, 2 epochs, 2 updates). Before, the flag
+    stayed set on every mini-batch and the engine stepped 12 times."""
+    pytest.importorskip("deepspeed")
+    cfg = _config(tmp_path / "run", family_path("llava"), num_steps=3, num_updates=2, max_new_tokens=8)
+    config = {"train_micro_batch_size_per_gpu": cfg.minibatch_size, "gradient_accumulation_steps": "auto",
+              "train_batch_size": "auto", "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}
+    (counts,), _ = _launch(cfg, "--any-backend", processes=1, deepspeed_config=config)
+    assert (counts["optimizer_steps"], counts["window_ends"], counts["backwards"]) == (8, 8, 12)
+
+
+def test_deepspeed_launch_stops_at_start(tmp_path):
+    """What ``accelerate launch --use_deepspeed`` sets up: the trainer stops before loading a model."""
+    pytest.importorskip("deepspeed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_DEEPSPEED": "true",
+           "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "baselines.vlm_ppo", "ppo", "--output-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "DeepSpeed (ZeRO-3) is not supported by this trainer: untested" in done.stderr
+    assert not (tmp_path / "tiny-base").exists()
 
 
 # --- the GPU check, at tiny widths on the CPU ------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id."""
+"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, a free port, checkpoint copies."""
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 
 import gymnasium as gym
 
@@ -20,6 +21,13 @@ AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.f
 CARD_SPECS = [s for s in ALL_SPECS if s.id.startswith("gym_cards/")]
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server that must come back on the same address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def checkpoint_copy(run_dir, new_dir, update: int = 0):
     """A fresh output dir holding only ``run_dir``'s checkpoint of ``update`` (and its metrics), marked latest."""
     import shutil
@@ -33,3 +41,15 @@ def checkpoint_copy(run_dir, new_dir, update: int = 0):
         shutil.copy(Path(run_dir) / "metrics.csv", new_dir / "metrics.csv")
     (new_dir / "checkpoints" / "latest").write_text(name)
     return new_dir
+
+
+def family_config(tmp_path, path, family: str = "llava", **overrides):
+    """A trainer ``Config`` for a few seconds of PPO on ``family``'s tiny checkpoint at ``path``."""
+    from baselines.vlm_ppo.config import Config
+    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES
+
+    base = dict(output_dir=str(tmp_path), model=str(path), threads=1, num_envs=2, num_steps=2, num_updates=1,
+                ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,
+                temperature=1.0, max_new_tokens=10, eval_every=0, save_every=1, missing_action_key="last5",
+                conv_template=CONV_TEMPLATES[family], eval_sampled=False, eval_greedy_episodes=2, eval_episodes=2)
+    return Config(**{**base, **overrides})

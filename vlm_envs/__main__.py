@@ -5,14 +5,15 @@
 * ``python -m vlm_envs evaluate --env ID|all --policy oracle|random --episodes N --seed S``: a quick table
 * ``python -m vlm_envs play --env ID``: play in a pygame window through the model's text interface
 * ``python -m vlm_envs gallery --out docs/gallery``: one PNG frame of every registered env
-* ``python -m vlm_envs serve --env ID [--host 127.0.0.1] [--port 8000] [--max-sessions N] [--token T]``:
-  serve an env through OpenEnv (docs/serving.md)
+* ``python -m vlm_envs serve --env ID [--host 127.0.0.1] [--port 8000] [--max-sessions N] [--token-file F]``:
+  serve an env through OpenEnv's protocol (docs/serving.md)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import gymnasium as gym
@@ -86,9 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     se.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     se.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     se.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions; more are refused (default: 8)")
-    se.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every request (default: none)")
-    se.add_argument("--idle-timeout", type=float, default=600.0, help="close sessions idle this many seconds (default: 600)")
+    se.add_argument("--token-file", help="require the token in this file (its first line) on every request; "
+                                         "or set VLM_ENVS_TOKEN (default: no token)")
+    se.add_argument("--token", help="the token itself (visible to every local user in the process list: prefer "
+                                    "--token-file or VLM_ENVS_TOKEN)")
+    se.add_argument("--idle-timeout", type=float, default=600.0, help="close sessions idle this many seconds; 0: never (default: 600)")
+    se.add_argument("--step-timeout", type=float, default=60.0,
+                    help="a reset or step (or state) not answered within this many seconds, waiting for the env's thread "
+                         "included, closes its session; 0: never (default: 60)")
     se.add_argument("--env-kwargs", default="{}", help="JSON make kwargs of the sessions' env by default (default: {})")
+    se.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                    help="info: one line per session opened and closed (default: warning)")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -167,11 +176,31 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from vlm_envs.remote.server import serve
 
+    for flag, seconds in (("--idle-timeout", args.idle_timeout), ("--step-timeout", args.step_timeout)):
+        if not seconds >= 0:
+            parser.error(f"{flag} must be >= 0 (0: never), got {seconds:g}")
     try:
-        serve(args.env, args.host, args.port, json.loads(args.env_kwargs), args.max_sessions, args.token, args.idle_timeout)
-    except (ValueError, TypeError) as err:  # a refused id or kwargs, a bad JSON: a usage error, not a traceback
+        serve(args.env, args.host, args.port, json.loads(args.env_kwargs), args.max_sessions, _server_token(args),
+              args.idle_timeout or None, args.step_timeout or None, args.log_level)
+    except (ValueError, TypeError, OSError) as err:  # a refused id or kwargs, a bad JSON, an unreadable token file
         parser.error(str(err))
     return 0
+
+
+def _server_token(args: argparse.Namespace) -> str | None:
+    """The token from --token, --token-file (its first line) or VLM_ENVS_TOKEN, in that order; None: no token."""
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("give the token once: --token or --token-file")
+    if args.token_file is not None:
+        with open(args.token_file, encoding="utf-8") as file:
+            token = file.readline().strip()
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+        return token
+    token = args.token if args.token is not None else os.environ.get("VLM_ENVS_TOKEN")
+    if token is not None and not token.strip():
+        raise ValueError("the token is empty")
+    return token
 
 
 def _play(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger
 
+from vlm_envs.arguments import check_bool
 from vlm_envs.labels import StateLabels, state_key
 from vlm_envs.rendering import HumanWindow
 from vlm_envs.spaces import observation_space, validate_image_size
@@ -59,10 +60,10 @@ class VLMEnv(gym.Env):
         self.render_mode = render_mode
         self.image_size = validate_image_size(image_size)
         self.text_mode = text_mode
+        self.oracle_labels = check_bool("oracle_labels", oracle_labels)
         self.observation_space = observation_space(self.image_size, self.max_text_length)
         self._window: HumanWindow | None = None
         self._has_reset = False
-        self.oracle_labels = bool(oracle_labels)
         self._labels: StateLabels | None = None  # of the state the next action is taken in
 
     # -- to implement -------------------------------------------------------------------------

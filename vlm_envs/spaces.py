@@ -9,6 +9,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils.shared_memory import read_from_shared_memory
 
+from vlm_envs.arguments import check_int
+
 # gymnasium's default Text charset is letters and digits only; prompts and game feedback also
 # contain spaces, punctuation and newlines. Every character an env emits must be in here.
 TEXT_CHARSET = frozenset(string.printable)
@@ -70,19 +72,18 @@ def observation_space(image_size: tuple[int, int], max_text_length: int) -> spac
     )
 
 
-MAX_IMAGE_SIDE = 4096
-"""Largest frame side: a bigger one is a typo, or (from a remote client) an attempt to exhaust memory."""
+MAX_IMAGE_SIDE = 2048
+"""Largest frame side: a frame is rendered every step, and a 2048x2048 one is already 12 MiB raw; a
+bigger one is a typo, or (from a remote client) an attempt to exhaust memory."""
+MIN_IMAGE_SIDE = 16
 
 
 def validate_image_size(image_size: object) -> tuple[int, int]:
-    """Check an ``(height, width)`` pair and return it as a tuple of ints."""
-    try:
-        height, width = (int(v) for v in image_size)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be a (height, width) pair of ints, got {image_size!r}") from None
-    if height < 16 or width < 16:
-        raise ValueError(f"image_size must be at least 16x16, got {image_size!r}")
-    if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
-        raise ValueError(f"image_size must be at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} (a frame is rendered per step), "
-                         f"got {image_size!r}")
+    """Check an ``(height, width)`` pair of ints (a list from JSON is fine) and return it as a tuple."""
+    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+        raise TypeError(f"image_size must be a (height, width) pair of ints, got {image_size!r}")
+    height, width = (check_int(f"image_size[{i}]", side) for i, side in enumerate(image_size))
+    if not (MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE):
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} and at most "
+                         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} (a frame is rendered per step), got {image_size!r}")
     return height, width

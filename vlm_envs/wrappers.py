@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlm_envs.arguments import check_finite
 from vlm_envs.spaces import text_space
 from vlm_envs.text.parsing import PARSE_MODES, ParseMode, parse_action
 
@@ -59,7 +60,7 @@ class TextActions(gym.Wrapper):
         env: an environment with a ``Discrete`` action space and ``action_names``.
         mode: ``"strict"``, ``"lenient"`` (default) or ``"compat"`` (the reference parser).
         on_parse_failure: ``"random"`` (default), ``"penalty"`` or ``"noop"``.
-        format_penalty: the reward of a ``"penalty"`` turn.
+        format_penalty: the reward of a ``"penalty"`` turn (a finite number).
         aliases: extra spellings, e.g. ``{"stick": "stand", "stay": "stand"}`` for Blackjack.
     """
 
@@ -72,6 +73,9 @@ class TextActions(gym.Wrapper):
         aliases: dict[str, str] | None = None,
     ):
         super().__init__(env)
+        if aliases is not None and not (isinstance(aliases, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+            raise TypeError(f"aliases must map spellings to action names (str to str), got {aliases!r}")
         if mode not in PARSE_MODES:
             raise ValueError(f"mode must be one of {PARSE_MODES}, got {mode!r}")
         if on_parse_failure not in ON_PARSE_FAILURE:
@@ -89,7 +93,7 @@ class TextActions(gym.Wrapper):
             self.action_space = text_space(_MAX_ACTION_TEXT)
         self.mode = mode
         self.on_parse_failure = on_parse_failure
-        self.format_penalty = float(format_penalty)
+        self.format_penalty = check_finite("format_penalty", format_penalty)
         self.aliases = dict(aliases or {})
         self._max_steps = env.spec.max_episode_steps if env.spec is not None else None
         self._oracle_labels = bool(getattr(env.unwrapped, "oracle_labels", False))

@@ -37,12 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "eval":
         import torch
 
+        from baselines.vlm_ppo.device import training_device
         from baselines.vlm_ppo.evaluation import evaluate
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         policy = train.build_policy(dataclasses.replace(cfg, lora_r=0, gradient_checkpointing=False))
-        policy.to("cuda" if torch.cuda.is_available() else "cpu")
+        policy.to(training_device())
         result = {mode: evaluate(cfg, policy, greedy=mode == "greedy")
                   for mode in (("greedy", "sampled") if cfg.eval_sampled else ("greedy",))}
         print(json.dumps(result, indent=2))

@@ -59,7 +59,7 @@ class Config:
     model: str = "tiny"
     """Model id or path for ``AutoModelForImageTextToText`` (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``); ``tiny`` builds the embedded offline model."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32). Log-probs and the value head are always fp32."""
+    """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32). Log-probs, the LM head and the value head are always fp32; accelerate's own mixed precision is overridden (docs/training.md, Device and precision)."""
     lora_r: int = 0
     """LoRA rank (default 0: full fine-tuning of every non-frozen weight; paper preset: 128)."""
     lora_alpha: int = 256
@@ -67,7 +67,7 @@ class Config:
     lora_dropout: float = 0.05
     """LoRA dropout (paper: 0.05). Used in SFT only: every PPO pass runs without dropout, so the policy scored and optimised is exactly the one that sampled."""
     train_vision: bool = False
-    """Also train the vision tower in PPO (default: frozen, which is what RL4VLM effectively did: its tower ran under no_grad)."""
+    """Also train the vision tower in PPO (default: frozen, which is what RL4VLM effectively did: its tower ran under no_grad). A frozen tower runs once per transition and its output is replayed in every later pass."""
     gradient_checkpointing: bool = False
     """Gradient checkpointing for the PPO/SFT update forward pass (paper preset: on)."""
 
@@ -127,7 +127,7 @@ class Config:
     norm_adv: bool = True
     """Normalise advantages over the rollout buffer."""
     success_window: int = 200
-    """Rolling window (training episodes) of the logged training success rate (paper: 200)."""
+    """Rolling window (training episodes) of the logged training success rate (paper: 200); per process, the logged rate covering every process's window."""
 
     # --- evaluation, checkpoints, logging ---
     eval_every: int = 5
@@ -136,6 +136,8 @@ class Config:
     """Episodes per held-out evaluation, on fixed seeds ``eval_seed .. eval_seed+eval_episodes-1``."""
     eval_greedy_episodes: int = 0
     """Episodes of the greedy evaluation (0: ``eval_episodes``). Greedy answers are cached per observation, so many episodes cost little; ``eval/greedy_start_success`` averages over the distinct start states (exact for NumberLine's 30 when all appear)."""
+    eval_batch_size: int = 64
+    """Episodes the greedy held-out evaluation plays at once: one ``generate`` call decodes up to this many observations, each with a KV cache for its prompt and answer (LLaVA-1.5-7B: ~0.6 GB per 1,150-token sequence, so 64 take ~38 GB; LLaVA-NeXT-Mistral-7B's grouped KV heads ~0.15 GB). Lower it to fit the GPU (paper preset: 16); greedy results do not depend on it (up to padding numerics)."""
     eval_seed: int = 100_000
     """First seed of the held-out evaluation episodes; all of them must be below ``2**31`` (training seeds are at or above it)."""
     eval_sampled: bool = True
@@ -147,7 +149,7 @@ class Config:
     resume: bool = False
     """Continue from ``output_dir/checkpoints/latest`` (weights, optimizer, scheduler, RNG, and the envs, rebuilt by replaying their seeds and actions); the run then continues exactly as if never stopped."""
     time_limit_min: float = 0.0
-    """Stop PPO (checkpoint, final eval) after this many minutes of wall time; 0: no limit."""
+    """Stop PPO (checkpoint, final eval) after this many minutes of wall time, by process 0's clock for every process; 0: no limit."""
 
     # --- SFT warm start ---
     sft_data: str = ""
@@ -201,12 +203,12 @@ PRESETS: dict[str, dict[str, object]] = {
 # The paper's GPU recipe (RL4VLM's run scripts): LoRA r128/α256 on the LLM and projector, bf16,
 # gradient checkpointing, RL4VLM's image preprocessing, minibatch 1 with 128-step accumulation,
 # 4 epochs, lr 1e-5 -> 1e-9, T 0.2, 256 new tokens; one env per process, two processes
-# (``accelerate launch --num_processes 2``; ALFWorld: one).
+# (``accelerate launch --multi_gpu --num_processes 2``; ALFWorld: one).
 PAPER: dict[str, object] = dict(
     lora_r=128, lora_alpha=256, lora_dropout=0.05, dtype="bfloat16", gradient_checkpointing=True,
     image_mode="reference", conv_template="llava_v1", num_envs=1, ppo_epochs=4, minibatch_size=1,
     lr=1e-5, end_lr=1e-9, temperature=0.2, max_new_tokens=256, gamma=0.9, gae_lambda=0.95, clip=0.1,
-    vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0,
+    vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0, eval_batch_size=16,
 )
 PAPER_PER_ENV: dict[str, dict[str, object]] = {
     "NumberLine": dict(num_steps=512, num_updates=29, grad_accum_steps=128, thought_coef=0.5, success_window=200),

@@ -25,6 +25,7 @@ Image modes:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -50,6 +51,9 @@ class Encoded:
     """(P,) processor outputs aligned with ``input_ids`` (``mm_token_type_ids``, ``token_type_ids``)."""
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Image inputs of this sample, leading dim = its images or patches (``pixel_values``, ``image_grid_thw``, ...)."""
+    tower_output: tuple[int, Any] | None = None
+    """``(id(tower), output)``: a frozen vision tower's output for this sample, on the model's device,
+    recorded by the first pass that needs it and replayed in every later one (:func:`frozen_tower`)."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -223,6 +227,14 @@ class Encoder:
         features = reference_image_features(model, inputs.pop("pixel_values"))
         return {**inputs, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(features))}}
 
+    def image_features(self, model: torch.nn.Module, images: dict[str, torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Per image, its projected tokens (tokens, hidden): the mode's image path (tower, then projector)
+        on image inputs already on the model's device."""
+        if self.image_mode == "reference":
+            return reference_image_features(model, images["pixel_values"])
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.model.get_image_features(**images, return_dict=True).pooler_output
+
 
 def reference_image_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, patches, hidden): vision-tower feature layer, CLS dropped, through the projector (LLaVA's plain path)."""
@@ -234,6 +246,76 @@ def reference_image_features(model: torch.nn.Module, pixel_values: torch.Tensor)
     if config.vision_feature_select_strategy == "default":
         hidden = hidden[:, 1:]
     return projector(hidden)
+
+
+# --- the frozen vision tower, run once per transition --------------------------------------------
+@contextlib.contextmanager
+def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Encoded], device):
+    """Within the context, the vision tower replays the recorded outputs of ``encoded`` instead of running.
+
+    A frozen tower's output depends on the image alone, so it is recorded once per sample (in eval
+    mode, on ``device``), kept in :attr:`Encoded.tower_output` and replayed in every later pass:
+    generate, scoring, the KL reference, each epoch. Only the tower is replayed: everything after
+    it (LLaVA's feature-layer selection and LoRA'd projector, LLaVA-NeXT's AnyRes packing, Idefics3's
+    connector, Qwen's split by ``image_grid_thw``) runs as usual, so this holds for every family
+    whose image path calls its tower once per pass with the images in batch order. A tower with
+    trainable parameters (``--train-vision true``) runs in every pass as before.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    _, tower = vision_tower_of(base)
+    if not encoded or any(p.requires_grad for p in tower.parameters()):
+        yield
+        return
+    for e in encoded:
+        if e.tower_output is None or e.tower_output[0] != id(tower):  # unseen, or seen by another model
+            e.tower_output = (id(tower), _record_tower(model, tower, encoder, e, device))
+    outputs = [e.tower_output[1] for e in encoded]
+    replay = type(outputs[0])(**{key: _concat([out[key] for out in outputs]) for key in outputs[0].keys()})
+    calls = []
+
+    def replayed(*args, **kwargs):
+        if calls:
+            raise RuntimeError(f"the {encoder.family} image path ran its vision tower twice in one pass: "
+                               "its recorded outputs cannot be replayed (use --train-vision true to run it every time)")
+        calls.append(1)
+        return replay
+
+    tower.forward = replayed  # an instance attribute: nn.Module.__call__ (and its hooks) now reach it
+    try:
+        yield
+    finally:
+        del tower.forward
+
+
+@torch.no_grad()
+def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encoder, encoded: Encoded, device):
+    """The tower's output fields for one sample, copied as the tower returns them (the image path
+    then overwrites ``pooler_output`` with the projected features on the same object)."""
+    recorded = []
+    hook = tower.register_forward_hook(lambda _m, _args, out: recorded.append(type(out)(**dict(out))))
+    was_training = tower.training
+    tower.eval()
+    try:
+        encoder.image_features(model, to_device(encoded.images, device))
+    finally:
+        hook.remove()
+        tower.train(was_training)
+    out = recorded[0]
+    layers = getattr(encoder.config, "vision_feature_layer", None)
+    if out.get("hidden_states") is not None and layers is not None:  # keep only the layers the projector reads
+        count = len(out["hidden_states"])
+        keep = {layer % count for layer in ([layers] if isinstance(layers, int) else layers)}
+        out["hidden_states"] = tuple(h if i in keep else None for i, h in enumerate(out["hidden_states"]))
+    return out
+
+
+def _concat(parts: list) -> Any:
+    """One batch from per-sample tower outputs: tensors joined on dim 0, tuples and lists element by element."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(parts[0], (tuple, list)):
+        return type(parts[0])(_concat(list(items)) if items[0] is not None else None for items in zip(*parts))
+    raise TypeError(f"cannot batch a vision tower output of type {type(parts[0]).__name__}")
 
 
 # --- batching -----------------------------------------------------------------------------------

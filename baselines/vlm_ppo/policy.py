@@ -27,7 +27,15 @@ import torch
 from torch import nn
 
 from baselines.vlm_ppo.algo import action_logprob
-from baselines.vlm_ppo.encoding import Encoded, Encoder, batch_prompts, batch_sequences, to_device, vision_tower_of
+from baselines.vlm_ppo.encoding import (
+    Encoded,
+    Encoder,
+    batch_prompts,
+    batch_sequences,
+    frozen_tower,
+    to_device,
+    vision_tower_of,
+)
 from vlm_envs.text.parsing import find_action_key
 
 
@@ -42,6 +50,41 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.net(hidden.float()).squeeze(-1)
+
+
+class FP32Linear(nn.Linear):
+    """The LM head computed in fp32 whatever the weights' dtype: ``(hidden @ W.T)`` with both cast up.
+
+    In bf16 a logit of ~30 is stored to 0.125, so a bf16 head moves sampled and scored log-probs
+    apart; computed in fp32 they agree. ``generate`` and the scoring pass both call the model's
+    ``lm_head``, so this one module serves both. A frozen low-precision weight is cast once and
+    kept (recast when the tensor changes); a trainable one is cast in each call, so gradients flow.
+    """
+
+    _fp32_weight: torch.Tensor | None = None
+    _fp32_key: tuple | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.linear(hidden.float(), self._weight_fp32(), bias)
+
+    def _weight_fp32(self) -> torch.Tensor:
+        weight = self.weight
+        if weight.dtype == torch.float32 or weight.requires_grad:
+            return weight.float()
+        key = (weight.device, weight.data_ptr(), weight._version)
+        if self._fp32_key != key:
+            self._fp32_weight, self._fp32_key = weight.detach().float(), key
+        return self._fp32_weight
+
+
+def fp32_lm_head(vlm: nn.Module) -> None:
+    """Make the output embedding an :class:`FP32Linear`, in place (same parameters, same state-dict keys)."""
+    head = vlm.get_output_embeddings()
+    if type(head) is not nn.Linear:
+        raise TypeError(f"the output embedding of {type(vlm).__name__} is a {type(head).__name__}, not nn.Linear: "
+                        "cannot run it in fp32")
+    head.__class__ = FP32Linear
 
 
 class LogprobValue(NamedTuple):
@@ -113,11 +156,18 @@ def split_masks(answer_mask: torch.Tensor, boundaries: Sequence[int | None]) -> 
 
 def train_without_dropout(module: nn.Module) -> None:
     """Train mode (so gradient checkpointing is active) with every dropout off, LoRA's included:
-    the policy being scored and optimised is then exactly the one that sampled."""
+    the policy being scored and optimised is then exactly the one that sampled.
+
+    Attention dropout is no module: attention layers keep the config's rate as a float
+    (``attention_dropout``, CLIP's ``dropout``) and apply it whenever they are in train mode, so
+    those floats are set to 0 (for good: no PPO pass uses dropout)."""
     module.train()
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
+        for name, value in vars(m).items():
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                setattr(m, name, 0.0)
 
 
 class ActorCritic(nn.Module):
@@ -127,14 +177,15 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.vlm = vlm
         self.encoder = encoder
-        self.value_head = ValueHead(hidden_size_of(vlm.config))
+        self.value_head = ValueHead(hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
         self.temperature = float(temperature)
         self.thought_coef = float(thought_coef)
         tokenizer = encoder.tokenizer
         self.stop_ids = stop_token_ids(tokenizer, getattr(vlm, "generation_config", None))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.register_buffer("suppress_ids", torch.as_tensor(suppressed_token_ids(tokenizer, self.stop_ids),
-                                                             dtype=torch.long), persistent=False)
+        self.suppress_list = suppressed_token_ids(tokenizer, self.stop_ids)
+        self.register_buffer("suppress_ids", torch.as_tensor(self.suppress_list, dtype=torch.long,
+                                                             device=self.device), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +201,8 @@ class ActorCritic(nn.Module):
         # logits of answer token 0) and the answer tokens but the last (logits of tokens 1..L-1).
         columns = (batch.prompt_lens - 1)[:, None] + torch.arange(max(length, 1))[None]
         columns = columns.clamp(max=batch.inputs["input_ids"].shape[1] - 1)
-        hidden, logits = self._run(batch.inputs, columns)
+        with frozen_tower(self.vlm, self.encoder, prompts, self.device):
+            hidden, logits = self._run(batch.inputs, columns)
         value = self.value_head(hidden[:, 0])
         answer_mask = batch.answer_mask.to(value.device)
         t = self.temperature if temperature is None else temperature
@@ -181,7 +233,7 @@ class ActorCritic(nn.Module):
         head = self.vlm.get_output_embeddings()
         hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
         try:
-            kwargs = to_device(self.encoder.model_inputs(self.vlm, inputs), self.device)
+            kwargs = self.encoder.model_inputs(self.vlm, to_device(inputs, self.device))
             out = self.vlm(**kwargs, use_cache=False, logits_to_keep=columns.to(self.device))
         finally:
             hook.remove()
@@ -199,13 +251,13 @@ class ActorCritic(nn.Module):
         """
         if greedy and with_logprobs:
             raise ValueError("with_logprobs needs sampling (greedy=False): greedy decoding draws from no distribution")
-        inputs = self.encoder.model_inputs(self.vlm, batch_prompts(prompts, self.pad_id))
-        width = inputs["input_ids"].shape[1]
         config = sampling_config(greedy=greedy, temperature=self.temperature, max_new_tokens=max_new_tokens,
-                                 pad_id=self.pad_id, stop_ids=self.stop_ids, suppress_ids=self.suppress_ids.tolist(),
+                                 pad_id=self.pad_id, stop_ids=self.stop_ids, suppress_ids=self.suppress_list,
                                  output_scores=return_scores or with_logprobs)
-        with _own_generation_config(self.vlm):
-            out = self.vlm.generate(**to_device(inputs, self.device), generation_config=config)
+        with frozen_tower(self.vlm, self.encoder, prompts, self.device), _own_generation_config(self.vlm):
+            inputs = self.encoder.model_inputs(self.vlm, to_device(batch_prompts(prompts, self.pad_id), self.device))
+            width = inputs["input_ids"].shape[1]
+            out = self.vlm.generate(**inputs, generation_config=config)
         answers = []
         for seq in out.sequences[:, width:].tolist():
             cut = next((k + 1 for k, t in enumerate(seq) if t in self.stop_ids), len(seq))
@@ -317,7 +369,8 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, l
 
     Returns ``(processor, vlm)``. The vision tower (found by structure) is frozen unless
     ``train_vision``. LoRA goes on every linear layer outside the vision tower (inside it too with
-    ``train_vision``) except the output head.
+    ``train_vision``) except the output head, which runs in fp32 (:class:`FP32Linear`). LoRA
+    adapters are fp32 on any base dtype.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor  # the train extra (checked by the CLI)
 
@@ -329,7 +382,11 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, l
                               f"pip install torchvision (the build matching your torch)") from err
         raise
     processor.tokenizer.padding_side = "left"  # not kept across save/load in transformers v5
-    vlm = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype), use_safetensors=True)
+    # No Hub kernels: transformers would fetch them at run time and re-pick them at every train/eval
+    # switch, so the sampling (eval) and scoring (train) passes could run different kernels.
+    vlm = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=getattr(torch, dtype), use_safetensors=True,
+                                                      use_kernels=False)
+    fp32_lm_head(vlm)
     tower_name, tower = vision_tower_of(vlm)
     if adapter_path or lora_r > 0:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -344,9 +401,21 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", lora_r: int = 0, l
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                                 target_modules=targets, task_type="CAUSAL_LM")
             vlm = get_peft_model(vlm, config)
+        check_adapters_fp32(vlm)
     elif not train_vision:
         tower.requires_grad_(False)
     return processor, vlm
+
+
+def check_adapters_fp32(vlm: nn.Module) -> None:
+    """Refuse low-precision LoRA weights: lr-1e-5 updates round away in bf16 (peft casts adapters
+    to fp32 on a bf16/fp16 base from version 0.12 on)."""
+    low = sorted({str(p.dtype) for p in vlm.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if low:
+        import peft
+
+        raise ValueError(f"LoRA adapters are {', '.join(low)}, not float32 (peft {peft.__version__}): "
+                         "pip install 'peft>=0.12'")
 
 
 def trainable_vision_parameters(vlm: nn.Module) -> list[str]:

@@ -73,16 +73,15 @@ def read_fields(text: str, task: str = "numberline") -> list[int]:
     return out
 
 
-def image_tokens(vlm: nn.Module, images: dict) -> torch.Tensor:
+def image_tokens(policy, images: dict) -> torch.Tensor:
     """The projected image tokens (B, tokens, hidden): exactly what the LM sees at the image positions.
 
-    ``images`` are an encoded batch's image inputs; the model's own ``get_image_features`` reads them,
-    so this works for any family whose frames all give the same number of tokens.
+    ``images`` are an encoded batch's image inputs, read by the policy encoder's image path (the
+    model's own ``get_image_features``, or RL4VLM's plain tokens in ``reference`` mode), so this
+    works for any family whose frames all give the same number of tokens.
     """
-    model = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
-    device = next(model.parameters()).device
-    out = model.model.get_image_features(**{k: v.to(device) for k, v in images.items()}, return_dict=True)
-    return torch.stack(list(out.pooler_output)).float()
+    features = policy.encoder.image_features(policy.vlm, {k: v.to(policy.device) for k, v in images.items()})
+    return torch.stack(list(features)).float()
 
 
 class ReadingHead(nn.Module):
@@ -103,10 +102,9 @@ class ReadingHead(nn.Module):
         return self.linear(tokens.flatten(1)).view(-1, self.fields, self.classes)
 
 
-def reading_loss(head: ReadingHead, vlm: nn.Module, images: dict, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor, float]:
+def reading_loss(head: ReadingHead, policy, images: dict, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the reading head against ``labels`` (B, fields; -1 = unknown) and its accuracy."""
-    logits = head(image_tokens(vlm, images))
+    logits = head(image_tokens(policy, images))
     labels = labels.to(logits.device)
     loss = nn.functional.cross_entropy(logits.reshape(-1, head.classes), labels.reshape(-1), ignore_index=-1)
     known = labels >= 0

@@ -26,6 +26,7 @@ import torch
 
 from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.device import training_device
 from baselines.vlm_ppo.encoding import Encoder, stack_images
 from baselines.vlm_ppo.envs import make_env
 from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
@@ -246,20 +247,21 @@ def _reading_batch(batch: list[dict]) -> tuple[dict, torch.Tensor]:
     return stack_images([s["prompt"] for s in batch]), torch.tensor([s["fields"] for s in batch], dtype=torch.long)
 
 
-def align_vision(cfg: Config, vlm, head: ReadingHead, samples: list[dict], rng: random.Random, log) -> float:
+def align_vision(cfg: Config, policy: ActorCritic, head: ReadingHead, samples: list[dict], rng: random.Random,
+                 log) -> float:
     """Stage 1 (LLaVA-style alignment, on the reading objective): train only the vision tower, the
     projector and the reading head for ``align_steps`` steps so the image tokens carry the numbers."""
     from tqdm.auto import tqdm
 
-    params = vision_path_parameters(vlm) + list(head.parameters())
+    params = vision_path_parameters(policy.vlm) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
-    vlm.train()
+    policy.vlm.train()
     acc = float("nan")
     t0 = time.time()
     bar = tqdm(range(cfg.align_steps), desc="align")
     for step in bar:
         images, labels = _reading_batch(rng.sample(samples, min(cfg.sft_batch_size, len(samples))))
-        loss, acc = reading_loss(head, vlm, images, labels)
+        loss, acc = reading_loss(head, policy, images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -280,6 +282,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     ensure_sft_data(cfg)
     processor, vlm = load_policy(model_path, dtype=cfg.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                  lora_dropout=cfg.lora_dropout, train_vision=cfg.sft_train_vision)
+    vlm.to(training_device())
     if cfg.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         vlm.enable_input_require_grads()
@@ -294,22 +297,21 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     head = None
     if use_reading:  # sized by the model's own image tokens for one frame, and by the task's numbers
         with torch.no_grad():
-            tokens = image_tokens(vlm, _reading_batch(samples[:1])[0]).shape[1]
+            tokens = image_tokens(ac, _reading_batch(samples[:1])[0]).shape[1]
         reading = reading_task(prompt_task_of(cfg))
-        head = ReadingHead(tokens, hidden_size_of(vlm.config), len(reading.fields), reading.classes
-                           ).to(next(vlm.parameters()).device)
+        head = ReadingHead(tokens, hidden_size_of(vlm.config), len(reading.fields), reading.classes).to(ac.device)
     out = Path(cfg.output_dir) / "sft" if not cfg.sft_output else Path(cfg.sft_output)
     log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
     log.write("step,loss,lr,elapsed_s,lm_loss,reading_loss,reading_acc\n")
     t0 = time.time()
     if use_reading and cfg.align_steps > 0:
-        acc = align_vision(cfg, vlm, head, samples, rng, log)
+        acc = align_vision(cfg, ac, head, samples, rng, log)
         print(f"vision alignment: {cfg.align_steps} steps in {time.time() - t0:.0f}s, reading-head accuracy {acc:.2f}")
     params = [p for p in vlm.parameters() if p.requires_grad] + (list(head.parameters()) if use_reading else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
     warmup = max(1, int(0.03 * cfg.sft_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.sft_steps, 1.0))))
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.sft_steps, 1), 1.0)))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * cosine(s))
     vlm.train()
     bar = tqdm(range(cfg.sft_steps), desc="sft")
     for step in bar:
@@ -318,7 +320,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
         r_loss, r_acc = torch.zeros(()), float("nan")
         if use_reading and cfg.aux_reading_coef > 0:
             images, labels = _reading_batch(batch)
-            r_loss, r_acc = reading_loss(head, vlm, images, labels)
+            r_loss, r_acc = reading_loss(head, ac, images, labels)
         loss = lm_loss + cfg.aux_reading_coef * r_loss
         optimizer.zero_grad()
         loss.backward()

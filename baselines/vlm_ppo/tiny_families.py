@@ -79,6 +79,8 @@ import functools
 from pathlib import Path
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm")
+CONV_TEMPLATES = {family: "llava_v1" if family.startswith("llava") else "chat_template" for family in FAMILIES}
+"""The ``--conv-template`` of each family: LLaVA's conversation strings, else the processor's chat template."""
 
 # LLaVA-NeXT-7B's vision geometry (CLIP ViT-L/14 at 336 px, llava-v1.6 pinpoints): 24x24 = 576
 # patch tokens per view. Pass as ``build_tiny("llava_next", path, **LLAVA_NEXT_7B_GEOMETRY)``.

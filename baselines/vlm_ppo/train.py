@@ -1,8 +1,9 @@
 """PPO for a VLM policy, read top to bottom: setup, then per update rollout, scoring, GAE, update, log.
 
 ``python -m baselines.vlm_ppo ppo --model runs/numberline/sft ...``; several processes with
-``accelerate launch --num_processes N -m baselines.vlm_ppo ppo ...`` (each process runs its own
-envs and rollout on its own seeds; accelerate's data parallelism averages the gradients).
+``accelerate launch --multi_gpu --num_processes N -m baselines.vlm_ppo ppo ...`` (each process runs
+its own envs and rollout on its own seeds; accelerate's data parallelism averages the gradients;
+held-out episodes are split over the processes and every logged number covers all of them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses, tis_weights
 from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.device import make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
@@ -36,14 +39,25 @@ def seed_everything(seed: int) -> None:
 
 def resolve_model(cfg: Config) -> str:
     """``tiny`` → build the embedded model once under ``output_dir/tiny-base`` (for ALFWorld the build
-    with its vocabulary and context, ``tiny.ALFWORLD_SPEC``); anything else as given."""
+    with its vocabulary and context, ``tiny.ALFWORLD_SPEC``); anything else as given.
+
+    Processes started together build it once: the first to take the lock builds into a side folder
+    and renames it into place (a killed build leaves no half model), the others wait and load it.
+    """
     if cfg.model != "tiny":
         return cfg.model
+    from filelock import FileLock
+
     from baselines.vlm_ppo.tiny import ALFWORLD_SPEC, build_tiny_llava
 
     path = Path(cfg.output_dir) / "tiny-base"
-    if not (path / "config.json").exists():
-        build_tiny_llava(path, ALFWORLD_SPEC if cfg.env_id.startswith("alfworld/") else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            build_tiny_llava(partial, ALFWORLD_SPEC if cfg.env_id.startswith("alfworld/") else None)
+            partial.rename(path)
     return str(path)
 
 
@@ -106,12 +120,12 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    from accelerate import Accelerator
-
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator()
+    # accelerate's accumulation state: ppo_update marks each window's end with sync_gradients
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
+    check_parallelism(accelerator)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ppo_config.json").write_text(to_json(cfg))
@@ -120,11 +134,14 @@ def setup(cfg: Config) -> Run:
         raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
     seed_everything(cfg.seed + 1000 * accelerator.process_index)  # distinct streams per process
     policy = build_policy(cfg, ckpt).to(accelerator.device)
+    envs = TrainingEnvs(cfg, accelerator.process_index)
+    frozen = freeze_unreachable(policy, envs, accelerator)
+    if frozen:
+        accelerator.print(f"frozen {len(frozen)} trainable parameters that no loss reaches: {', '.join(frozen)}")
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.num_updates, cfg.lr, cfg.end_lr))
     model, optimizer = accelerator.prepare(policy, optimizer)  # the scheduler is stepped by hand, once per update
-    envs = TrainingEnvs(cfg, accelerator.process_index)
     run = Run(cfg, accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler, envs,
               EpisodeStats(np.zeros(cfg.num_envs), np.zeros(cfg.num_envs, dtype=int)),
               collections.deque(maxlen=cfg.success_window), None)
@@ -139,6 +156,60 @@ def setup(cfg: Config) -> Run:
     run.start_update, run.global_step = state["update"] + 1, state["global_step"]
     run.logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_after=state["update"])
     return run
+
+
+def check_parallelism(accelerator) -> None:
+    """Refuse, at start, the accelerate back-ends this trainer was never run with.
+
+    Plain data parallelism (``accelerate launch --multi_gpu``) is tested; DeepSpeed and FSDP are not.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        stage = accelerator.state.deepspeed_plugin.zero_stage
+        raise ValueError(
+            f"DeepSpeed (ZeRO-{stage}) is not supported by this trainer: untested. ZeRO-1/2 partition the optimizer "
+            f"state over the processes, which a checkpoint (one optimizer.pt, loaded weights_only) cannot hold; "
+            f"ZeRO-3 also partitions the weights that generate, the reference-mode vision tower, the weight digest "
+            f"and save_pretrained read whole. Launch plain data parallelism instead: accelerate launch --multi_gpu "
+            f"--num_processes N -m baselines.vlm_ppo ppo ... (docs/training.md, \"Several processes\")")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "FSDP is not supported by this trainer: untested. It shards the weights that generate, the reference-mode "
+            "vision tower, the weight digest and save_pretrained read whole. Launch plain data parallelism instead: "
+            "accelerate launch --multi_gpu --num_processes N -m baselines.vlm_ppo ppo ... (docs/training.md, "
+            "\"Several processes\")")
+
+
+def freeze_unreachable(policy: ActorCritic, envs: TrainingEnvs, accelerator) -> list[str]:
+    """Freeze the trainable parameters that no loss reaches; returns their names.
+
+    Data parallelism waits for a gradient of every trainable parameter in every backward pass, so
+    one outside the loss's graph stops it ("Expected to have finished reduction in the prior
+    iteration"): the vision layers above LLaVA's ``vision_feature_layer`` and the tower's
+    post-layernorm with ``--train-vision``, LLaVA-NeXT's ``image_newline`` in reference mode. One
+    backward pass on a blank observation finds them: what reaches the policy's log-probs and the
+    value is fixed by the model's structure, not by the input. A parameter is frozen only if no
+    process reached it, so every process keeps the same trainable set. Runs under its own RNG.
+    """
+    space = envs.envs.single_observation_space["image"]
+    probe = policy.encoder.encode([envs.prompt_for("")], [np.zeros(space.shape, dtype=np.uint8)])
+    tokenizer = policy.encoder.tokenizer
+    answer = tokenizer(' {"action": "1"}', add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    trainable = {name: p for name, p in policy.named_parameters() if p.requires_grad}
+    device = accelerator.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        out = policy(probe, [answer], [None])
+        (out.token_logprobs.sum() + out.value.sum()).backward()
+    missed = [name for name, p in trainable.items() if p.grad is None]
+    for p in trainable.values():
+        p.grad = None
+    from accelerate.utils import gather_object
+
+    unreached = set.intersection(*(set(names) for names in gather_object([missed])))
+    for name in unreached:
+        trainable[name].requires_grad_(False)
+    return sorted(unreached)
 
 
 def train_ppo(cfg: Config) -> dict[str, float]:
@@ -181,8 +252,10 @@ def train_ppo(cfg: Config) -> dict[str, float]:
 
         # 4. log, evaluate, checkpoint
         metrics = {**rollout_metrics(run, rollout, returns, rollout_s, update_s), **stats}
+        metrics = over_processes(run.accelerator, metrics)
         last = update == cfg.num_updates - 1
-        out_of_time = cfg.time_limit_min > 0 and time.time() - t_start > 60 * cfg.time_limit_min
+        out_of_time = cfg.time_limit_min > 0 and on_main_process(
+            run.accelerator, time.time() - t_start > 60 * cfg.time_limit_min)
         if cfg.eval_every and ((update + 1) % cfg.eval_every == 0 or last or out_of_time):
             metrics.update(held_out(run))
         run.logger.log(update, run.global_step, metrics)
@@ -201,7 +274,13 @@ def train_ppo(cfg: Config) -> dict[str, float]:
 
 def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
                epochs: list[list[list[int]]]) -> dict[str, float]:
-    """``len(epochs)`` passes of clipped PPO; ``grad_accum_steps`` mini-batches per optimizer step."""
+    """``len(epochs)`` passes of clipped PPO; one optimizer step per window of ``grad_accum_steps`` mini-batches.
+
+    Windows go through accelerate's accumulation state: gradients are synchronised, clipped and
+    stepped on a window's last mini-batch only (``accelerator.sync_gradients``), which is also what
+    tells a DeepSpeed engine where a window ends. An epoch's last, shorter window is stepped too,
+    its losses averaged over its own size, so nothing carries into the next update.
+    """
     cfg, policy, accelerator = run.cfg, run.policy, run.accelerator
     if cfg.norm_adv:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
@@ -218,9 +297,11 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
     for batches in epochs:
         for start in range(0, len(batches), cfg.grad_accum_steps):
             window = batches[start:start + cfg.grad_accum_steps]
+            # accelerate divides each loss by grad_accum_steps: a shorter window is averaged over its own size
+            scale = cfg.grad_accum_steps / len(window)
             for k, mb in enumerate(window):
-                sync = k == len(window) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
+                accelerator.sync_gradients = k == len(window) - 1
+                with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(run.model):
                     out = run.model([rollout.prompts[j] for j in mb], [rollout.answers[j] for j in mb],
                                     [rollout.boundaries[j] for j in mb], with_entropy=cfg.entropy_coef > 0)
                     at = lambda x: x[mb].to(out.value.device)  # noqa: E731
@@ -236,7 +317,7 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                         loss = loss + cfg.kl_coef * losses["kl"]
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss: {({k: float(v) for k, v in losses.items()})}")
-                    accelerator.backward(loss / len(window))
+                    accelerator.backward(loss * scale)
                 if not stepped:
                     first_step_dev = max(first_step_dev, float(losses["ratio_dev"]))
                 for name, v in losses.items():
@@ -292,14 +373,51 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
 
 
 def held_out(run: Run) -> dict[str, float]:
-    """Greedy (and sampled) held-out evaluation on the main process."""
+    """Greedy (and sampled) held-out evaluation, its episodes split over the processes."""
     metrics = {}
-    if run.accelerator.is_main_process:
-        for mode in ("greedy", "sampled") if run.cfg.eval_sampled else ("greedy",):
-            result = evaluate(run.cfg, run.policy, greedy=mode == "greedy")
-            metrics.update({f"eval/{mode}_{k}": v for k, v in result.items()})
-    run.accelerator.wait_for_everyone()
+    for mode in ("greedy", "sampled") if run.cfg.eval_sampled else ("greedy",):
+        result = evaluate(run.cfg, run.policy, greedy=mode == "greedy", accelerator=run.accelerator)
+        metrics.update({f"eval/{mode}_{k}": v for k, v in result.items()})
     return metrics
+
+
+# How a logged number combines over processes; any other is the mean (every process holds an
+# equal-sized rollout and takes the same number of mini-batches).
+SUMMED = ("charts/episodes_in_window", "charts/tokens_per_s")
+LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev")
+PER_EPISODE = ("charts/train_success", "charts/train_return")
+
+
+def over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """This update's metrics over every process: episode statistics over all their finished
+    episodes, throughput summed, times the slowest process's (the same dict on every process)."""
+    from accelerate.utils import gather_object
+
+    every = gather_object([metrics])
+    if len(every) == 1:
+        return metrics
+    episodes = np.array([m["charts/episodes_in_window"] for m in every], dtype=float)
+    out = {}
+    for key in metrics:
+        values = np.array([m[key] for m in every], dtype=float)
+        if key in SUMMED:
+            out[key] = float(values.sum())
+        elif key in LARGEST:
+            out[key] = float(values.max())
+        elif key in PER_EPISODE:  # a process with no finished episode logs nan and counts for nothing
+            total = episodes.sum()
+            out[key] = float(np.where(episodes > 0, values, 0.0) @ episodes / total) if total else float("nan")
+        else:
+            out[key] = float(values.mean())
+    return out
+
+
+def on_main_process(accelerator, decision: bool) -> bool:
+    """The main process's ``decision``, on every process: each process's own clock could disagree,
+    and a process that stops alone leaves the others waiting at their next collective."""
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([decision])[0])
 
 
 def trainer_state(run: Run, update: int) -> dict:

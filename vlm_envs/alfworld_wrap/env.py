@@ -13,6 +13,7 @@ from vlm_envs.alfworld_wrap.expert import expert_plan
 from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, problem_digest, resolve_games
 from vlm_envs.alfworld_wrap.schematic import Knowledge, draw
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, describe_task, goal_conditions
+from vlm_envs.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
 from vlm_envs.core import VLMEnv
 from vlm_envs.labels import StateLabels
 from vlm_envs.spaces import text_space
@@ -23,6 +24,7 @@ RewardMode = Literal["reference", "delta"]
 REWARD_MODES: tuple[str, ...] = ("reference", "delta")
 OBS_TEXT_FORMATS: tuple[str, ...] = ("plain", "list_repr")
 MAX_ACTION_LENGTH = 4096
+MAX_STEPS = 1000  # 20x the reference's 50; the episode's history (replayed to copy an env) grows with it
 NOTHING_HAPPENS = "Nothing happens."
 _TASK_LINE = re.compile(r'^(\s*"rhs":\s*"Your task is to: ).*("\s*)$', re.MULTILINE)
 _TASK_PLACEHOLDER = "Your task is to: UNKNOWN GOAL."
@@ -105,7 +107,8 @@ class ALFWorldEnv(VLMEnv):
     ## Starting State
 
     A game drawn uniformly (with replacement) from the split by ``self.np_random``, or the one
-    named by ``reset(options={"game_index": i})`` / ``{"game_file": path}``. The task sentence is
+    named by ``reset(options={"game_index": i})`` / ``{"game_file": path}`` (as ``info["game_file"]``
+    shows it, or the file's own path). The task sentence is
     drawn once per episode from the task type's templates (``info["task"]``).
 
     ## Rewards
@@ -128,7 +131,9 @@ class ALFWorldEnv(VLMEnv):
     ## Info
 
     ``won``, ``success`` (``won``, present every step), ``goal_condition_success_rate``,
-    ``task_type``, ``task``, ``game_file``, ``admissible_commands`` (for the new state),
+    ``task_type``, ``task``, ``game_file`` (the game's path under its games folder, e.g.
+    ``eval_in_distribution/<task folder>/<trial>/game.tw-pddl``, never where that folder is
+    installed), ``admissible_commands`` (for the new state),
     ``matched_command`` (``None`` if illegal), ``legal_action``, ``parse_ok``, ``parse_error``
     (``""`` when ok), ``feedback`` (the raw feedback string); with ``oracle_labels=True`` also the
     keys below.
@@ -162,10 +167,13 @@ class ALFWorldEnv(VLMEnv):
     * ``game_dir``: a folder of games (ours, or ALFWorld's ``json_2.1.1``; the split's subfolder
       ``train``/``valid_seen``/``valid_unseen`` is used when present). Default: the shipped set.
     * ``game_files``: explicit ``game.tw-pddl`` paths (overrides ``split``/``game_dir``).
-    * ``max_steps=50``, ``reward_mode``, ``success_bonus=50.0``, ``illegal_penalty=1.0``.
+      ``game_dir`` and ``game_files`` name files of the machine the env runs on
+      (:data:`vlm_envs.arguments.ServerPath`): an env server takes them only from its own configuration.
+    * ``max_steps=50`` (an int in 1..1000), ``reward_mode``, ``success_bonus=50.0``,
+      ``illegal_penalty=1.0`` (finite numbers).
     * ``obs_text_format``: ``"plain"`` (default) or ``"list_repr"``.
     * ``match_mode``: ``"fixed"`` (default) or ``"compat"`` (the reference matcher).
-    * ``image_size=(300, 300)``, ``render_mode`` (``"rgb_array"``, ``"human"``), ``text_mode``.
+    * ``image_size=(300, 300)`` (ints in 16..2048), ``render_mode`` (``"rgb_array"``, ``"human"``), ``text_mode``.
     * ``skip_invalid_games``: a game whose files cannot be read raises an error naming the file
       (default); ``True`` skips it with a warning naming it, and lists it in ``env.unwrapped.skipped_games``.
     * ``oracle_labels``: add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` (default ``False``).
@@ -197,8 +205,8 @@ class ALFWorldEnv(VLMEnv):
         render_mode: str | None = None,
         split: str = "train",
         task_types: Sequence[int | str] | None = None,
-        game_dir: str | None = None,
-        game_files: Sequence[str] | None = None,
+        game_dir: ServerPath | None = None,
+        game_files: Sequence[ServerPath] | None = None,
         max_steps: int = 50,
         reward_mode: RewardMode = "delta",
         success_bonus: float = 50.0,
@@ -220,8 +228,12 @@ class ALFWorldEnv(VLMEnv):
             raise ValueError(f"obs_text_format must be one of {OBS_TEXT_FORMATS}, got {obs_text_format!r}")
         if match_mode not in MATCH_MODES:
             raise ValueError(f"match_mode must be one of {MATCH_MODES}, got {match_mode!r}")
-        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        self.max_steps = check_int("max_steps", max_steps, 1, MAX_STEPS)
+        self.success_bonus = check_finite("success_bonus", success_bonus)
+        self.illegal_penalty = check_finite("illegal_penalty", illegal_penalty)
+        skip_invalid_games = check_bool("skip_invalid_games", skip_invalid_games)
+        game_dir = None if game_dir is None else check_path("game_dir", game_dir)
+        game_files = None if game_files is None else check_paths("game_files", game_files)
         super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode,
                          oracle_labels=oracle_labels)
         self.split = split
@@ -229,10 +241,7 @@ class ALFWorldEnv(VLMEnv):
         self.skipped_games: list[str] = []  # why each invalid game was skipped (skip_invalid_games=True)
         self.games: list[GameInfo] = resolve_games(split, self.task_types, game_dir, game_files,
                                                    self.skipped_games if skip_invalid_games else None)
-        self.max_steps = max_steps
         self.reward_mode = reward_mode
-        self.success_bonus = float(success_bonus)
-        self.illegal_penalty = float(illegal_penalty)
         self.obs_text_format = obs_text_format
         self.match_mode = match_mode
         self.action_space = text_space(MAX_ACTION_LENGTH)
@@ -268,9 +277,10 @@ class ALFWorldEnv(VLMEnv):
                 raise ValueError(f"game_index must be an int in [0, {len(self.games)}), got {index!r}")
             game = self.games[int(index)]
         elif "game_file" in options:
-            by_file = {g.game_file: g for g in self.games}
+            by_file = {**{g.relative_path: g for g in self.games}, **{g.game_file: g for g in self.games}}
             if str(options["game_file"]) not in by_file:
-                raise ValueError(f"game_file {options['game_file']!r} is not one of this env's games")
+                raise ValueError(f"game_file {options['game_file']!r} is not one of this env's games "
+                                 "(name one as info['game_file'] does, or by its path)")
             game = by_file[str(options["game_file"])]
         else:
             game = self.games[int(self.np_random.integers(len(self.games)))]
@@ -406,7 +416,7 @@ class ALFWorldEnv(VLMEnv):
             "goal_condition_success_rate": float(self._gcsr),
             "task_type": self._game.task_type,
             "task": self._task,
-            "game_file": self._game.game_file,
+            "game_file": self._game.relative_path,
             "admissible_commands": list(self._admissible),
             "matched_command": matched,
             "legal_action": bool(legal),

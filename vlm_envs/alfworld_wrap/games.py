@@ -9,6 +9,7 @@ list is sorted, so the same folder gives the same games in the same order on eve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,14 @@ class GameInfo:
     game_file: str
     task_type: str
     pddl_params: dict = field(hash=False, compare=False)
+    root: str = field(default="", compare=False)  # the games folder it was found in ("": the one holding its task folder)
+
+    @functools.cached_property  # read at every step
+    def relative_path(self) -> str:
+        """``game_file`` under its games folder, e.g. ``eval_in_distribution/<task folder>/<trial>/game.tw-pddl``
+        (``info["game_file"]``: where the games are installed stays the server's business)."""
+        root = self.root or _games_folder(self.game_file)
+        return Path(os.path.relpath(os.path.abspath(self.game_file), os.path.abspath(root))).as_posix()
 
     @property
     def name(self) -> str:
@@ -67,6 +76,8 @@ def normalize_task_types(task_types: Iterable[int | str] | None) -> tuple[str, .
         return tuple(TASK_TYPES.values())
     if isinstance(task_types, (str, int)):
         task_types = (task_types,)
+    if not isinstance(task_types, Iterable):
+        raise TypeError(f"task_types must be a list of ids 1-6 or names, got {task_types!r}")
     names = []
     for t in task_types:
         if isinstance(t, int) and not isinstance(t, bool) and t in TASK_TYPES:
@@ -113,14 +124,17 @@ def _skip_or_raise(err: InvalidGame, skipped: list[str] | None) -> None:
     skipped.append(str(err))
 
 
-def find_games(folder: str | os.PathLike, task_types: Sequence[str], skipped: list[str] | None = None) -> list[GameInfo]:
-    """Every playable game under ``folder`` (recursively) of the given task types, sorted by path.
+def find_games(folder: str | os.PathLike, task_types: Sequence[str], skipped: list[str] | None = None,
+               root: str | os.PathLike | None = None) -> list[GameInfo]:
+    """Every playable game under ``folder`` (recursively) of the given task types, sorted by path;
+    their :attr:`GameInfo.relative_path` is under ``root`` (default: ``folder``).
 
     A game whose ``traj_data.json`` or ``game.tw-pddl`` cannot be read raises :class:`InvalidGame`
     naming the file; when a ``skipped`` list is given it is skipped instead, with a warning, and
     its reason appended to the list.
     """
     folder = Path(folder)
+    games_root = str(root if root is not None else folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no game folder at {folder}")
     games = []
@@ -139,7 +153,7 @@ def find_games(folder: str | os.PathLike, task_types: Sequence[str], skipped: li
         except InvalidGame as err:
             _skip_or_raise(err, skipped)
             continue
-        games.append(GameInfo(game_file, traj["task_type"], dict(traj.get("pddl_params") or {})))
+        games.append(GameInfo(game_file, traj["task_type"], dict(traj.get("pddl_params") or {}), games_root))
     games.sort(key=lambda g: g.game_file)
     return games
 
@@ -177,6 +191,7 @@ def resolve_games(split: str, task_types: Sequence[str], game_dir: str | os.Path
     """
     if game_files is not None:
         games = []
+        root = os.path.commonpath([_games_folder(path) for path in game_files]) if game_files else ""
         for path in game_files:
             traj_file = Path(path).parent / "traj_data.json"
             if not traj_file.exists():
@@ -187,12 +202,18 @@ def resolve_games(split: str, task_types: Sequence[str], game_dir: str | os.Path
                 _skip_or_raise(err, skipped)
                 continue
             if traj.get("task_type") in task_types:
-                games.append(GameInfo(str(path), traj["task_type"], dict(traj.get("pddl_params") or {})))
+                games.append(GameInfo(str(path), traj["task_type"], dict(traj.get("pddl_params") or {}), root))
         where = "the given game_files"
     else:
-        folder = split_dir(game_dir if game_dir is not None else default_games_root(split), split)
-        games = find_games(folder, task_types, skipped)
-        where = str(folder)
+        root = game_dir if game_dir is not None else default_games_root(split)
+        games = find_games(split_dir(root, split), task_types, skipped, root)
+        where = f"split {split!r} of " + ("game_dir" if game_dir is not None else "the default games")
     if not games:
         raise ValueError(f"no playable game of task types {list(task_types)} in {where}")
     return games
+
+
+def _games_folder(game_file: str | os.PathLike) -> str:
+    """The folder that holds a game's ``<task folder>/<trial>/game.tw-pddl``."""
+    parents = Path(os.path.abspath(game_file)).parents
+    return str(parents[min(2, len(parents) - 1)])

@@ -19,7 +19,6 @@ hidden state give identical images until the agent uncovers the difference.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from vlm_envs.alfworld_wrap.tasks import FactIndex
 from vlm_envs.alfworld_wrap.tasks import natural_key as _natural_key
+from vlm_envs.caching import ByteLRU, byte_lru_cache, deep_sizeof
 from vlm_envs.rendering import font
 
 _FLAG_WORDS = (("ishot", "hot"), ("iscool", "cold"), ("isclean", "clean"), ("issliced", "sliced"), ("istoggled", "on"))
@@ -148,7 +148,8 @@ class _Layout:
     head_font: object
     pad: int
     scale: float
-    patches: dict = field(default_factory=dict)  # drawn tiles by (receptacle, state), reused
+    # Drawn tiles by (receptacle, state), reused; at most _PATCH_FRAMES frames' worth of them.
+    patches: ByteLRU = field(default_factory=lambda: ByteLRU(None, 0))
 
     def patch(self, rec: str, openable: bool, current: bool, is_open, lines) -> tuple[int, int, np.ndarray]:
         key = (rec, current, is_open, None if lines is None else tuple(lines))
@@ -162,13 +163,20 @@ class _Layout:
                               self.name_font, self.small, self.head_font, self.pad, self.scale)
             _draw_tile(ImageDraw.Draw(tile), shifted, rec, openable, fill=_CURRENT if current else _VISITED,
                        current=current, is_open=is_open, lines=lines)
-            if len(self.patches) > 2048:
-                self.patches.clear()
-            found = self.patches[key] = (left, top, np.asarray(tile))
+            found = (left, top, np.asarray(tile))
+            self.patches.put(key, found)
         return found
 
 
-@functools.lru_cache(maxsize=16)
+_PATCH_FRAMES = 4
+_LAYOUT_BYTES = 64 * 2**20  # ~45 rooms at 300x300; one at 2048x2048
+
+
+def _layout_bytes(key: tuple, layout: _Layout) -> int:
+    return deep_sizeof(key) + layout.base.nbytes + layout.patches.max_bytes  # with the tiles it may draw
+
+
+@byte_lru_cache("alfworld.layouts", _LAYOUT_BYTES, _layout_bytes)
 def _layout(receptacles: tuple[str, ...], openable: frozenset[str], size: tuple[int, int]) -> _Layout:
     height, width = size
     scale = min(height, width) / 300.0
@@ -209,7 +217,9 @@ def _layout(receptacles: tuple[str, ...], openable: frozenset[str], size: tuple[
     d = ImageDraw.Draw(image)
     for rec in receptacles:
         _draw_tile(d, layout, rec, rec in openable, fill=_UNVISITED, current=False, is_open=None, lines=None)
-    return _Layout(np.asarray(image), tiles, labels, name_font, small, head_font, pad, scale)
+    base = np.asarray(image)
+    return _Layout(base, tiles, labels, name_font, small, head_font, pad, scale,
+                   ByteLRU(None, _PATCH_FRAMES * base.nbytes))
 
 
 def _draw_tile(d, layout: _Layout, rec: str, openable: bool, fill, current: bool, is_open, lines) -> None:

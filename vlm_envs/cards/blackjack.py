@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+from vlm_envs.arguments import ServerPath, check_bool
 from vlm_envs.cards.deck import random_suit
-from vlm_envs.cards.drawing import felt_table, place_cards
+from vlm_envs.cards.drawing import check_card_art, felt_table, place_cards
 from vlm_envs.core import VLMEnv
 from vlm_envs.labels import StateLabels
 from vlm_envs.rendering import blit_white_text, to_frame
@@ -142,10 +144,10 @@ class BlackjackEnv(VLMEnv):
     | ``natural`` | False | a winning natural pays 1.5 |
     | ``sab`` | False | Sutton & Barto rules: a natural beats any non-natural dealer hand |
     | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
-    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``image_size`` | (300, 300) | (height, width) of the image, ints in 16..2048 |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | the reference's rules: ``natural`` and ``sab`` never take effect ("Blackjack naturals" in docs/reference_differences.md) |
-    | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
+    | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards; a path on the machine the env runs on (an env server takes it only from its own configuration) |
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
@@ -155,10 +157,12 @@ class BlackjackEnv(VLMEnv):
     prompt_task = "blackjack"
     action_names = ("stand", "hit")
 
-    def __init__(self, natural: bool = False, sab: bool = False, compat: bool = False, card_art: str | None = None, **kwargs):
+    def __init__(self, natural: bool = False, sab: bool = False, compat: bool = False,
+                 card_art: ServerPath | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.natural, self.sab, self.compat = bool(natural), bool(sab), bool(compat)
-        self.card_art = card_art
+        self.natural, self.sab = check_bool("natural", natural), check_bool("sab", sab)
+        self.compat = check_bool("compat", compat)
+        self.card_art = check_card_art(card_art)
         self.action_space = spaces.Discrete(2)
         self.dealer: list[Card] = []
         self.player: list[Card] = []

@@ -3,7 +3,8 @@
 Cards are drawn procedurally (a white card with the rank in two corners and a large suit pip),
 so no third-party art is shipped. ``card_art`` directories with the original RL4VLM PNGs (named
 by card code, e.g. ``HQ.png``, plus ``back.png``) can be plugged in instead: the authors' SFT
-checkpoints were trained on those pixels. Every sprite is built once per (art, card, size) and cached.
+checkpoints were trained on those pixels. Every sprite is built once per (art, card, size) and
+cached, within a budget of bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlm_envs.arguments import check_path
+from vlm_envs.caching import byte_lru_cache
+from vlm_envs.cards.deck import FULL_DECK
 from vlm_envs.rendering import font
 
 FELT_GREEN = (0x35, 0x65, 0x4D)
@@ -53,18 +57,40 @@ def _procedural_card(code: str) -> Image.Image:
     return image
 
 
-@functools.lru_cache(maxsize=None)
+CARD_ART_FILES: tuple[str, ...] = tuple(f"{code}.png" for code in (*FULL_DECK, "back"))
+_SPRITE_BYTES = 16 * 2**20  # every card at every game's card size is ~6 MiB; the rest is for card_art folders
+
+
+def check_card_art(card_art: object) -> str | None:
+    """``card_art`` as an absolute folder path (one cache entry per folder, however it is spelled),
+    or ``None``. A folder without every card image is refused; the message names neither the
+    folder nor what it holds, so an error never tells a remote client which files exist."""
+    if card_art is None:
+        return None
+    try:
+        folder = Path(check_path("card_art", card_art)).resolve()
+        complete = all((folder / name).is_file() for name in CARD_ART_FILES)
+    except (OSError, ValueError):  # a name too long, a NUL byte, a loop of links
+        complete = False
+    if not complete:
+        raise ValueError("card_art must be a folder holding one PNG per card code (HA.png, H2.png, ..., CK.png) and back.png")
+    return str(folder)
+
+
+@byte_lru_cache("cards.sprites", _SPRITE_BYTES)
 def card_sprite(code: str, size: tuple[int, int], art_dir: str | None = None) -> np.ndarray:
-    """The card ``code`` (or ``"back"``) as a read-only RGB array of ``size`` = (width, height), cached."""
+    """The card ``code`` (or ``"back"``) as a read-only RGB array of ``size`` = (width, height), cached.
+
+    ``art_dir`` is a folder accepted by :func:`check_card_art`."""
     if art_dir is None:
         source = _procedural_card(code)
     else:
-        path = Path(art_dir) / f"{code}.png"
-        if not path.is_file():
-            raise FileNotFoundError(f"card art {path} not found (card_art must hold one PNG per card code and back.png)")
-        # The reference pastes RGBA art without a mask, i.e. it drops transparency: do the same.
-        source = Image.open(path).convert("RGB")
-    sprite = np.asarray(source.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+        try:
+            # The reference pastes RGBA art without a mask, i.e. it drops transparency: do the same.
+            source = Image.open(Path(art_dir) / f"{code}.png").convert("RGB")
+        except (OSError, ValueError):  # PIL's messages name the file's path
+            raise ValueError(f"card_art: {code}.png cannot be read as an image") from None
+    sprite = np.array(source.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
     sprite.flags.writeable = False
     return sprite
 

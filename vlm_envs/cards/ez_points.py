@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vlm_envs.cards.deck import card_code, random_suit
+import operator
+
+from vlm_envs.cards.deck import CARD_VALUES, RANKS, card_code, random_suit, rank_value
 from vlm_envs.cards.formula_env import FormulaCardEnv
 from vlm_envs.rendering import text_advance
 
@@ -28,10 +30,13 @@ class EZPointsEnv(FormulaCardEnv):
     state in words (cards, numbers, formula) for text-only agents.
 
     ## Starting State
-    First card: rank uniform in 2..13 (never an ace), suit uniform. Second card: the value that
-    completes 12 by ``*`` (for values 2, 3, 4, 6, with probability 1/2) or by ``+``, as a number card
-    with a uniform suit, redrawn if it is the same physical card as the first (``compat=True``
-    allows the duplicate, as the reference). The two cards swap places with probability 1/2.
+    First card: rank uniform among those whose value some card value completes to the target by
+    ``+`` or ``*`` (for 12: 2..13, never an ace), suit uniform. Second card: the value that
+    completes it, by ``*`` or ``+`` with probability 1/2 each where both do (for 12: values 2, 3, 4,
+    6), else by the one that does, as a number card (10 as ``T``) with a uniform suit, redrawn if
+    it is the same physical card as the first (``compat=True`` allows the duplicate, as the
+    reference). The two cards swap places with probability 1/2. For 12 this is the reference's
+    draw, seed for seed.
 
     ## Rewards
     | event | reward |
@@ -68,12 +73,12 @@ class EZPointsEnv(FormulaCardEnv):
     ## Arguments
     | argument | default | meaning |
     |---|---|---|
-    | ``target_points`` | 12 | the value to reach |
+    | ``target_points`` | 12 | the value to reach: a sum or product of two card values (1..21, 24, 25, ..., 100; others raise ``ValueError``) |
     | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
-    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``image_size`` | (300, 300) | (height, width) of the image, ints in 16..2048 |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | reference behaviour: ``eval`` semantics (digit concatenation, float ``/``) via a safe AST walker; identical cards allowed |
-    | ``card_art`` | None | folder of card PNGs (``HQ.png``, ..., ``back.png``) to use instead of the drawn cards |
+    | ``card_art`` | None | folder of card PNGs (``HQ.png``, ..., ``back.png``) to use instead of the drawn cards; a path on the machine the env runs on (an env server takes it only from its own configuration) |
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
@@ -92,14 +97,34 @@ class EZPointsEnv(FormulaCardEnv):
 
     def __init__(self, target_points: int = 12, **kwargs):
         super().__init__(target_points=target_points, **kwargs)
+        # The first card is one that some card completes to the target (for 12: never an ace).
+        self._first_ranks = tuple(rank for rank in range(1, len(RANKS) + 1)
+                                  if completing_values(rank_value(rank), self.target_points))
+
+    @classmethod
+    def reachable_targets(cls) -> frozenset[int]:
+        return frozenset(_OPERATIONS[op](a, b) for op in cls.operators for a in CARD_VALUES for b in CARD_VALUES)
 
     def _deal(self) -> list[str]:
         rng = self.np_random
-        first_rank = int(rng.integers(2, 14))
+        first_rank = self._first_ranks[int(rng.integers(len(self._first_ranks)))]
         first = card_code(random_suit(rng), first_rank)
-        v1 = min(first_rank, 10)
-        v2 = self.target_points // v1 if v1 in (1, 2, 3, 4, 6) and rng.integers(2) else self.target_points - v1
-        second = card_code(random_suit(rng), v2)
+        completions = completing_values(rank_value(first_rank), self.target_points)
+        ops = list(completions)
+        value = completions[ops[int(rng.integers(2))] if len(ops) == 2 else ops[0]]
+        second = card_code(random_suit(rng), value)
         while second == first and not self.compat:
-            second = card_code(random_suit(rng), v2)
+            second = card_code(random_suit(rng), value)
         return [second, first] if rng.integers(2) else [first, second]
+
+
+_OPERATIONS = {"+": operator.add, "*": operator.mul}
+
+
+def completing_values(value: int, target: int) -> dict[str, int]:
+    """The card values that make ``target`` with ``value``, by operator: ``{"+": target - value,
+    "*": target / value}``, each only where it is a whole card value."""
+    found = {"+": target - value}
+    if target % value == 0:
+        found["*"] = target // value
+    return {op: other for op, other in found.items() if other in CARD_VALUES}

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from vlm_envs.arguments import ServerPath, check_bool, check_int
 from vlm_envs.cards.deck import card_value
-from vlm_envs.cards.drawing import felt_table, place_cards
+from vlm_envs.cards.drawing import check_card_art, felt_table, place_cards
 from vlm_envs.cards.formula import (
     PLACEHOLDER,
     FormulaError,
@@ -55,15 +56,15 @@ class FormulaCardEnv(VLMEnv):
         image_size: tuple[int, int] = (300, 300),
         text_mode: str = "prompt",
         compat: bool = False,
-        card_art: str | None = None,
+        card_art: ServerPath | None = None,
         oracle_labels: bool = False,
     ):
         super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode,
                          oracle_labels=oracle_labels)
-        self.target_points = int(target_points)
+        self.compat = check_bool("compat", compat)
+        self.card_art = check_card_art(card_art)
+        self.target_points = self._check_target(target_points)
         self.prompt_params = {"target": self.target_points}
-        self.compat = bool(compat)
-        self.card_art = card_art
         self.action_names = NUMBER_NAMES + tuple(self.operators) + ("=",)
         self.action_space = spaces.Discrete(len(self.action_names))
         self.cards: list[str] = []
@@ -78,6 +79,22 @@ class FormulaCardEnv(VLMEnv):
     # -- to implement -------------------------------------------------------------------------
     def _deal(self) -> list[str]:
         raise NotImplementedError
+
+    @classmethod
+    def reachable_targets(cls) -> frozenset[int]:
+        """Every target that some hand this game deals can reach under the exact rules."""
+        raise NotImplementedError
+
+    def _check_target(self, target_points: object) -> int:
+        target = check_int("target_points", target_points)
+        reachable = self.reachable_targets()
+        if target not in reachable:
+            ops = " ".join(self._arithmetic()[0])
+            listed = (", ".join(map(str, sorted(reachable))) if len(reachable) <= 64
+                      else f"{len(reachable):,} integers from {min(reachable)} to {max(reachable)}")
+            raise ValueError(f"target_points={target} cannot be reached: no hand of {self.n_cards} cards makes it "
+                             f"with {ops}; the reachable targets are {listed}")
+        return target
 
     # -- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

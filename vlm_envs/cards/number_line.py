@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
+from vlm_envs.arguments import check_bool, check_int
+from vlm_envs.caching import byte_lru_cache
 from vlm_envs.core import VLMEnv
 from vlm_envs.labels import StateLabels
 from vlm_envs.rendering import font, to_frame
 
 
-@functools.lru_cache(maxsize=1024)
-def _frame(target: int, current: int, size: tuple[int, int]) -> np.ndarray:
+MAX_POSITION = 999  # "Current: 999" is the widest label that fits the 300-px frame
+_LAYOUT_BYTES = 16 * 2**20  # ~60 states; the default line (max_position=5) has 30
+
+
+@byte_lru_cache("numberline.layouts", _LAYOUT_BYTES)
+def _layout(target: int, current: int) -> np.ndarray:
+    """The 300x300 frame of a state, read-only: every ``image_size`` is resized from it, so the
+    cache holds one frame per state whatever sizes the envs render at."""
     image = Image.new("RGB", (300, 300), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw.text((30, 60), f"Target: {target}", font=font(36, bold=True), fill=(0, 0, 0))
     draw.text((30, 180), f"Current: {current}", font=font(36, bold=True), fill=(0, 0, 0))
-    frame = to_frame(image, size)
-    frame.flags.writeable = False  # cached: callers get copies
-    return frame
+    layout = np.array(image, dtype=np.uint8)
+    layout.flags.writeable = False
+    return layout
 
 
 class NumberLineEnv(VLMEnv):
@@ -80,9 +87,9 @@ class NumberLineEnv(VLMEnv):
     ## Arguments
     | argument | default | meaning |
     |---|---|---|
-    | ``max_position`` | 5 | the line is ``0..max_position`` (at least 1) |
+    | ``max_position`` | 5 | the line is ``0..max_position``, an int in 1..999 (larger numbers would not fit the image) |
     | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
-    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``image_size`` | (300, 300) | (height, width) of the image, ints in 16..2048 |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | the reference's biased start/target draw |
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
@@ -95,11 +102,9 @@ class NumberLineEnv(VLMEnv):
     action_names = ("-", "+")
 
     def __init__(self, max_position: int = 5, compat: bool = False, **kwargs):
+        self.max_position = check_int("max_position", max_position, 1, MAX_POSITION)
+        self.compat = check_bool("compat", compat)
         super().__init__(**kwargs)
-        if int(max_position) < 1:
-            raise ValueError(f"max_position must be at least 1, got {max_position}")
-        self.max_position = int(max_position)
-        self.compat = bool(compat)
         self.action_space = spaces.Discrete(2)
         self.current = self.target = self.steps = self.wasted_moves = 0
 
@@ -156,4 +161,4 @@ class NumberLineEnv(VLMEnv):
         return f"Target number: {self.target}. Current number: {self.current}"
 
     def _render_frame(self) -> np.ndarray:
-        return _frame(self.target, self.current, self.image_size).copy()
+        return to_frame(_layout(self.target, self.current), self.image_size)

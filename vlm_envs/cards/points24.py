@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from vlm_envs.cards.deck import card_value, deal_distinct, deal_with_replacement
+import functools
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+
+from vlm_envs.arguments import check_bool
+from vlm_envs.cards.deck import CARD_VALUES, deal_distinct, deal_values, deal_with_replacement, hand_probability
+from vlm_envs.cards.formula import reachable_integers
 from vlm_envs.cards.formula_env import FormulaCardEnv
 
 
@@ -28,8 +36,9 @@ class Points24Env(FormulaCardEnv):
 
     ## Starting State
     Four different cards from a shuffled 52-card deck (``compat=True``: four independent draws
-    with replacement, as the reference). ``solvable_only=True`` deals again until the hand has an
-    exact solution.
+    with replacement, as the reference). ``solvable_only=True`` deals from the hands with an exact
+    solution, each with its probability under that deal, in one draw (what dealing again until a
+    hand is solvable would give, without the wait).
 
     ## Rewards
     | event | reward |
@@ -66,14 +75,14 @@ class Points24Env(FormulaCardEnv):
     ## Arguments
     | argument | default | meaning |
     |---|---|---|
-    | ``target_points`` | 24 | the value to reach |
+    | ``target_points`` | 24 | the value to reach: one of the 1,718 integers from -999 to 10,000 that some four cards make exactly (``Points24Env.reachable_targets()``; others raise ``ValueError``, also with ``compat=True``) |
     | ``treat_face_cards_as_10`` | True | only True is supported (the reference has no prompt or parser for False) |
     | ``solvable_only`` | False | deal only hands with an exact solution |
     | ``render_mode`` | None | ``"rgb_array"`` or ``"human"`` |
-    | ``image_size`` | (300, 300) | (height, width) of the image |
+    | ``image_size`` | (300, 300) | (height, width) of the image, ints in 16..2048 |
     | ``text_mode`` | ``"prompt"`` | ``"full"``: state in words for text-only agents |
     | ``compat`` | False | reference behaviour: ``eval`` semantics (float ``/``, digit concatenation) via a safe AST walker; cards drawn with replacement |
-    | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards |
+    | ``card_art`` | None | folder of card PNGs to use instead of the drawn cards; a path on the machine the env runs on (an env server takes it only from its own configuration) |
     | ``oracle_labels`` | False | add ``state_key``, ``oracle_action``, ``action_optimal`` to ``info`` |
 
     ## Version History
@@ -97,18 +106,58 @@ class Points24Env(FormulaCardEnv):
         solvable_only: bool = False,
         **kwargs,
     ):
-        if not treat_face_cards_as_10:
+        if not check_bool("treat_face_cards_as_10", treat_face_cards_as_10):
             raise ValueError(
                 "treat_face_cards_as_10=False is not supported: the reference prompts and parser "
                 "only know the numbers 1..10 (docs/reference_differences.md, \"Points24 face cards\")"
             )
+        self.solvable_only = check_bool("solvable_only", solvable_only)
         super().__init__(target_points=target_points, **kwargs)
-        self.solvable_only = bool(solvable_only)
+        if self.solvable_only:
+            self._solvable_hands, self._hand_weights = self._hands_reaching(self.target_points)
+
+    @classmethod
+    def reachable_targets(cls) -> frozenset[int]:
+        return _reach_table(cls.n_cards, cls.operators).targets
+
+    def solution(self) -> list | None:
+        """An exact solution for the dealt cards, or ``None``; a hand that cannot reach the target
+        is refuted from the table of reachable integers, without a search (~25 ms)."""
+        reached = _reach_table(self.n_cards, self.operators).by_hand[tuple(sorted(self.numbers))]
+        return super().solution() if _holds(reached, self.target_points) else None
+
+    def _hands_reaching(self, target: int) -> tuple[tuple[tuple[int, ...], ...], np.ndarray]:
+        """The hands (values) with an exact solution for ``target``, and each one's share of the deals that have one."""
+        by_hand = _reach_table(self.n_cards, self.operators).by_hand
+        solvable = tuple(hand for hand, reached in by_hand.items() if _holds(reached, target))
+        weights = np.array([hand_probability(hand, distinct=not self.compat) for hand in solvable])
+        return solvable, weights / weights.sum()
 
     def _deal(self) -> list[str]:
-        deal = deal_with_replacement if self.compat else deal_distinct
-        while True:
-            cards = deal(self.np_random, self.n_cards)
-            self.numbers = [card_value(code) for code in cards]
-            if not self.solvable_only or self.solution() is not None:
-                return cards
+        if not self.solvable_only:
+            deal = deal_with_replacement if self.compat else deal_distinct
+            return deal(self.np_random, self.n_cards)
+        # A deal conditioned on having a solution, in one draw: a hand by its probability among
+        # the solvable ones, then its cards (dealing again until one is solvable can take
+        # thousands of deals for a rare target).
+        hand = self._solvable_hands[int(self.np_random.choice(len(self._solvable_hands), p=self._hand_weights))]
+        return deal_values(self.np_random, hand, distinct=not self.compat)
+
+
+class _Reach(NamedTuple):
+    by_hand: dict[tuple[int, ...], np.ndarray]  # sorted hand -> the sorted integers it reaches exactly
+    targets: frozenset[int]  # every integer some hand reaches
+
+
+@functools.cache
+def _reach_table(n_cards: int, operators: str) -> _Reach:
+    """What every hand of ``n_cards`` card values reaches with the ``+ - * /`` in ``operators``
+    (with parentheses). Computed once per process (~0.4 s)."""
+    hands = itertools.combinations_with_replacement(CARD_VALUES, n_cards)
+    by_hand = reachable_integers(hands, operators.replace("(", "").replace(")", ""))
+    return _Reach(by_hand, frozenset(np.concatenate(list(by_hand.values())).tolist()))
+
+
+def _holds(sorted_values: np.ndarray, value: int) -> bool:
+    i = int(np.searchsorted(sorted_values, value))
+    return i < len(sorted_values) and int(sorted_values[i]) == value

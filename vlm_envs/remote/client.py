@@ -15,9 +15,10 @@ same pixels, text, rewards, flags and info (``tests/test_remote.py``).
 Failures are never silent and never hang: a lost or silent server raises ``ConnectionError``
 naming the session after at most ``message_timeout_s``; an error answer (bad input, a step before
 reset, an env error) raises :class:`ServerError` with the server's reason. With
-``reconnect=True`` the client instead opens a fresh session, replays the episode (every reset and
-action since the last seeded reset) and checks that each replayed answer equals the recorded one
-before going on.
+``reconnect=True`` the client instead opens a fresh session (retrying a full or unreachable
+server for ``reconnect_timeout_s``), replays the episode (every reset and action since the last
+seeded reset) and checks that each replayed answer equals the recorded one before going on; if
+that fails, the episode is lost and every later call says so, and why.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gymnasium.vector import AutoresetMode
 
 from vlm_envs.ray_pool import ActorVectorEnv, _EnvWorker
 from vlm_envs.remote._openenv import import_openenv
-from vlm_envs.remote.codec import IMAGE_ENCODINGS, decode_image, decode_value, space_from_json
+from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, decode_image, decode_value, space_from_json
 
 import_openenv("the remote env client")
 from openenv.core.client_types import StepResult  # noqa: E402
@@ -45,6 +46,7 @@ from openenv.core.env_client import EnvClient  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_RECONNECT_FIRST_WAIT_S, _RECONNECT_MAX_WAIT_S = 0.1, 2.0
 
 
 class ServerError(RuntimeError):
@@ -63,7 +65,7 @@ class _SessionClient(EnvClient[dict, dict, dict]):
     """OpenEnv's WebSocket client for one session, plus the bearer token and a clear error per failure."""
 
     def __init__(self, url: str, token: str | None, connect_timeout_s: float, message_timeout_s: float, compression: bool):
-        super().__init__(url, connect_timeout_s=connect_timeout_s, message_timeout_s=message_timeout_s, max_message_size_mb=64)
+        super().__init__(url, connect_timeout_s=connect_timeout_s, message_timeout_s=message_timeout_s, max_message_size_mb=MAX_ANSWER_BYTES / 2**20)
         self._token, self._compression = token, compression
         self._broken = False  # a message failed: the connection is only dropped, never used again
         self.name = f"session on {url}"
@@ -195,6 +197,7 @@ class RemoteEnv(gym.Env):
         self._history: list[tuple[str, Any, str]] | None = []
         self.replay_on_reset: tuple[str, ...] = ()  # as vlm_envs.TextActions: texts the next reset plays (on the server)
         self._client = None
+        self._lost = ""  # why the episode could not be restored; once set, every call raises it
         self._open()
 
     # -- session ----------------------------------------------------------------------------
@@ -229,6 +232,8 @@ class RemoteEnv(gym.Env):
     def _call(self, kind: str, payload: Any) -> tuple:
         """Send one reset or step and unpack the answer; on a lost connection, fail clearly or
         (``reconnect``) restore the episode."""
+        if self._lost:
+            raise ConnectionError(self._lost)
         try:
             return self._send(kind, payload)
         except ConnectionError as err:
@@ -238,8 +243,19 @@ class RemoteEnv(gym.Env):
             if not self.reconnect or isinstance(err, SessionRefused):
                 raise
             lost = str(err)
-        self._restore(lost)
+        try:
+            self._restore(lost)
+        except BaseException as err:
+            self._lose(f"{self.url}: the episode was lost: {err}")
+            raise
         return self._send(kind, payload)
+
+    def _lose(self, why: str) -> None:
+        """Give the episode up: drop the connection, and make every later call raise ``why``."""
+        self._lost = why
+        if self._client is not None:
+            _close_quietly(self._client)
+            self._client = None
 
     def _send(self, kind: str, payload: Any) -> tuple:
         if self._client is None:
@@ -262,16 +278,16 @@ class RemoteEnv(gym.Env):
         if history is None:
             raise ConnectionError(f"{lost}; cannot restore: this session was never reset with a seed, so its episode cannot be replayed")
         deadline = time.monotonic() + self.reconnect_timeout_s
+        wait = _RECONNECT_FIRST_WAIT_S
         while True:
             try:
                 self._open()
                 break
-            except SessionRefused:
-                raise
-            except ConnectionError as err:
-                if time.monotonic() > deadline:
+            except ConnectionError as err:  # SessionRefused included: the lost session may still hold its slot
+                if time.monotonic() + wait > deadline:
                     raise ConnectionError(f"{lost}; reconnecting failed for {self.reconnect_timeout_s:g} s: {err}") from err
-                time.sleep(0.2)
+                time.sleep(wait)
+                wait = min(2 * wait, _RECONNECT_MAX_WAIT_S)
         for step, (kind, payload, digest) in enumerate(history):
             self._send(kind, payload)
             if self._history[-1][2] != digest:

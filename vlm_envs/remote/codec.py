@@ -23,6 +23,10 @@ from gymnasium import spaces
 from vlm_envs.spaces import EnvText
 
 IMAGE_ENCODINGS: tuple[str, ...] = ("png", "raw")
+# The largest answer a client accepts (OpenEnv's client default). The largest frame an env draws
+# (2048x2048, vlm_envs.spaces.MAX_IMAGE_SIDE) is 16 MiB of base64 sent raw, so every frame fits;
+# the server refuses a larger answer.
+MAX_ANSWER_BYTES = 100 * 1024 * 1024
 # Level 1 is several times faster than zlib's default 6 and the card frames stay a few KB.
 _PNG_COMPRESS_LEVEL = 1
 _TAGS = ("__tuple__", "__ndarray__", "__npscalar__", "__dict__")

@@ -1,70 +1,84 @@
-"""Serve one registered vlm_envs id through OpenEnv's server (``pip install "vlm-envs[serve]"``).
+"""Serve one registered vlm_envs id over OpenEnv's WebSocket protocol (``pip install "vlm-envs[serve]"``).
 
-    python -m vlm_envs serve --env gym_cards/Points24-v0 --port 8000 --max-sessions 32 --token SECRET
+    VLM_ENVS_TOKEN=... python -m vlm_envs serve --env gym_cards/Points24-v0 --port 8000 --max-sessions 32
 
-The server is OpenEnv's (:class:`openenv.core.env_server.HTTPEnvServer` on a FastAPI app): each
-WebSocket connection to ``/ws`` is one session that owns one env, built by :class:`ServedEnv`;
-OpenEnv caps the sessions (``--max-sessions``), reaps idle ones (``--idle-timeout``) and answers
-malformed messages with an error while the other sessions go on. This module adds what OpenEnv
-leaves to the application:
+Each WebSocket connection to ``/ws`` is one session that owns one env (:class:`ServedEnv`). The
+messages and answers are OpenEnv's (``reset``, ``step``, ``state``, ``close``; ``observation``,
+``state`` and ``error`` with OpenEnv's error codes), so any OpenEnv client plays it. The session
+loop is vlm_envs' own: OpenEnv 0.3.0's (``HTTPEnvServer``) ends a session on a malformed message,
+cannot bound an env call in time, runs ``state`` on the event loop, and reaps idle sessions by
+waiting for their envs to close, so one stuck env stopped the reaping for everyone. Here:
 
-* the env: only an id registered by vlm_envs, never a ``module:Class`` entry point, with make
-  kwargs checked against the env's own arguments;
-* the session's messages: ``reset`` (seed, options, make kwargs, text or index actions, image
-  encoding) and ``step`` (``{"text": ...}`` or ``{"index": ...}``); the answer carries the image
-  (base64 PNG or raw bytes), the text, the typed info, the reward and both end flags;
-* access: an ASGI middleware that requires ``Authorization: Bearer <token>`` (``--token``) on
-  every HTTP request and WebSocket handshake; the server binds 127.0.0.1 unless told otherwise.
+* every env call runs on an :class:`EnvThread` and answers within ``step_timeout_s``, or the
+  session is closed and its slot freed (the call is interrupted, never waited for);
+* every malformed message gets an error answer and the session goes on;
+* an idle session is closed by its own connection; no reaper waits on anything;
+* ``--max-sessions`` counts a session from its handshake until its env is handed back;
+* access: an ASGI middleware requires the token on every HTTP request and WebSocket handshake;
+* HTTP: request headers must arrive within ``header_timeout_s`` (slowloris), at most
+  ``limit_concurrency`` connections, and one log line (not a traceback) per closed session or
+  exhausted file table.
 
-Wire format and client: docs/serving.md, :class:`vlm_envs.remote.RemoteEnv`.
+Wire format, limits and the security model: docs/serving.md; the client: :class:`vlm_envs.remote.RemoteEnv`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import contextlib
+import copy
 import functools
 import hmac
-import inspect
+import ipaddress
+import json
+import logging
+import math
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-import uuid
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import gymnasium as gym
-from gymnasium.envs.registration import load_env_creator
-
 from vlm_envs.optional import require
-from vlm_envs.registration import registered_ids
 from vlm_envs.remote._openenv import import_openenv
-from vlm_envs.remote.codec import IMAGE_ENCODINGS, encode_image, encode_value, space_to_json
-from vlm_envs.wrappers import TextActions
+from vlm_envs.remote.env_thread import EnvCallTimeout, EnvThread
+from vlm_envs.remote.served_env import (MAX_TEXT_CHARS, MessageError, ServedEnv, check_env_id, check_env_kwargs, client_message,
+                                        env_class, path_arguments)
 
 import_openenv("the env server")  # before any of its dependencies, so a missing extra is named
-from fastapi import FastAPI  # noqa: E402
-from pydantic import Field, StrictInt, StrictStr  # noqa: E402
-from openenv.core.env_server import Action, ConcurrencyConfig, Environment, HTTPEnvServer, Observation, ServerMode, State  # noqa: E402
+uvicorn = require("uvicorn", "serve", "the env server")
+from fastapi import FastAPI, WebSocket  # noqa: E402
+from openenv.core.env_server.types import EnvironmentMetadata, HealthResponse, SchemaResponse, State  # noqa: E402
+from pydantic import BaseModel, Field, StrictInt, StrictStr  # noqa: E402
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
-MAX_TEXT_CHARS = 1_000_000  # a step's text; longer is refused (a model's answer is a few KB)
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame; larger closes that session's connection
-DEFAULT_IMAGE_ENCODING = "png"
-# gym.make arguments that are not the env's own but are safe to pass from a client
-_MAKE_ARGUMENTS = ("max_episode_steps",)
-# Env arguments that name files on the server: only the server's own --env-kwargs may set them,
-# so client text never chooses what the server reads from disk.
-SERVER_ONLY_ARGUMENTS = ("game_dir", "game_files")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame from a client; larger closes that session's connection (1009)
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+DEFAULT_STEP_TIMEOUT_S = 60.0
+HEADER_TIMEOUT_S = 10.0
+# HTTP connections allowed beside the sessions (health checks, refused handshakes); more get 503
+HTTP_CONNECTIONS_BEYOND_SESSIONS = 64
+_ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
+MESSAGE_TYPES = ("reset", "step", "state", "close")
+
+log = logging.getLogger(__name__)
 
 
-class StepAction(Action):
-    """A step: the model's raw text (parsed by ``TextActions``) or an action index, exactly one."""
+class StepAction(BaseModel):
+    """A step: the model's raw text (parsed by ``TextActions``) or an action index, exactly one (``/schema``)."""
 
     text: StrictStr | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="the model's output text")
     index: StrictInt | None = Field(default=None, ge=0, description="an action index (sessions reset with text_actions=false)")
 
 
-class StepObservation(Observation):
-    """A reset or step answer. ``reward`` and ``done`` (terminated or truncated) are OpenEnv's fields."""
+class StepObservation(BaseModel):
+    """A reset or step answer's ``observation`` (``/schema``); ``reward`` and ``done`` sit beside it."""
 
     image: dict[str, Any] = Field(description="{encoding: png|raw, shape: [H, W, 3], data: base64}")
     text: str = Field(description='obs["text"]')
@@ -73,253 +87,310 @@ class StepObservation(Observation):
     truncated: bool = False
 
 
-def check_env_id(env_id: str) -> str:
-    """``env_id`` if vlm_envs registered it; anything else (``os:system``, a ``module:id``) is refused."""
-    if not isinstance(env_id, str) or env_id not in registered_ids():
-        raise ValueError(f"only ids registered by vlm_envs can be served, got {env_id!r}; known: {', '.join(registered_ids())}")
-    return env_id
-
-
-def check_env_kwargs(env_id: str, env_kwargs: Any, *, from_client: bool = True) -> dict[str, Any]:
-    """``env_kwargs`` if every key is an argument of the env's own constructor (or ``max_episode_steps``);
-    from a client, arguments naming server files (:data:`SERVER_ONLY_ARGUMENTS`) are refused."""
-    if not isinstance(env_kwargs, dict):
-        raise TypeError(f"env_kwargs must be a JSON object, got {type(env_kwargs).__name__}")
-    server_only = sorted(set(env_kwargs) & set(SERVER_ONLY_ARGUMENTS)) if from_client else []
-    if server_only:
-        raise ValueError(f"{server_only} name files on the server: only the server's --env-kwargs may set them")
-    own = list(_own_arguments(env_id))
-    unknown = sorted(set(env_kwargs) - set(own) - set(_MAKE_ARGUMENTS))
+# -- messages -------------------------------------------------------------------------------------
+def parse_message(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An ASGI ``websocket.receive`` event -> ``(type, data)``; anything malformed raises :class:`MessageError`."""
+    text = event.get("text")
+    if text is None:
+        raise MessageError("INVALID_JSON", "binary frames are not part of the protocol: send JSON text")
+    try:
+        message = json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise MessageError("INVALID_JSON", "Invalid JSON: nested deeper than the parser's recursion limit") from None
+    except ValueError as err:
+        raise MessageError("INVALID_JSON", f"Invalid JSON: {err}") from None
+    if not isinstance(message, dict):
+        raise MessageError("VALIDATION_ERROR", f'a message is a JSON object {{"type": ..., "data": {{...}}}}, got {type(message).__name__}')
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise MessageError("UNKNOWN_TYPE", f"Unknown message type: {kind!r:.80}; the types are {list(MESSAGE_TYPES)}")
+    fields = {"type", "data"} if kind in ("reset", "step") else {"type"}
+    unknown = sorted(set(message) - fields)
     if unknown:
-        raise ValueError(f"{env_id} has no argument(s) {unknown}; it takes {own + list(_MAKE_ARGUMENTS)}")
-    return dict(env_kwargs)
+        raise MessageError("VALIDATION_ERROR", f"a {kind} message has no field(s) {unknown[:5]!r:.200}")
+    data = message.get("data", {})
+    if kind == "step" and "data" not in message:
+        raise MessageError("VALIDATION_ERROR", 'a step message needs "data": {"text": ...} or {"index": ...}')
+    if not isinstance(data, dict):
+        raise MessageError("VALIDATION_ERROR", f'"data" must be a JSON object, got {type(data).__name__}')
+    return kind, data
 
 
-@functools.lru_cache(maxsize=None)
-def _own_arguments(env_id: str) -> tuple[str, ...]:
-    """The env's own constructor arguments (fixed per id: computed once, not on every reset)."""
-    creator = load_env_creator(gym.spec(check_env_id(env_id)).entry_point)  # our own registry entry, never client text
-    return tuple(name for name in _constructor_arguments(creator) if name != "render_mode")
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
-def _constructor_arguments(cls: type) -> list[str]:
-    """The named arguments of ``cls(...)``, following ``**kwargs`` up to the base classes that take them."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in klass.__dict__:
-            continue
-        params = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]
-        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def check_text_actions(text_actions: Any) -> dict[str, Any] | None:
-    """``True`` or a dict of ``TextActions`` arguments -> that dict; ``False`` -> ``None`` (index actions)."""
-    if text_actions is True:
-        return {}
-    if text_actions is False:
-        return None
-    if not isinstance(text_actions, dict):
-        raise TypeError(f"text_actions must be true, false or a JSON object of TextActions arguments, got {text_actions!r}")
-    own = [name for name in inspect.signature(TextActions).parameters if name != "env"]
-    unknown = sorted(set(text_actions) - set(own))
-    if unknown:
-        raise ValueError(f"TextActions has no argument(s) {unknown}; it takes {own}")
-    return dict(text_actions)
+def _error(code: str, message: str, **details: Any) -> str:
+    return json.dumps({"type": "error", "data": {"message": message, "code": code, **details}}, ensure_ascii=True)
 
 
-class ServedEnv(Environment):
-    """One session's env, behind OpenEnv's ``Environment`` API.
+# -- sessions -------------------------------------------------------------------------------------
+class Sessions:
+    """The server's sessions: their slots, their env threads and their conversation.
 
-    The env is ``TextActions(gym.make(env_id, **env_kwargs), **text_actions)`` (or the plain env
-    when the session resets with ``text_actions=false``), so a session plays exactly as that
-    local env. A reset may change the configuration; the env is rebuilt only when it does.
+    All bookkeeping happens on the event loop; env work happens on the env threads: a thread per
+    session, or one shared by every session of an env that is not thread-safe (ALFWorld).
     """
 
-    SUPPORTS_CONCURRENT_SESSIONS = True  # every session owns its env; nothing is shared
+    def __init__(self, env_id: str, defaults: dict[str, Any], max_sessions: int, idle_timeout_s: float | None,
+                 step_timeout_s: float | None, thread_safe: bool):
+        self.env_id, self.defaults, self.max_sessions = env_id, defaults, max_sessions
+        self.idle_timeout_s, self.step_timeout_s = idle_timeout_s, step_timeout_s
+        self.active = 0
+        self._shared_thread = None if thread_safe else EnvThread("vlm-envs-env")
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None):
-        super().__init__()
-        self.env_id = check_env_id(env_id)
-        self.session_id = uuid.uuid4().hex[:12]
-        self._defaults = check_env_kwargs(env_id, env_kwargs or {}, from_client=False)  # the server's --env-kwargs
-        self._config = (self._defaults, {})
-        self._image_encoding = DEFAULT_IMAGE_ENCODING
-        self._env: gym.Env | None = self._build(*self._config)
-        self.thread_safe = bool(getattr(self._env.unwrapped, "thread_safe", True))
-        self._episode_id: str | None = None
-        self._steps = 0
-        self._closed = ""
+    async def serve(self, websocket: WebSocket) -> None:
+        """One session, from the handshake to its env handed back to its thread to close."""
+        await websocket.accept()
+        if self.active >= self.max_sessions:
+            await _send_quietly(websocket, _error("CAPACITY_REACHED", f"the server is full: {self.active} of {self.max_sessions} sessions",
+                                                  active_sessions=self.active, max_sessions=self.max_sessions))
+            await _close_quietly(websocket)
+            return
+        self.active += 1
+        thread = self._shared_thread or EnvThread("vlm-envs-session")
+        served: ServedEnv | None = None
+        ended = "the server stopped"
+        try:
+            served = await thread.call(functools.partial(ServedEnv, self.env_id, self.defaults), self.step_timeout_s)
+            log.info("session %s opened (%d of %d)", served.session_id, self.active, self.max_sessions)
+            ended = await self._converse(websocket, served, thread)
+        except EnvCallTimeout:
+            ended = f"building its env took longer than the step timeout of {self.step_timeout_s:g} s"
+            await _send_quietly(websocket, _error("FACTORY_ERROR", ended))
+        except Exception as err:  # noqa: BLE001  (the server's own --env-kwargs failed here; said to the client and logged)
+            ended = f"building its env failed: {client_message(err)}"
+            await _send_quietly(websocket, _error("FACTORY_ERROR", ended))
+        finally:
+            self.active -= 1
+            if served is not None:
+                thread.submit(served.close)  # after its last call; a stuck thread never runs it, and nothing waits
+            if thread is not self._shared_thread:
+                thread.stop()
+            await _close_quietly(websocket)
+            log.info("session %s closed: %s", served.session_id if served else "(no env)", ended)
 
-    def _build(self, env_kwargs: dict[str, Any], text_actions: dict[str, Any] | None) -> gym.Env:
-        env = gym.make(self.env_id, **env_kwargs)
-        return TextActions(env, **text_actions) if text_actions is not None else env
-
-    # -- OpenEnv API ------------------------------------------------------------------------
-    def reset(
-        self,
-        seed: int | None = None,
-        episode_id: str | None = None,
-        options: dict[str, Any] | None = None,
-        env_kwargs: dict[str, Any] | None = None,
-        text_actions: bool | dict[str, Any] = True,
-        image_encoding: str = DEFAULT_IMAGE_ENCODING,
-        env_id: str | None = None,
-        replay: list[str] | None = None,
-        **unknown: Any,
-    ) -> StepObservation:
-        """Start an episode; ``env_kwargs`` (over the server's defaults), ``text_actions`` and ``image_encoding`` configure the session."""
-        self._check_open()
-        if unknown:
-            raise ValueError(f"unknown reset field(s) {sorted(unknown)}")
-        if env_id is not None and check_env_id(env_id) != self.env_id:
-            raise ValueError(f"this server serves {self.env_id}, not {env_id}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or null, got {seed!r}")
-        if options is not None and not isinstance(options, dict):
-            raise TypeError(f"options must be a JSON object or null, got {options!r}")
-        if image_encoding not in IMAGE_ENCODINGS:
-            raise ValueError(f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}")
-        if replay is not None and (not isinstance(replay, list) or not all(isinstance(t, str) for t in replay)):
-            raise TypeError("replay must be a list of texts")
-        config = ({**self._defaults, **check_env_kwargs(self.env_id, env_kwargs or {})}, check_text_actions(text_actions))
-        if config != self._config:
-            env = self._build(*config)  # first, so that a refused configuration leaves the session as it was
-            self._close_env()
-            self._env, self._config = env, config
-        self._image_encoding = image_encoding
-        if replay:  # TextActions replays the texts after the reset (restoring a checkpointed episode)
-            if not isinstance(self._env, TextActions):
-                raise ValueError("replay needs a text-action session (text_actions=true)")
-            self._env.replay_on_reset = tuple(replay)
-        obs, info = self._env.reset(seed=seed, options=options)
-        self._episode_id, self._steps = episode_id or uuid.uuid4().hex[:12], 0
-        return self._answer(obs, None, False, False, info)
-
-    def step(self, action: StepAction, timeout_s: float | None = None, **kwargs: Any) -> StepObservation:
-        self._check_open()
-        if (action.text is None) == (action.index is None):
-            raise ValueError('a step carries exactly one of "text" or "index"')
-        text_session = self._config[1] is not None or isinstance(self._env.action_space, gym.spaces.Text)
-        if text_session and action.text is None:
-            raise ValueError('this session takes text actions ({"text": ...}); reset with text_actions=false for indices')
-        if not text_session and action.index is None:
-            raise ValueError('this session takes action indices ({"index": ...}); reset with text_actions=true for text')
-        obs, reward, terminated, truncated, info = self._env.step(action.text if text_session else action.index)
-        self._steps += 1
-        return self._answer(obs, reward, bool(terminated), bool(truncated), info)
-
-    @property
-    def state(self) -> State:
-        """The session, and everything a client needs to mirror the env: spaces, prompt task and parameters, names."""
-        self._check_open()
-        env = self._env
-        base = env.env if isinstance(env, TextActions) else env
-        return State(
-            episode_id=self._episode_id, step_count=self._steps, session_id=self.session_id, env_id=self.env_id,
-            env_kwargs=self._config[0], observation_space=space_to_json(env.observation_space),
-            action_space=space_to_json(base.action_space), text_action_space=space_to_json(TextActions(base).action_space),
-            prompt_task=env.unwrapped.prompt_task, action_names=list(env.unwrapped.action_names),
-            prompt_params=encode_value(dict(env.unwrapped.prompt_params)),
-            metadata=encode_value(dict(env.metadata)),
-            max_episode_steps=env.spec.max_episode_steps if env.spec is not None else None,
-        )
-
-    def close(self) -> None:
-        """Free the env (OpenEnv calls this when the session ends or idles past the timeout)."""
-        self._close_env()
-        self._closed = f"session {self.session_id} was closed by the server (client gone or idle past the timeout)"
-
-    # -- helpers ----------------------------------------------------------------------------
-    def _answer(self, obs: dict, reward: Any, terminated: bool, truncated: bool, info: dict) -> StepObservation:
-        return StepObservation(
-            image=encode_image(obs["image"], self._image_encoding), text=obs["text"], info=encode_value(info),
-            terminated=terminated, truncated=truncated, done=terminated or truncated,
-            reward=None if reward is None else (reward if type(reward) in (int, float) else float(reward)),
-        )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(self._closed)
-
-    def _close_env(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+    async def _converse(self, websocket: WebSocket, served: ServedEnv, thread: EnvThread) -> str:
+        """Answer the session's messages until it ends; returns why it ended."""
+        while True:
+            try:
+                event = await asyncio.wait_for(websocket.receive(), self.idle_timeout_s)
+            except TimeoutError:
+                reason = f"idle for more than {self.idle_timeout_s:g} s"
+                await _send_quietly(websocket, _error("SESSION_ERROR", f"session {served.session_id} was closed by the server: {reason}"))
+                return reason
+            if event["type"] == "websocket.disconnect":
+                return f"the connection closed (code {event.get('code')})"
+            try:
+                kind, data = parse_message(event)
+                if kind == "close":
+                    return "the client closed it"
+                call = served.state if kind == "state" else functools.partial(getattr(served, kind), data)
+                answer = await thread.call(call, self.step_timeout_s)
+            except EnvCallTimeout:
+                reason = f"a {kind} took longer than the step timeout of {self.step_timeout_s:g} s"
+                log.warning("session %s closed: %s (its env call was interrupted)", served.session_id, reason)
+                await _send_quietly(websocket, _error("SESSION_ERROR", f"session {served.session_id} was closed by the server: {reason}"))
+                return reason
+            except MessageError as err:
+                answer = _error(err.code, client_message(err))
+            except Exception as err:  # noqa: BLE001  (an error is an answer: bad input, an env error)
+                answer = _error("EXECUTION_ERROR", client_message(err))
+            if not await _send_quietly(websocket, answer):
+                return "the client disconnected"
 
 
-class SerialServedEnv(ServedEnv):
-    """A :class:`ServedEnv` for envs that are not thread-safe: OpenEnv runs every session on one shared thread."""
+async def _send_quietly(websocket: WebSocket, text: str) -> bool:
+    """Send ``text``; False if the client is gone (not an error of the server's)."""
+    try:
+        await websocket.send_text(text)
+        return True
+    except Exception:  # noqa: BLE001  (starlette's WebSocketDisconnect, or a close already under way)
+        return False
 
-    REQUIRES_SINGLE_THREAD_EXECUTOR = True
+
+async def _close_quietly(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):  # the client may have closed first
+        await websocket.close()
 
 
+# -- access ---------------------------------------------------------------------------------------
 class BearerToken:
-    """ASGI middleware: every HTTP request and WebSocket handshake must carry ``Authorization: Bearer <token>``.
+    """ASGI middleware: every HTTP request and WebSocket handshake must carry the token.
 
-    OpenEnv's app has no authentication of its own. A refused HTTP request gets 401; a refused
-    WebSocket handshake is closed before it is accepted (the client sees HTTP 403).
+    ``Authorization: Bearer <token>`` (the scheme in any case), or HTTP Basic with the token as the
+    password, which is what a client sends for a URL ``http://user:<token>@host:port``: the way a
+    stock OpenEnv client, which cannot set headers, reaches a token server. A refused HTTP request
+    gets 401; a refused WebSocket handshake is closed before it is accepted (the client sees 403).
     """
 
     def __init__(self, app, token: str):
-        if not token:
+        if not isinstance(token, str) or not token.strip():
             raise ValueError("the token must be a non-empty string")
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if hmac.compare_digest(given, self._expected):
+        if self._authorized(dict(scope.get("headers") or []).get(b"authorization", b"")):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await receive()  # the websocket.connect event
-            return await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong bearer token"})
+            return await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong token"})
         await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": b'{"detail": "missing or wrong bearer token"}'})
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer, Basic realm="vlm_envs"')]})
+        await send({"type": "http.response.body", "body": b'{"detail": "missing or wrong token"}'})
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.strip().partition(b" ")
+        credentials = credentials.strip()
+        if scheme.lower() == b"basic":
+            try:
+                credentials = base64.b64decode(credentials, validate=True).partition(b":")[2]
+            except binascii.Error:
+                return False
+        elif scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credentials, self._token)
 
 
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """What to tell the operator who serves beyond this machine without a token (``None``: nothing)."""
+    if token:
+        return None
+    try:
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: it may resolve to anything
+        pass
+    return (f"serving on {host} without a token: anyone who can reach this port can open sessions; "
+            "set VLM_ENVS_TOKEN or --token-file (docs/serving.md, 'Security model')")
+
+
+# -- the app --------------------------------------------------------------------------------------
 def create_app(
     env_id: str,
     env_kwargs: dict[str, Any] | None = None,
     max_sessions: int = 8,
     token: str | None = None,
-    idle_timeout_s: float | None = 600.0,
+    idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
+    step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S,
 ):
-    """OpenEnv's FastAPI app serving ``env_id``, with the bearer-token check when ``token`` is set.
+    """The ASGI app serving ``env_id``: ``/ws`` sessions, ``GET /health``, ``/schema`` and ``/metadata``,
+    behind the token when one is given. ``None`` timeouts mean no limit.
 
     Checks the id and the kwargs, and builds one env first, so a bad configuration fails here
     rather than in the first session.
     """
-    probe = ServedEnv(env_id, env_kwargs)
-    session_class = ServedEnv if probe.thread_safe else SerialServedEnv
-    probe.close()
-    config = ConcurrencyConfig(max_concurrent_envs=max_sessions, session_timeout=idle_timeout_s)
-    app = FastAPI(title=f"vlm_envs: {env_id}", description="OpenEnv server; sessions on the /ws WebSocket (docs/serving.md)")
-    # OpenEnv's "production" mode: the session WebSocket without the stateless HTTP /reset, /step and
-    # /state, which build a fresh env per request (so they never continue an episode, and they
-    # would build envs past --max-sessions).
-    server = HTTPEnvServer(functools.partial(session_class, env_id, env_kwargs), StepAction, StepObservation,
-                           concurrency_config=config)
-    server.register_routes(app, mode=ServerMode.PRODUCTION)
+    defaults = check_env_kwargs(check_env_id(env_id), env_kwargs or {}, from_client=False)
+    if not isinstance(max_sessions, int) or max_sessions < 1:
+        raise ValueError(f"max_sessions must be a positive int, got {max_sessions!r}")
+    for name, value in (("idle_timeout_s", idle_timeout_s), ("step_timeout_s", step_timeout_s)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, or None for no limit; got {value!r}")
+    ServedEnv(env_id, defaults).close()
+    cls = env_class(env_id)
+    sessions = Sessions(env_id, defaults, max_sessions, idle_timeout_s, step_timeout_s, bool(getattr(cls, "thread_safe", True)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        _log_accept_errors_briefly(asyncio.get_running_loop())
+        yield
+
+    app = FastAPI(title=f"vlm_envs: {env_id}", lifespan=lifespan,
+                  description="OpenEnv's WebSocket protocol; sessions on /ws (docs/serving.md)")
+    app.state.sessions = sessions
+    metadata = EnvironmentMetadata(name=env_id, description=(cls.__doc__ or env_id).strip().splitlines()[0])
+    schema = SchemaResponse(action=StepAction.model_json_schema(), observation=StepObservation.model_json_schema(),
+                            state=State.model_json_schema())
+    app.get("/health", response_model=HealthResponse)(lambda: HealthResponse())
+    app.get("/schema", response_model=SchemaResponse)(lambda: schema)
+    app.get("/metadata", response_model=EnvironmentMetadata)(lambda: metadata)
+    app.websocket("/ws")(sessions.serve)
     return BearerToken(app, token) if token else app
 
 
+def _log_accept_errors_briefly(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of file descriptors, asyncio logs a traceback per refused connection and schedules a
+    retry for each (thousands a second, and a traceback per retry left when the server stops);
+    log one line every few seconds instead."""
+    default = loop.get_exception_handler() or (lambda loop, context: loop.default_exception_handler(context))
+    last = [-math.inf]
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        refused = str(context.get("message", "")).startswith("socket.accept() out of system resource")
+        if not refused and "_start_serving" not in repr(context.get("handle")):  # not asyncio's accept retries
+            return default(loop, context)
+        if refused and time.monotonic() - last[0] >= _ACCEPT_ERROR_LOG_INTERVAL_S:
+            last[0] = time.monotonic()
+            log.warning("cannot accept connections: %s (raise the open-file limit, ulimit -n, or lower --max-sessions)",
+                        context.get("exception"))
+
+    loop.set_exception_handler(handler)
+
+
+# -- running it -----------------------------------------------------------------------------------
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers have not all arrived
+    ``header_timeout_s`` after it opened (or after its last answer). uvicorn has no such limit: a
+    client sending its headers a byte at a time kept its connection forever (slowloris)."""
+
+    def __init__(self, *args: Any, header_timeout_s: float = HEADER_TIMEOUT_S, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._headers_due: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._await_headers()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_headers()  # of the next request on this kept-alive connection
+
+    def handle_websocket_upgrade(self, event) -> None:
+        self._headers_due.cancel()
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc) -> None:
+        self._headers_due.cancel()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        self._headers_due = self.loop.call_later(self._header_timeout_s, self._close_if_no_request, self.cycle)
+
+    def _close_if_no_request(self, cycle) -> None:
+        if self.cycle is cycle and not self.transport.is_closing():  # no new request began
+            self.transport.close()
+
+
+def _uvicorn_config(app, header_timeout_s: float, **kwargs: Any):
+    return uvicorn.Config(app, http=functools.partial(HeaderTimeoutH11, header_timeout_s=header_timeout_s),
+                          ws_max_size=MAX_MESSAGE_BYTES, lifespan="on", **kwargs)
+
+
 @contextlib.contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0) -> Iterator[str]:
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0,
+                    header_timeout_s: float = HEADER_TIMEOUT_S, limit_concurrency: int | None = None) -> Iterator[str]:
     """Run ``app`` on a free port (``port=0``) in a background thread; yields its ``http://`` URL, stops on exit.
 
     For notebooks, tests and benchmarks: the server shares the process, so it starts in a blink.
     """
-    uvicorn = require("uvicorn", "serve", "the env server")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server can take its port back
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, ws_max_size=MAX_MESSAGE_BYTES, log_level="warning", lifespan="on"))
+    config = _uvicorn_config(app, header_timeout_s, log_level="warning", limit_concurrency=limit_concurrency)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="vlm-envs-server", daemon=True)
     thread.start()
     try:
@@ -335,6 +406,50 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, start_timeout_s
         sock.close()
 
 
+@contextlib.contextmanager
+def serve_in_process(env_id: str, *options: str, token: str | None = None, log: str | os.PathLike | None = None,
+                     start_timeout_s: float = 120.0) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m vlm_envs serve --env env_id *options`` on 127.0.0.1 and a free port, in its own
+    process; yields ``(process, url)`` once ``/health`` answers, and stops the process by its PID on exit.
+
+    For tests and benchmarks that need the server apart (its memory, a kill, its log): ``token``
+    reaches it through ``VLM_ENVS_TOKEN``, never its command line; ``log`` receives its stderr.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environ = {**os.environ, "VLM_ENVS_TOKEN": token} if token else {k: v for k, v in os.environ.items() if k != "VLM_ENVS_TOKEN"}
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(open(log, "ab")) if log is not None else None
+        proc = subprocess.Popen([sys.executable, "-m", "vlm_envs", "serve", "--env", env_id, "--host", "127.0.0.1", "--port", str(port),
+                                 *options], env=environ, stdout=subprocess.DEVNULL, stderr=stderr)
+        stack.callback(_stop, proc)
+        url = f"http://127.0.0.1:{port}"
+        health = urllib.request.Request(f"{url}/health", headers={"Authorization": f"Bearer {token}"} if token else {})
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(health, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with code {proc.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start within {start_timeout_s:g} s") from None
+                time.sleep(0.1)
+        yield proc, url
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(timeout=30)
+
+
 def serve(
     env_id: str,
     host: str = "127.0.0.1",
@@ -342,12 +457,21 @@ def serve(
     env_kwargs: dict[str, Any] | None = None,
     max_sessions: int = 8,
     token: str | None = None,
-    idle_timeout_s: float | None = 600.0,
+    idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
+    step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S,
+    log_level: str = "warning",
 ) -> None:
     """Run the server until interrupted (``python -m vlm_envs serve``)."""
-    uvicorn = require("uvicorn", "serve", "the env server")
-    app = create_app(env_id, env_kwargs, max_sessions, token, idle_timeout_s)
-    uvicorn.run(app, host=host, port=port, ws_max_size=MAX_MESSAGE_BYTES, log_level="warning")
+    app = create_app(env_id, env_kwargs, max_sessions, token, idle_timeout_s, step_timeout_s)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # this module's lines beside uvicorn's, same format
+    log_config["loggers"][__name__] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    config = _uvicorn_config(app, HEADER_TIMEOUT_S, host=host, port=port, log_level=log_level, log_config=log_config,
+                             limit_concurrency=max_sessions + HTTP_CONNECTIONS_BEYOND_SESSIONS)
+    warning = exposure_warning(host, token)
+    if warning:
+        log.warning(warning)
+    uvicorn.Server(config).run()
 
 
-__all__ = ["BearerToken", "ServedEnv", "StepAction", "StepObservation", "check_env_id", "check_env_kwargs", "create_app", "serve", "serve_in_thread"]
+__all__ = ["BearerToken", "ServedEnv", "Sessions", "StepAction", "StepObservation", "check_env_id", "check_env_kwargs",
+           "create_app", "exposure_warning", "parse_message", "path_arguments", "serve", "serve_in_process", "serve_in_thread"]
