@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -407,3 +408,22 @@ def test_cli_keeps_old_flags_and_validates_choices():
         128, 256, "bfloat16", True, 0.2, 0.2, 1024, 256, "reference")
     _, override = parse_args(["ppo", "--preset", "paper", "--lr", "3e-5"])
     assert override.lr == 3e-5 and override.lora_r == 128  # explicit flags win over the preset
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels_before_any_command(monkeypatch, tmp_path):
+    """``--deterministic true``: what a same-seed GPU run needs to be bit-identical is set before the command runs."""
+    import torch
+
+    from baselines.vlm_ppo import __main__ as cli
+    from baselines.vlm_ppo import train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_ppo", lambda cfg: seen.update(on=torch.are_deterministic_algorithms_enabled(),
+                                                                   cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        cli.main(["ppo", "--output-dir", str(tmp_path), "--deterministic", "true"])
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert seen == {"on": True, "cublas": ":4096:8"}

@@ -150,6 +150,8 @@ class Config:
     """Continue from ``output_dir/checkpoints/latest`` (weights, optimizer, scheduler, RNG, and the envs, rebuilt by replaying their seeds and actions); the run then continues exactly as if never stopped."""
     time_limit_min: float = 0.0
     """Stop PPO (checkpoint, final eval) after this many minutes of wall time, by process 0's clock for every process; 0: no limit."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (``torch.use_deterministic_algorithms``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``): on a GPU, same-seed runs and resumes are bit-identical only with it (slower). CPU runs are deterministic without it."""
 
     # --- SFT warm start ---
     sft_data: str = ""
