@@ -427,3 +427,26 @@ def test_deterministic_flag_turns_on_deterministic_kernels_before_any_command(mo
     finally:
         torch.use_deterministic_algorithms(was)
     assert seen == {"on": True, "cublas": ":4096:8"}
+
+
+def test_metrics_combine_over_processes_by_their_kind(monkeypatch):
+    import accelerate.utils
+
+    from baselines.vlm_ppo.train import over_processes
+
+    # process 0 has 4 policy-valid answers of 8 and finished 1 episode; process 1 all 8 and 3 episodes;
+    # process 2 no policy-valid answer, so no gap and no TIS weight
+    every = [{"charts/policy_valid": 0.5, "charts/behaviour_logp_gap": 0.4, "charts/behaviour_logp_gap_max": 0.9,
+              "charts/tis_weight": 1.2, "charts/episodes_in_window": 1, "charts/train_return": 2.0},
+             {"charts/policy_valid": 1.0, "charts/behaviour_logp_gap": 0.1, "charts/behaviour_logp_gap_max": 0.3,
+              "charts/tis_weight": 0.9, "charts/episodes_in_window": 3, "charts/train_return": 6.0},
+             {"charts/policy_valid": 0.0, "charts/behaviour_logp_gap": float("nan"),
+              "charts/behaviour_logp_gap_max": float("nan"), "charts/episodes_in_window": 0,
+              "charts/train_return": float("nan")}]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda objects: every)
+    out = over_processes(None, every[2])
+    assert out["charts/behaviour_logp_gap_max"] == 0.9
+    assert out["charts/behaviour_logp_gap"] == pytest.approx((0.5 * 0.4 + 1.0 * 0.1) / 1.5)
+    assert out["charts/tis_weight"] == pytest.approx((0.5 * 1.2 + 1.0 * 0.9) / 1.5)
+    assert out["charts/train_return"] == pytest.approx((2.0 + 3 * 6.0) / 4)
+    assert out["charts/episodes_in_window"] == 4 and out["charts/policy_valid"] == pytest.approx(0.5)

@@ -384,29 +384,36 @@ def held_out(run: Run) -> dict[str, float]:
 # How a logged number combines over processes; any other is the mean (every process holds an
 # equal-sized rollout and takes the same number of mini-batches).
 SUMMED = ("charts/episodes_in_window", "charts/tokens_per_s")
-LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev")
-PER_EPISODE = ("charts/train_success", "charts/train_return")
+LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev", "charts/behaviour_logp_gap_max")
+# A mean over some of a process's items, weighted by how many it has (a fraction of equal-sized rollouts
+# serves as well as a count); a process with none logs nan, or nothing, and counts for nothing.
+WEIGHTED_BY = {"charts/train_success": "charts/episodes_in_window",
+               "charts/train_return": "charts/episodes_in_window",
+               "charts/behaviour_logp_gap": "charts/policy_valid",
+               "charts/tis_weight": "charts/policy_valid",
+               "charts/tis_truncated": "charts/policy_valid"}
 
 
 def over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """This update's metrics over every process: episode statistics over all their finished
-    episodes, throughput summed, times the slowest process's (the same dict on every process)."""
+    """This update's metrics over every process: per-item statistics over all their items, throughput
+    summed, times and maxima the largest process's (the same dict on every process)."""
     from accelerate.utils import gather_object
 
     every = gather_object([metrics])
     if len(every) == 1:
         return metrics
-    episodes = np.array([m["charts/episodes_in_window"] for m in every], dtype=float)
     out = {}
-    for key in metrics:
-        values = np.array([m[key] for m in every], dtype=float)
+    for key in dict.fromkeys(key for m in every for key in m):  # a key only some processes log, too
+        values = np.array([m.get(key, np.nan) for m in every], dtype=float)
+        present = ~np.isnan(values)
         if key in SUMMED:
             out[key] = float(values.sum())
         elif key in LARGEST:
-            out[key] = float(values.max())
-        elif key in PER_EPISODE:  # a process with no finished episode logs nan and counts for nothing
-            total = episodes.sum()
-            out[key] = float(np.where(episodes > 0, values, 0.0) @ episodes / total) if total else float("nan")
+            out[key] = float(values[present].max()) if present.any() else float("nan")
+        elif key in WEIGHTED_BY:
+            weights = np.array([m[WEIGHTED_BY[key]] for m in every], dtype=float) * present
+            total = weights.sum()
+            out[key] = float(np.where(present, values, 0.0) @ weights / total) if total else float("nan")
         else:
             out[key] = float(values.mean())
     return out
