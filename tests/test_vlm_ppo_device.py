@@ -186,6 +186,29 @@ def test_trainable_tower_runs_in_every_pass(tmp_path, family_path):
     assert len(runs) == 3 and encoded[0].tower_output is None
 
 
+def test_recorded_tower_outputs_are_not_replayed_by_another_model(family_path, monkeypatch):
+    """An Encoded scored by one model, then by another: the second records its own tower's outputs,
+    even where the first model was freed and its tower's ``id`` reused (every ``id`` equal here)."""
+    from baselines.vlm_ppo import encoding
+
+    monkeypatch.setattr(encoding, "id", lambda obj: 0, raising=False)
+    policies = []
+    for seed in (0, 1):
+        processor, vlm = load_policy(str(family_path("llava")))
+        with torch.no_grad():  # a different tower: its outputs differ from the first's
+            for p in vision_tower_of(vlm)[1].parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.1)
+        policies.append(ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=0.5).eval())
+    prompt, frame = [build_prompt("numberline", "")], _frames(1)
+    encoded = policies[0].encoder.encode(prompt, frame)
+    answers = policies[0].generate(encoded, greedy=True, max_new_tokens=3)
+    with torch.no_grad():
+        policies[0](encoded, answers, [None])
+        replayed = policies[1](encoded, answers, [None]).token_logprobs
+        fresh = policies[1](policies[1].encoder.encode(prompt, frame), answers, [None]).token_logprobs
+    assert torch.equal(replayed, fresh)
+
+
 # --- dropout, adapters, evaluation batch -----------------------------------------------------------
 def test_train_without_dropout_turns_attention_dropout_off(tmp_path, family_path):
     """Attention dropout is a float the attention layers apply in train mode, not an nn.Dropout."""

@@ -26,6 +26,7 @@ Image modes:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -52,7 +53,7 @@ class Encoded:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Image inputs of this sample, leading dim = its images or patches (``pixel_values``, ``image_grid_thw``, ...)."""
     tower_output: tuple[int, Any] | None = None
-    """``(id(tower), output)``: a frozen vision tower's output for this sample, on the model's device,
+    """``(tower_token(tower), output)``: a frozen vision tower's output for this sample, on the model's device,
     recorded by the first pass that needs it and replayed in every later one (:func:`frozen_tower`)."""
 
     def __len__(self) -> int:
@@ -249,6 +250,17 @@ def reference_image_features(model: torch.nn.Module, pixel_values: torch.Tensor)
 
 
 # --- the frozen vision tower, run once per transition --------------------------------------------
+_TOWER_TOKENS = itertools.count()
+
+
+def tower_token(tower: torch.nn.Module) -> int:
+    """A number no other tower in this process has or will have (unlike ``id``, which a new object
+    can reuse once the old one is freed): which tower recorded an :attr:`Encoded.tower_output`."""
+    if "_replay_token" not in tower.__dict__:
+        tower._replay_token = next(_TOWER_TOKENS)
+    return tower.__dict__["_replay_token"]
+
+
 @contextlib.contextmanager
 def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Encoded], device):
     """Within the context, the vision tower replays the recorded outputs of ``encoded`` instead of running.
@@ -266,9 +278,10 @@ def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Enc
     if not encoded or any(p.requires_grad for p in tower.parameters()):
         yield
         return
+    token = tower_token(tower)
     for e in encoded:
-        if e.tower_output is None or e.tower_output[0] != id(tower):  # unseen, or seen by another model
-            e.tower_output = (id(tower), _record_tower(model, tower, encoder, e, device))
+        if e.tower_output is None or e.tower_output[0] != token:  # unseen, or seen by another model
+            e.tower_output = (token, _record_tower(model, tower, encoder, e, device))
     outputs = [e.tower_output[1] for e in encoded]
     replay = type(outputs[0])(**{key: _concat([out[key] for out in outputs]) for key in outputs[0].keys()})
     calls = []
