@@ -186,6 +186,33 @@ def test_trainable_tower_runs_in_every_pass(tmp_path, family_path):
     assert len(runs) == 3 and encoded[0].tower_output is None
 
 
+# The tower output fields each family's image path reads: all a replay keeps.
+READ_FIELDS = {"llava": {"pooler_output", "hidden_states"}, "llava_next": {"pooler_output", "hidden_states"},
+               "qwen2_vl": {"pooler_output"}, "qwen2_5_vl": {"pooler_output"},
+               "qwen3_vl": {"pooler_output", "deepstack_features"}, "gemma3": {"last_hidden_state", "pooler_output"},
+               "smolvlm": {"last_hidden_state"}}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_keeps_only_the_fields_the_image_path_reads(family_path, family):
+    """The recorded tower output holds only what the image path reads (LLaVA's feature layer, not its
+    ``last_hidden_state``; Qwen's merged states, not the pre-merger ones), and replaying it scores
+    exactly as running the tower."""
+    processor, vlm = load_policy(str(family_path(family)))
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config, CONV_TEMPLATES[family]), temperature=1.0,
+                         thought_coef=0.5).eval()
+    encoded = policy.encoder.encode([build_prompt("numberline", "")], _frames(1))
+    tower = vision_tower_of(vlm)[1]
+    with torch.no_grad():
+        tower.requires_grad_(True)  # a trainable tower runs in every pass: nothing recorded
+        ran = policy(encoded, [[5, 6, 7]], [None]).token_logprobs
+        tower.requires_grad_(False)
+        policy(encoded, [[5, 6, 7]], [None])
+        replayed = policy(encoded, [[5, 6, 7]], [None]).token_logprobs
+    assert set(encoded[0].tower_output[1].keys()) == READ_FIELDS[family]
+    assert torch.equal(replayed, ran)
+
+
 def test_recorded_tower_outputs_are_not_replayed_by_another_model(family_path, monkeypatch):
     """An Encoded scored by one model, then by another: the second records its own tower's outputs,
     even where the first model was freed and its tower's ``id`` reused (every ``id`` equal here)."""

@@ -26,6 +26,7 @@ Image modes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -302,10 +303,20 @@ def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Enc
 
 @torch.no_grad()
 def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encoder, encoded: Encoded, device):
-    """The tower's output fields for one sample, copied as the tower returns them (the image path
-    then overwrites ``pooler_output`` with the projected features on the same object)."""
-    recorded = []
-    hook = tower.register_forward_hook(lambda _m, _args, out: recorded.append(type(out)(**dict(out))))
+    """The tower's output fields for one sample that the image path reads, as the tower returns them
+    (the image path then overwrites ``pooler_output`` with the projected features on the same object).
+
+    Whatever the image path never reads (LLaVA's ``last_hidden_state`` beside its feature layer,
+    Qwen-VL's pre-merger states beside the merged ones, the hidden layers no projector takes) is
+    dropped: the replay runs the same path, so it never reads them either.
+    """
+    recorded, read = [], set()
+
+    def record(_module, _args, out):  # keep the fields as returned; the image path gets a copy that notes its reads
+        recorded.append((type(out), dict(out)))
+        return _reading(out, read)
+
+    hook = tower.register_forward_hook(record)
     was_training = tower.training
     tower.eval()
     try:
@@ -313,13 +324,59 @@ def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encod
     finally:
         hook.remove()
         tower.train(was_training)
-    out = recorded[0]
+    output_type, fields = recorded[0]
+    out = output_type(**{key: value for key, value in fields.items() if key in read})
     layers = getattr(encoder.config, "vision_feature_layer", None)
     if out.get("hidden_states") is not None and layers is not None:  # keep only the layers the projector reads
         count = len(out["hidden_states"])
         keep = {layer % count for layer in ([layers] if isinstance(layers, int) else layers)}
         out["hidden_states"] = tuple(h if i in keep else None for i, h in enumerate(out["hidden_states"]))
     return out
+
+
+def _reading(out, read: set[str]):
+    """A copy of the tower output ``out`` that adds to ``read`` each field read from it (every field,
+    if it is read as a whole: iterated, indexed by position, converted)."""
+    names = {f.name for f in dataclasses.fields(out)}
+
+    class Reading(type(out)):
+        _tracking = False  # off while the copy is built and within its own methods
+
+        def __getattribute__(self, name):
+            if object.__getattribute__(self, "_tracking"):
+                if name in names:
+                    read.add(name)
+                elif name in ("keys", "values", "items", "to_tuple"):
+                    read.update(names)
+            return super().__getattribute__(name)
+
+        def __getitem__(self, key):
+            if object.__getattribute__(self, "_tracking"):
+                read.update({key} if isinstance(key, str) else names)
+            with self._untracked():
+                return super().__getitem__(key)
+
+        def __iter__(self):
+            if object.__getattribute__(self, "_tracking"):
+                read.update(names)
+            return super().__iter__()
+
+        def __setattr__(self, name, value):  # a write is no read (ModelOutput's own __setattr__ reads keys)
+            with self._untracked():
+                super().__setattr__(name, value)
+
+        @contextlib.contextmanager
+        def _untracked(self):
+            was = object.__getattribute__(self, "_tracking")
+            object.__setattr__(self, "_tracking", False)
+            try:
+                yield
+            finally:
+                object.__setattr__(self, "_tracking", was)
+
+    copy = Reading(**dict(out))
+    object.__setattr__(copy, "_tracking", True)
+    return copy
 
 
 def _concat(parts: list) -> Any:
