@@ -236,6 +236,37 @@ def test_recorded_tower_outputs_are_not_replayed_by_another_model(family_path, m
     assert torch.equal(replayed, fresh)
 
 
+def test_recorded_tower_outputs_are_freed_after_use(tmp_path, family_path, monkeypatch):
+    """A rollout (and its recorded tower outputs) is gone before the next collection; SFT's samples,
+    kept for the whole run, hold no tower outputs after a step or a greedy check."""
+    import weakref
+
+    from baselines.vlm_ppo import sft, train
+
+    previous, alive = [], []
+    collect = train.collect_rollout
+
+    def collecting(*args, **kwargs):
+        alive.extend(ref() is not None for ref in previous)
+        rollout = collect(*args, **kwargs)
+        previous[:] = [weakref.ref(rollout), weakref.ref(rollout.prompts[0])]
+        return rollout
+
+    monkeypatch.setattr(train, "collect_rollout", collecting)
+    train.train_ppo(_config(tmp_path, family_path("llava"), num_updates=2, num_steps=1, minibatch_size=1,
+                            save_every=0))
+    assert alive == [False, False]
+
+    processor, vlm = load_policy(str(family_path("llava")))
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=1.0)
+    samples = [{"prompt": e, "answer_ids": [5, 6, 7], "answer": "x"}
+               for e in policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))]
+    sft.sft_loss(policy, samples).backward()
+    assert all(s["prompt"].tower_output is None for s in samples)
+    sft.answer_accuracy(policy, samples, max_new_tokens=2)
+    assert all(s["prompt"].tower_output is None for s in samples)
+
+
 # --- dropout, adapters, evaluation batch -----------------------------------------------------------
 def test_train_without_dropout_turns_attention_dropout_off(tmp_path, family_path):
     """Attention dropout is a float the attention layers apply in train mode, not an nn.Dropout."""

@@ -301,6 +301,13 @@ def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Enc
         del tower.forward
 
 
+def release_tower_outputs(encoded: Sequence[Encoded]) -> None:
+    """Free the recorded tower outputs of ``encoded`` (held on the device): for records kept beyond
+    the passes that replay them, as SFT's samples are for the whole run."""
+    for e in encoded:
+        e.tower_output = None
+
+
 @torch.no_grad()
 def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encoder, encoded: Encoded, device):
     """The tower's output fields for one sample that the image path reads, as the tower returns them

@@ -252,6 +252,7 @@ def train_ppo(cfg: Config) -> dict[str, float]:
 
         # 4. log, evaluate, checkpoint
         metrics = {**rollout_metrics(run, rollout, returns, rollout_s, update_s), **stats}
+        del rollout  # its recorded tower outputs, on the device, go before evaluation and the next collection
         metrics = over_processes(run.accelerator, metrics)
         last = update == cfg.num_updates - 1
         out_of_time = cfg.time_limit_min > 0 and on_main_process(
