@@ -249,6 +249,18 @@ def test_tis_cap_defaults_by_dtype_and_refuses_caps_below_one():
             check_config(Config(tis_cap=bad))
 
 
+def test_float16_training_is_refused_at_start(tmp_path):
+    """fp16 without loss scaling underflows: ppo and sft refuse it before loading anything."""
+    from baselines.vlm_ppo.sft import train_sft
+    from baselines.vlm_ppo.train import check_config
+
+    cfg = Config(dtype="float16", lora_r=8, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="fp16 needs loss scaling.*bfloat16"):
+        check_config(cfg)
+    with pytest.raises(ValueError, match="fp16 needs loss scaling.*bfloat16"):
+        train_sft(cfg, str(tmp_path / "no-model"))
+
+
 def test_lr_schedule_never_rises():
     f = cosine_schedule(10, 1e-5, 1e-9)
     lrs = [1e-5 * f(s) for s in range(15)]

@@ -41,6 +41,13 @@ def make_accelerator(**kwargs):
     return accelerator
 
 
+def check_training_dtype(dtype: str) -> None:
+    """Refuse a weights dtype no command can train in (``ppo``, ``sft``; evaluation takes any)."""
+    if dtype == "float16":
+        raise ValueError("dtype='float16': fp16 needs loss scaling, which the trainer does not do "
+                         "(gradients underflow); use --dtype bfloat16")
+
+
 def training_device() -> torch.device:
     """The device every command runs its model on: accelerate's device for this process."""
     return make_accelerator().device

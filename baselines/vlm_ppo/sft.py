@@ -26,7 +26,7 @@ import torch
 
 from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config, to_json
-from baselines.vlm_ppo.device import training_device
+from baselines.vlm_ppo.device import check_training_dtype, training_device
 from baselines.vlm_ppo.encoding import Encoder, release_tower_outputs, stack_images
 from baselines.vlm_ppo.envs import make_env
 from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
@@ -277,6 +277,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     cross-entropy on the answer, plus ``aux_reading_coef`` x the reading loss); reading gate; save."""
     from tqdm.auto import tqdm
 
+    check_training_dtype(cfg.dtype)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

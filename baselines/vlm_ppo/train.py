@@ -22,7 +22,7 @@ import torch
 from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses, tis_weights
 from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
-from baselines.vlm_ppo.device import make_accelerator
+from baselines.vlm_ppo.device import check_training_dtype, make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
@@ -63,6 +63,7 @@ def resolve_model(cfg: Config) -> str:
 
 def check_config(cfg: Config) -> None:
     """Refuse, at start, combinations that would crash late or silently waste the run."""
+    check_training_dtype(cfg.dtype)
     if cfg.dtype != "float32" and cfg.lora_r == 0:
         raise ValueError(f"dtype={cfg.dtype} with full fine-tuning (lora_r=0) keeps no fp32 master copy: updates of "
                          f"lr {cfg.lr:g} round away in {cfg.dtype} weights. Use --lora-r > 0 (adapters stay fp32) "
