@@ -118,6 +118,55 @@ def test_accelerate_mixed_precision_cannot_change_precision(tmp_path, family_pat
                for w in caught)
 
 
+def test_accumulation_steps_from_accelerates_environment_must_match(tmp_path, family_path, monkeypatch,
+                                                                     fresh_accelerate_state):
+    """ACCELERATE_GRADIENT_ACCUMULATION_STEPS overrides what the trainer passes to accelerate, which
+    divides each loss by it: a value other than --grad-accum-steps would rescale every gradient."""
+    from baselines.vlm_ppo import train
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    with pytest.raises(ValueError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS.*--grad-accum-steps"):
+        train.setup(_config(tmp_path, family_path("llava"), grad_accum_steps=2))
+
+
+def test_loss_scale_follows_accelerates_accumulation_steps(tmp_path, family_path, monkeypatch):
+    """A later Accelerator() (training_device()) resets accelerate's shared accumulation steps to 1:
+    each window's gradient is still the mean over its mini-batches."""
+    from baselines.vlm_ppo import train
+    from baselines.vlm_ppo.device import training_device
+
+    cfg = _config(tmp_path, family_path("llava"), grad_accum_steps=2, num_steps=1, minibatch_size=1, ppo_epochs=1)
+    scaled = []
+    run_update = train.ppo_update
+
+    def update(run, *args):
+        training_device()
+        backward = run.accelerator.backward
+
+        def dividing(loss):  # what accelerate's backward differentiates: the loss over its accumulation steps
+            scaled.append(float(loss) / run.accelerator.gradient_accumulation_steps)
+            backward(loss)
+
+        monkeypatch.setattr(run.accelerator, "backward", dividing)
+        losses = []
+        compute = train.ppo_losses
+
+        def recording(*a, **k):
+            out = compute(*a, **k)
+            losses.append(out)
+            return out
+
+        monkeypatch.setattr(train, "ppo_losses", recording)
+        stats = run_update(run, *args)
+        totals = [float(l["policy_loss"] + run.cfg.vf_coef * l["value_loss"]) for l in losses]
+        assert scaled == pytest.approx([t / 2 for t in totals], rel=1e-5)
+        return stats
+
+    monkeypatch.setattr(train, "ppo_update", update)
+    train.train_ppo(cfg)
+    assert len(scaled) == 2
+
+
 def test_lm_head_runs_in_fp32_in_generate_and_scoring(family_path):
     """A bf16 model's LM head gives fp32 logits in both passes, equal to the fp32 product of its inputs."""
     processor, vlm = load_policy(str(family_path("llava")), dtype="bfloat16")

@@ -126,6 +126,10 @@ def setup(cfg: Config) -> Run:
         torch.set_num_threads(cfg.threads)
     # accelerate's accumulation state: ppo_update marks each window's end with sync_gradients
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum_steps:
+        raise ValueError(f"accelerate accumulates over {accelerator.gradient_accumulation_steps} mini-batches but "
+                         f"grad_accum_steps={cfg.grad_accum_steps}: unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS "
+                         "(and a DeepSpeed config's gradient_accumulation_steps) or make it equal --grad-accum-steps")
     check_parallelism(accelerator)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,8 +303,9 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
     for batches in epochs:
         for start in range(0, len(batches), cfg.grad_accum_steps):
             window = batches[start:start + cfg.grad_accum_steps]
-            # accelerate divides each loss by grad_accum_steps: a shorter window is averaged over its own size
-            scale = cfg.grad_accum_steps / len(window)
+            # accelerate divides each loss by its accumulation steps (read now: a later Accelerator(), as
+            # training_device() builds, resets that shared state): each window is averaged over its own size
+            scale = accelerator.gradient_accumulation_steps / len(window)
             for k, mb in enumerate(window):
                 accelerator.sync_gradients = k == len(window) - 1
                 with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(run.model):
