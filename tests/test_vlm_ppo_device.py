@@ -144,7 +144,7 @@ def test_loss_scale_follows_accelerates_accumulation_steps(tmp_path, family_path
         backward = run.accelerator.backward
 
         def dividing(loss):  # what accelerate's backward differentiates: the loss over its accumulation steps
-            scaled.append(float(loss) / run.accelerator.gradient_accumulation_steps)
+            scaled.append(float(loss.detach()) / run.accelerator.gradient_accumulation_steps)
             backward(loss)
 
         monkeypatch.setattr(run.accelerator, "backward", dividing)
