@@ -42,10 +42,9 @@ class Rollout:
     """V(final observation) of truncated steps (0 elsewhere)."""
     logprobs: torch.Tensor = field(init=False)
     """Behaviour λ-weighted log-probs, from :func:`score_rollout` (π_old of the PPO ratio)."""
-    sampled_token_logprobs: list[torch.Tensor] = field(default_factory=list)
-    """Per answer, the fp32 log-prob of each token under the distribution ``generate`` drew it from."""
     sampled_logprobs: torch.Tensor = field(init=False)
-    """The same λ-weighted log-prob as ``logprobs``, from ``sampled_token_logprobs``."""
+    """The same λ-weighted log-prob as ``logprobs``, from each token's fp32 log-prob under the
+    distribution ``generate`` drew it from."""
     values: torch.Tensor = field(init=False)
     """V(prompt) of each step, from :func:`score_rollout`."""
     ref_token_logprobs: list[torch.Tensor] | None = None
@@ -115,7 +114,6 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
         rollout.prompts += prompts
         rollout.answers += answers
         rollout.boundaries += boundaries
-        rollout.sampled_token_logprobs += token_logprobs
         rollout.sampled_logprobs[t] = weighted_logprob(token_logprobs, boundaries, policy.thought_coef)
         rollout.rewards[t] = torch.as_tensor(step.rewards, dtype=torch.float32)
         rollout.terminated[t] = torch.as_tensor(step.terminated)
