@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses  # noqa: E402
+from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses, tis_weights  # noqa: E402
 from baselines.vlm_ppo.config import Config  # noqa: E402
 from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
 from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
@@ -216,6 +217,50 @@ def test_ppo_losses_mask_and_guard():
     assert guarded["policy_loss"].item() == pytest.approx(-(1.1 - 1.0) / 2)
 
 
+def test_tis_weights_truncate_and_weight_the_clipped_loss():
+    scored = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)
+    sampled = torch.tensor([-1.5, -1.0, -3.0, -9.0])
+    w = tis_weights(scored, sampled, cap=2.0)
+    assert w.tolist() == pytest.approx([np.exp(0.5), np.exp(-1.0), 1.0, 2.0])  # exp(5) truncated to the cap
+    assert not w.requires_grad
+    new = torch.tensor([0.05, -0.3, 0.0, 0.02])
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    valid = torch.tensor([True, True, True, False])
+    v = torch.zeros(4)
+    out = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1, is_weight=w)
+    r, a = np.exp([0.05, -0.3, 0.0]), [1.0, -2.0, 0.5]  # the valid samples; sample 1's clip binds
+    per_sample = [-min(ri * ai, np.clip(ri, 0.9, 1.1) * ai) for ri, ai in zip(r, a)]
+    weights = [np.exp(0.5), np.exp(-1.0), 1.0]
+    assert out["policy_loss"].item() == pytest.approx(np.mean([w_ * p for w_, p in zip(weights, per_sample)]), rel=1e-5)
+    plain = ppo_losses(new, old, adv, valid, v, v, v, clip=0.1)
+    assert plain["policy_loss"].item() == pytest.approx(np.mean(per_sample), rel=1e-5)
+    with pytest.raises(ValueError, match="cap"):
+        tis_weights(scored, sampled, cap=0.0)
+
+
+def test_tis_cap_defaults_by_dtype_and_refuses_caps_below_one():
+    from baselines.vlm_ppo.train import check_config, tis_cap
+
+    assert tis_cap(Config()) == 0.0 and tis_cap(Config(dtype="bfloat16", lora_r=8)) == 2.0
+    assert tis_cap(Config(dtype="bfloat16", lora_r=8, tis_cap=0.0)) == 0.0 and tis_cap(Config(tis_cap=3.0)) == 3.0
+    for bad in (-1.0, 0.5):
+        with pytest.raises(ValueError, match="tis_cap"):
+            check_config(Config(tis_cap=bad))
+
+
+def test_float16_training_is_refused_at_start(tmp_path):
+    """fp16 without loss scaling underflows: ppo and sft refuse it before loading anything."""
+    from baselines.vlm_ppo.sft import train_sft
+    from baselines.vlm_ppo.train import check_config
+
+    cfg = Config(dtype="float16", lora_r=8, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="fp16 needs loss scaling.*bfloat16"):
+        check_config(cfg)
+    with pytest.raises(ValueError, match="fp16 needs loss scaling.*bfloat16"):
+        train_sft(cfg, str(tmp_path / "no-model"))
+
+
 def test_lr_schedule_never_rises():
     f = cosine_schedule(10, 1e-5, 1e-9)
     lrs = [1e-5 * f(s) for s in range(15)]
@@ -375,3 +420,45 @@ def test_cli_keeps_old_flags_and_validates_choices():
         128, 256, "bfloat16", True, 0.2, 0.2, 1024, 256, "reference")
     _, override = parse_args(["ppo", "--preset", "paper", "--lr", "3e-5"])
     assert override.lr == 3e-5 and override.lora_r == 128  # explicit flags win over the preset
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels_before_any_command(monkeypatch, tmp_path):
+    """``--deterministic true``: what a same-seed GPU run needs to be bit-identical is set before the command runs."""
+    import torch
+
+    from baselines.vlm_ppo import __main__ as cli
+    from baselines.vlm_ppo import train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_ppo", lambda cfg: seen.update(on=torch.are_deterministic_algorithms_enabled(),
+                                                                   cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        cli.main(["ppo", "--output-dir", str(tmp_path), "--deterministic", "true"])
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert seen == {"on": True, "cublas": ":4096:8"}
+
+
+def test_metrics_combine_over_processes_by_their_kind(monkeypatch):
+    import accelerate.utils
+
+    from baselines.vlm_ppo.train import over_processes
+
+    # process 0 has 4 policy-valid answers of 8 and finished 1 episode; process 1 all 8 and 3 episodes;
+    # process 2 no policy-valid answer, so no gap and no TIS weight
+    every = [{"charts/policy_valid": 0.5, "charts/behaviour_logp_gap": 0.4, "charts/behaviour_logp_gap_max": 0.9,
+              "charts/tis_weight": 1.2, "charts/episodes_in_window": 1, "charts/train_return": 2.0},
+             {"charts/policy_valid": 1.0, "charts/behaviour_logp_gap": 0.1, "charts/behaviour_logp_gap_max": 0.3,
+              "charts/tis_weight": 0.9, "charts/episodes_in_window": 3, "charts/train_return": 6.0},
+             {"charts/policy_valid": 0.0, "charts/behaviour_logp_gap": float("nan"),
+              "charts/behaviour_logp_gap_max": float("nan"), "charts/episodes_in_window": 0,
+              "charts/train_return": float("nan")}]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda objects: every)
+    out = over_processes(None, every[2])
+    assert out["charts/behaviour_logp_gap_max"] == 0.9
+    assert out["charts/behaviour_logp_gap"] == pytest.approx((0.5 * 0.4 + 1.0 * 0.1) / 1.5)
+    assert out["charts/tis_weight"] == pytest.approx((0.5 * 1.2 + 1.0 * 0.9) / 1.5)
+    assert out["charts/train_return"] == pytest.approx((2.0 + 3 * 6.0) / 4)
+    assert out["charts/episodes_in_window"] == 4 and out["charts/policy_valid"] == pytest.approx(0.5)

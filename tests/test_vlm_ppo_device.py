@@ -118,6 +118,55 @@ def test_accelerate_mixed_precision_cannot_change_precision(tmp_path, family_pat
                for w in caught)
 
 
+def test_accumulation_steps_from_accelerates_environment_must_match(tmp_path, family_path, monkeypatch,
+                                                                     fresh_accelerate_state):
+    """ACCELERATE_GRADIENT_ACCUMULATION_STEPS overrides what the trainer passes to accelerate, which
+    divides each loss by it: a value other than --grad-accum-steps would rescale every gradient."""
+    from baselines.vlm_ppo import train
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    with pytest.raises(ValueError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS.*--grad-accum-steps"):
+        train.setup(_config(tmp_path, family_path("llava"), grad_accum_steps=2))
+
+
+def test_loss_scale_follows_accelerates_accumulation_steps(tmp_path, family_path, monkeypatch):
+    """A later Accelerator() (training_device()) resets accelerate's shared accumulation steps to 1:
+    each window's gradient is still the mean over its mini-batches."""
+    from baselines.vlm_ppo import train
+    from baselines.vlm_ppo.device import training_device
+
+    cfg = _config(tmp_path, family_path("llava"), grad_accum_steps=2, num_steps=1, minibatch_size=1, ppo_epochs=1)
+    scaled = []
+    run_update = train.ppo_update
+
+    def update(run, *args):
+        training_device()
+        backward = run.accelerator.backward
+
+        def dividing(loss):  # what accelerate's backward differentiates: the loss over its accumulation steps
+            scaled.append(float(loss.detach()) / run.accelerator.gradient_accumulation_steps)
+            backward(loss)
+
+        monkeypatch.setattr(run.accelerator, "backward", dividing)
+        losses = []
+        compute = train.ppo_losses
+
+        def recording(*a, **k):
+            out = compute(*a, **k)
+            losses.append(out)
+            return out
+
+        monkeypatch.setattr(train, "ppo_losses", recording)
+        stats = run_update(run, *args)
+        totals = [float(l["policy_loss"] + run.cfg.vf_coef * l["value_loss"]) for l in losses]
+        assert scaled == pytest.approx([t / 2 for t in totals], rel=1e-5)
+        return stats
+
+    monkeypatch.setattr(train, "ppo_update", update)
+    train.train_ppo(cfg)
+    assert len(scaled) == 2
+
+
 def test_lm_head_runs_in_fp32_in_generate_and_scoring(family_path):
     """A bf16 model's LM head gives fp32 logits in both passes, equal to the fp32 product of its inputs."""
     processor, vlm = load_policy(str(family_path("llava")), dtype="bfloat16")
@@ -184,6 +233,87 @@ def test_trainable_tower_runs_in_every_pass(tmp_path, family_path):
         policy(encoded, answers, [None])
         policy(encoded, answers, [None])
     assert len(runs) == 3 and encoded[0].tower_output is None
+
+
+# The tower output fields each family's image path reads: all a replay keeps.
+READ_FIELDS = {"llava": {"pooler_output", "hidden_states"}, "llava_next": {"pooler_output", "hidden_states"},
+               "qwen2_vl": {"pooler_output"}, "qwen2_5_vl": {"pooler_output"},
+               "qwen3_vl": {"pooler_output", "deepstack_features"}, "gemma3": {"last_hidden_state", "pooler_output"},
+               "smolvlm": {"last_hidden_state"}}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_keeps_only_the_fields_the_image_path_reads(family_path, family):
+    """The recorded tower output holds only what the image path reads (LLaVA's feature layer, not its
+    ``last_hidden_state``; Qwen's merged states, not the pre-merger ones), and replaying it scores
+    exactly as running the tower."""
+    processor, vlm = load_policy(str(family_path(family)))
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config, CONV_TEMPLATES[family]), temperature=1.0,
+                         thought_coef=0.5).eval()
+    encoded = policy.encoder.encode([build_prompt("numberline", "")], _frames(1))
+    tower = vision_tower_of(vlm)[1]
+    with torch.no_grad():
+        tower.requires_grad_(True)  # a trainable tower runs in every pass: nothing recorded
+        ran = policy(encoded, [[5, 6, 7]], [None]).token_logprobs
+        tower.requires_grad_(False)
+        policy(encoded, [[5, 6, 7]], [None])
+        replayed = policy(encoded, [[5, 6, 7]], [None]).token_logprobs
+    assert set(encoded[0].tower_output[1].keys()) == READ_FIELDS[family]
+    assert torch.equal(replayed, ran)
+
+
+def test_recorded_tower_outputs_are_not_replayed_by_another_model(family_path, monkeypatch):
+    """An Encoded scored by one model, then by another: the second records its own tower's outputs,
+    even where the first model was freed and its tower's ``id`` reused (every ``id`` equal here)."""
+    from baselines.vlm_ppo import encoding
+
+    monkeypatch.setattr(encoding, "id", lambda obj: 0, raising=False)
+    policies = []
+    for seed in (0, 1):
+        processor, vlm = load_policy(str(family_path("llava")))
+        with torch.no_grad():  # a different tower: its outputs differ from the first's
+            for p in vision_tower_of(vlm)[1].parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.1)
+        policies.append(ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=0.5).eval())
+    prompt, frame = [build_prompt("numberline", "")], _frames(1)
+    encoded = policies[0].encoder.encode(prompt, frame)
+    answers = policies[0].generate(encoded, greedy=True, max_new_tokens=3)
+    with torch.no_grad():
+        policies[0](encoded, answers, [None])
+        replayed = policies[1](encoded, answers, [None]).token_logprobs
+        fresh = policies[1](policies[1].encoder.encode(prompt, frame), answers, [None]).token_logprobs
+    assert torch.equal(replayed, fresh)
+
+
+def test_recorded_tower_outputs_are_freed_after_use(tmp_path, family_path, monkeypatch):
+    """A rollout (and its recorded tower outputs) is gone before the next collection; SFT's samples,
+    kept for the whole run, hold no tower outputs after a step or a greedy check."""
+    import weakref
+
+    from baselines.vlm_ppo import sft, train
+
+    previous, alive = [], []
+    collect = train.collect_rollout
+
+    def collecting(*args, **kwargs):
+        alive.extend(ref() is not None for ref in previous)
+        rollout = collect(*args, **kwargs)
+        previous[:] = [weakref.ref(rollout), weakref.ref(rollout.prompts[0])]
+        return rollout
+
+    monkeypatch.setattr(train, "collect_rollout", collecting)
+    train.train_ppo(_config(tmp_path, family_path("llava"), num_updates=2, num_steps=1, minibatch_size=1,
+                            save_every=0))
+    assert alive == [False, False]
+
+    processor, vlm = load_policy(str(family_path("llava")))
+    policy = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=1.0)
+    samples = [{"prompt": e, "answer_ids": [5, 6, 7], "answer": "x"}
+               for e in policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))]
+    sft.sft_loss(policy, samples).backward()
+    assert all(s["prompt"].tower_output is None for s in samples)
+    sft.answer_accuracy(policy, samples, max_new_tokens=2)
+    assert all(s["prompt"].tower_output is None for s in samples)
 
 
 # --- dropout, adapters, evaluation batch -----------------------------------------------------------

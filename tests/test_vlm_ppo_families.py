@@ -102,6 +102,21 @@ def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
     assert worst < 1e-5
 
 
+def test_sampled_logprobs_are_the_distribution_sampled(family_path):
+    """generate's own log-probs: log_softmax of the processed scores it sampled from, at the sampled token."""
+    policy = _policy(family_path("qwen2_vl"), "qwen2_vl", temperature=0.5)
+    encoded = policy.encoder.encode([build_prompt("numberline", "")] * 2, _frames(2))
+    torch.manual_seed(0)
+    answers, logprobs, scores = policy.generate(encoded, greedy=False, max_new_tokens=10, with_logprobs=True,
+                                                return_scores=True)
+    for i, a in enumerate(answers):
+        drawn_from = torch.stack([torch.log_softmax(s[i], -1) for s in scores[:len(a)]])
+        assert logprobs[i].dtype == torch.float32 and len(logprobs[i]) == len(a)
+        assert torch.equal(logprobs[i], drawn_from[torch.arange(len(a)), torch.tensor(a)])
+    with pytest.raises(ValueError, match="with_logprobs needs sampling"):
+        policy.generate(encoded, greedy=True, max_new_tokens=4, with_logprobs=True)
+
+
 TOWER = {"llava": "model.vision_tower", "llava_next": "model.vision_tower", "qwen2_vl": "model.visual",
          "qwen2_5_vl": "model.visual", "qwen3_vl": "model.visual", "gemma3": "model.vision_tower",
          "smolvlm": "model.vision_model"}
@@ -163,6 +178,55 @@ def test_epoch0_ratio_is_one(tmp_path, family_path, dtype, lora_r):
     # (the second update's: once LoRA's B has moved off 0, its dropout would show)
     assert metrics["charts/epoch0_ratio_dev"] == 0.0
     assert metrics["losses/ratio_dev"] > 0.0  # after optimizer steps the policy really moved
+
+
+@pytest.fixture(scope="module")
+def wide_llava(tmp_path_factory):
+    """The tiny LLaVA with its LM head scaled so that its logits span a 7B-like 30 units."""
+    return build_tiny("llava", tmp_path_factory.mktemp("wide") / "model", logit_span=30.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_behaviour_gap_and_truncated_importance_sampling(tmp_path, wide_llava, monkeypatch, dtype):
+    """bf16: the sampler's log-probs differ from the scored ones, and the first mini-batch's policy
+    loss is the clipped loss weighted by min(exp(scored - sampled), 2) (TIS on by default).
+    fp32: the gap is below 1e-4 and TIS is off by default."""
+    from baselines.vlm_ppo import train
+
+    calls, rollouts, epochs = [], [], []
+
+    def recording(name, record):
+        original = getattr(train, name)
+
+        def wrapper(*args, **kwargs):
+            out = original(*args, **kwargs)
+            record(args, out)
+            return out
+        monkeypatch.setattr(train, name, wrapper)
+
+    recording("ppo_losses", lambda args, out: calls.append((args, out)))
+    recording("score_rollout", lambda args, out: rollouts.append(args[1]))
+    recording("minibatches", lambda args, out: epochs.append(out))
+    metrics = train.train_ppo(_config(tmp_path, wide_llava, dtype=dtype, lora_r=4, lora_alpha=8, temperature=0.2,
+                                      ppo_epochs=1, num_envs=4, num_steps=2, minibatch_size=4, max_new_tokens=24))
+    rollout, first = rollouts[0], epochs[0][0]
+    args, out = calls[0]
+    new_logp, old_logp, adv, valid, is_weight = args[0], args[1], args[2], args[3], args[9]
+    assert torch.equal(new_logp.detach(), old_logp)  # before the first step: π_old is the scored policy
+    gaps = rollout.behaviour_gaps()
+    assert len(gaps) == 8 and metrics["charts/behaviour_logp_gap_max"] == pytest.approx(float(gaps.max()))
+    if dtype == "float32":
+        assert is_weight is None and metrics["charts/behaviour_logp_gap_max"] < 1e-4
+        return
+    assert metrics["charts/behaviour_logp_gap"] > 0
+    scored, sampled = rollout.logprobs.flatten()[first], rollout.sampled_logprobs.flatten()[first]
+    weight = torch.exp(scored - sampled).clamp(max=2.0)
+    ratio = torch.exp(new_logp.detach() - old_logp)
+    unweighted = -torch.min(ratio * adv, ratio.clamp(0.9, 1.1) * adv)
+    assert valid.all() and not torch.allclose(weight, torch.ones(4), atol=1e-3)
+    loss = float(out["policy_loss"].detach())
+    assert loss == pytest.approx(float((weight * unweighted).mean()), rel=1e-6, abs=1e-9)
+    assert abs(loss - float(unweighted.mean())) > 1e-4
 
 
 def test_bf16_full_finetuning_refused(tmp_path, family_path):
@@ -573,3 +637,21 @@ def test_deepspeed_launch_stops_at_start(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "DeepSpeed (ZeRO-3) is not supported by this trainer: untested" in done.stderr
     assert not (tmp_path / "tiny-base").exists()
+
+
+# --- the GPU check, at tiny widths on the CPU ------------------------------------------------------
+def test_gpu_check_runs_at_tiny_widths():
+    """``benchmarks/gpu_check.py --tiny``: the GPU check's own code (its two families, the paper preset,
+    ``train_ppo`` in a child process) at tiny widths, so the command is known to work the day a GPU is."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tiny"], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.stdout.splitlines() if line.startswith("| llava_next") or line.startswith("| qwen2_5_vl")}
+    assert set(rows) == {"llava_next", "qwen2_5_vl"}
+    for cells in rows.values():
+        processes, tokens_per_s, ratio_dev, gap = cells[0], float(cells[5]), float(cells[8]), cells[9]
+        assert processes == "1" and tokens_per_s > 0 and ratio_dev == 0.0
+        assert float(gap.split("/")[0]) > 0  # bf16 with a 30-unit logit span: the sampler is not the scorer

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
 
     command, cfg = parse_args(argv)
     _require_train_extra()
+    if cfg.deterministic:
+        from baselines.vlm_ppo.device import use_deterministic_algorithms
+
+        use_deterministic_algorithms()
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     from baselines.vlm_ppo import sft, train
     from baselines.vlm_ppo.logger import read_metrics

@@ -1,4 +1,4 @@
-"""PPO maths with no model in it: GAE, the clipped losses, the KL estimate, the LR schedule."""
+"""PPO maths with no model in it: GAE, the clipped losses, truncated importance sampling, the KL estimate, the LR schedule."""
 
 from __future__ import annotations
 
@@ -39,13 +39,29 @@ def action_logprob(token_lp: torch.Tensor, thought_mask: torch.Tensor, action_ma
     return thought_coef * (token_lp * thought_mask).sum(-1) + (token_lp * action_mask).sum(-1)
 
 
+def tis_weights(scored_logp: torch.Tensor, sampled_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights ``min(exp(scored - sampled), cap)``, detached; inputs (B,).
+
+    ``sampled_logp`` is the log-prob of each answer under the distribution ``generate`` drew it
+    from, ``scored_logp`` the same answer's log-prob from the teacher-forced pass that PPO takes as
+    π_old. In bf16 the two differ (other kernels, a KV cache, bf16-rounded logits), so the samples
+    come from a slightly different policy than the one PPO corrects for; the weight reweights
+    them to π_old, truncated at ``cap`` so that a rare large ratio cannot dominate the batch.
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0 (0 turns truncated importance sampling off upstream), got {cap}")
+    return (scored_logp.detach().float() - sampled_logp.detach().float()).exp().clamp(max=cap)
+
+
 def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, policy_valid: torch.Tensor,
                new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float,
-               ratio_guard: float = 10.0) -> dict[str, torch.Tensor]:
+               ratio_guard: float = 10.0, is_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The clipped policy loss (over policy-valid samples only) and the clipped value loss; all inputs (B,).
 
-    ``ratio_dev`` is the largest ``|ratio - 1|`` of the batch (exactly 0 before the first optimizer
-    step of an update, when behaviour and scored policy are the same weights on the same batch).
+    ``is_weight`` (B,), when given (:func:`tis_weights`), multiplies each sample's clipped policy
+    loss before the mean. ``ratio_dev`` is the largest ``|ratio - 1|`` of the batch (exactly 0
+    before the first optimizer step of an update, when behaviour and scored policy are the same
+    weights on the same batch).
     """
     valid = policy_valid.bool()
     log_ratio = (new_logp - old_logp)[valid]
@@ -54,9 +70,12 @@ def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     if valid.any():
         clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * adv
         if ratio_guard > 0 and bool((ratio > ratio_guard).any()):
-            policy_loss = -clipped.mean()  # the reference's guard against exploding ratios
+            per_sample = -clipped  # the reference's guard against exploding ratios
         else:
-            policy_loss = -torch.min(ratio * adv, clipped).mean()
+            per_sample = -torch.min(ratio * adv, clipped)
+        if is_weight is not None:
+            per_sample = per_sample * is_weight[valid]
+        policy_loss = per_sample.mean()
         with torch.no_grad():
             approx_kl = ((ratio - 1.0) - log_ratio).mean()
             clip_frac = ((ratio - 1.0).abs() > clip).float().mean()

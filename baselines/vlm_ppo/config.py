@@ -59,7 +59,7 @@ class Config:
     model: str = "tiny"
     """Model id or path for ``AutoModelForImageTextToText`` (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``); ``tiny`` builds the embedded offline model."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32). Log-probs, the LM head and the value head are always fp32; accelerate's own mixed precision is overridden (docs/training.md, Device and precision)."""
+    """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32); ``float16`` for ``eval`` only (training refuses it: fp16 needs loss scaling, which the trainer does not do). Log-probs, the LM head and the value head are always fp32; accelerate's own mixed precision is overridden (docs/training.md, Device and precision)."""
     lora_r: int = 0
     """LoRA rank (default 0: full fine-tuning of every non-frozen weight; paper preset: 128)."""
     lora_alpha: int = 256
@@ -116,6 +116,8 @@ class Config:
     """Value-loss coefficient."""
     entropy_coef: float = 0.0
     """Coefficient of the mean token entropy bonus (paper: none). The full-vocabulary entropy is only computed when this is above 0."""
+    tis_cap: float | None = None
+    """Truncated importance sampling: each sample's policy loss is weighted by ``min(exp(scored - sampled), C)`` (detached), where ``sampled`` is the answer's λ-weighted log-prob under the distribution ``generate`` drew it from and ``scored`` the same from the teacher-forced pass (π_old of the ratio). In bf16 the two differ (``charts/behaviour_logp_gap``), so PPO would treat samples of another policy as π_old's. Default (unset): 2.0 in bfloat16 (verl's TIS default), off in float32 (the gap is ~1e-5 there); 0 turns it off."""
     kl_coef: float = 0.0
     """Coefficient of a per-token KL penalty to the initial policy (0: off, as the paper). Needs LoRA: the initial policy is the model with its adapter switched off, so no second copy is kept."""
     max_grad_norm: float = 0.01
@@ -148,6 +150,8 @@ class Config:
     """Continue from ``output_dir/checkpoints/latest`` (weights, optimizer, scheduler, RNG, and the envs, rebuilt by replaying their seeds and actions); the run then continues exactly as if never stopped."""
     time_limit_min: float = 0.0
     """Stop PPO (checkpoint, final eval) after this many minutes of wall time, by process 0's clock for every process; 0: no limit."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (``torch.use_deterministic_algorithms``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``): on a GPU, same-seed runs and resumes are bit-identical only with it (slower). CPU runs are deterministic without it."""
 
     # --- SFT warm start ---
     sft_data: str = ""

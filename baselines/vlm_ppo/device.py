@@ -41,6 +41,25 @@ def make_accelerator(**kwargs):
     return accelerator
 
 
+def check_training_dtype(dtype: str) -> None:
+    """Refuse a weights dtype no command can train in (``ppo``, ``sft``; evaluation takes any)."""
+    if dtype == "float16":
+        raise ValueError("dtype='float16': fp16 needs loss scaling, which the trainer does not do "
+                         "(gradients underflow); use --dtype bfloat16")
+
+
 def training_device() -> torch.device:
     """The device every command runs its model on: accelerate's device for this process."""
     return make_accelerator().device
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels for every command of this process (``--deterministic``).
+
+    cuBLAS picks reduction orders that change between runs unless its workspace is fixed, and some
+    CUDA kernels (scatter-add, index-add in backward passes) accumulate with atomics: without this,
+    two GPU runs with one seed agree in distribution, not bit for bit. Must run before the first
+    cuBLAS call, so the CLI calls it right after parsing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)

@@ -26,6 +26,8 @@ Image modes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -52,7 +54,7 @@ class Encoded:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Image inputs of this sample, leading dim = its images or patches (``pixel_values``, ``image_grid_thw``, ...)."""
     tower_output: tuple[int, Any] | None = None
-    """``(id(tower), output)``: a frozen vision tower's output for this sample, on the model's device,
+    """``(tower_token(tower), output)``: a frozen vision tower's output for this sample, on the model's device,
     recorded by the first pass that needs it and replayed in every later one (:func:`frozen_tower`)."""
 
     def __len__(self) -> int:
@@ -249,6 +251,17 @@ def reference_image_features(model: torch.nn.Module, pixel_values: torch.Tensor)
 
 
 # --- the frozen vision tower, run once per transition --------------------------------------------
+_TOWER_TOKENS = itertools.count()
+
+
+def tower_token(tower: torch.nn.Module) -> int:
+    """A number no other tower in this process has or will have (unlike ``id``, which a new object
+    can reuse once the old one is freed): which tower recorded an :attr:`Encoded.tower_output`."""
+    if "_replay_token" not in tower.__dict__:
+        tower._replay_token = next(_TOWER_TOKENS)
+    return tower.__dict__["_replay_token"]
+
+
 @contextlib.contextmanager
 def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Encoded], device):
     """Within the context, the vision tower replays the recorded outputs of ``encoded`` instead of running.
@@ -266,9 +279,10 @@ def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Enc
     if not encoded or any(p.requires_grad for p in tower.parameters()):
         yield
         return
+    token = tower_token(tower)
     for e in encoded:
-        if e.tower_output is None or e.tower_output[0] != id(tower):  # unseen, or seen by another model
-            e.tower_output = (id(tower), _record_tower(model, tower, encoder, e, device))
+        if e.tower_output is None or e.tower_output[0] != token:  # unseen, or seen by another model
+            e.tower_output = (token, _record_tower(model, tower, encoder, e, device))
     outputs = [e.tower_output[1] for e in encoded]
     replay = type(outputs[0])(**{key: _concat([out[key] for out in outputs]) for key in outputs[0].keys()})
     calls = []
@@ -287,12 +301,29 @@ def frozen_tower(model: torch.nn.Module, encoder: Encoder, encoded: Sequence[Enc
         del tower.forward
 
 
+def release_tower_outputs(encoded: Sequence[Encoded]) -> None:
+    """Free the recorded tower outputs of ``encoded`` (held on the device): for records kept beyond
+    the passes that replay them, as SFT's samples are for the whole run."""
+    for e in encoded:
+        e.tower_output = None
+
+
 @torch.no_grad()
 def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encoder, encoded: Encoded, device):
-    """The tower's output fields for one sample, copied as the tower returns them (the image path
-    then overwrites ``pooler_output`` with the projected features on the same object)."""
-    recorded = []
-    hook = tower.register_forward_hook(lambda _m, _args, out: recorded.append(type(out)(**dict(out))))
+    """The tower's output fields for one sample that the image path reads, as the tower returns them
+    (the image path then overwrites ``pooler_output`` with the projected features on the same object).
+
+    Whatever the image path never reads (LLaVA's ``last_hidden_state`` beside its feature layer,
+    Qwen-VL's pre-merger states beside the merged ones, the hidden layers no projector takes) is
+    dropped: the replay runs the same path, so it never reads them either.
+    """
+    recorded, read = [], set()
+
+    def record(_module, _args, out):  # keep the fields as returned; the image path gets a copy that notes its reads
+        recorded.append((type(out), dict(out)))
+        return _reading(out, read)
+
+    hook = tower.register_forward_hook(record)
     was_training = tower.training
     tower.eval()
     try:
@@ -300,13 +331,59 @@ def _record_tower(model: torch.nn.Module, tower: torch.nn.Module, encoder: Encod
     finally:
         hook.remove()
         tower.train(was_training)
-    out = recorded[0]
+    output_type, fields = recorded[0]
+    out = output_type(**{key: value for key, value in fields.items() if key in read})
     layers = getattr(encoder.config, "vision_feature_layer", None)
     if out.get("hidden_states") is not None and layers is not None:  # keep only the layers the projector reads
         count = len(out["hidden_states"])
         keep = {layer % count for layer in ([layers] if isinstance(layers, int) else layers)}
         out["hidden_states"] = tuple(h if i in keep else None for i, h in enumerate(out["hidden_states"]))
     return out
+
+
+def _reading(out, read: set[str]):
+    """A copy of the tower output ``out`` that adds to ``read`` each field read from it (every field,
+    if it is read as a whole: iterated, indexed by position, converted)."""
+    names = {f.name for f in dataclasses.fields(out)}
+
+    class Reading(type(out)):
+        _tracking = False  # off while the copy is built and within its own methods
+
+        def __getattribute__(self, name):
+            if object.__getattribute__(self, "_tracking"):
+                if name in names:
+                    read.add(name)
+                elif name in ("keys", "values", "items", "to_tuple"):
+                    read.update(names)
+            return super().__getattribute__(name)
+
+        def __getitem__(self, key):
+            if object.__getattribute__(self, "_tracking"):
+                read.update({key} if isinstance(key, str) else names)
+            with self._untracked():
+                return super().__getitem__(key)
+
+        def __iter__(self):
+            if object.__getattribute__(self, "_tracking"):
+                read.update(names)
+            return super().__iter__()
+
+        def __setattr__(self, name, value):  # a write is no read (ModelOutput's own __setattr__ reads keys)
+            with self._untracked():
+                super().__setattr__(name, value)
+
+        @contextlib.contextmanager
+        def _untracked(self):
+            was = object.__getattribute__(self, "_tracking")
+            object.__setattr__(self, "_tracking", False)
+            try:
+                yield
+            finally:
+                object.__setattr__(self, "_tracking", was)
+
+    copy = Reading(**dict(out))
+    object.__setattr__(copy, "_tracking", True)
+    return copy
 
 
 def _concat(parts: list) -> Any:

@@ -242,15 +242,18 @@ class ActorCritic(nn.Module):
     # --- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: Sequence[Encoded], *, greedy: bool, max_new_tokens: int,
-                 return_scores: bool = False):
+                 return_scores: bool = False, with_logprobs: bool = False):
         """Sample (or greedily decode) one answer per prompt from exactly ``softmax(logits / T)``.
 
-        Returns each answer's ids, cut after its first stop token (kept), and optionally the
-        per-step processed scores (for tests).
+        Returns each answer's ids, cut after its first stop token (kept); with ``with_logprobs``
+        (sampling only) also each answer's sampled log-probs (:func:`sampled_logprobs`); with
+        ``return_scores`` also the per-step processed scores (for tests), in that order.
         """
+        if greedy and with_logprobs:
+            raise ValueError("with_logprobs needs sampling (greedy=False): greedy decoding draws from no distribution")
         config = sampling_config(greedy=greedy, temperature=self.temperature, max_new_tokens=max_new_tokens,
                                  pad_id=self.pad_id, stop_ids=self.stop_ids, suppress_ids=self.suppress_list,
-                                 output_scores=return_scores)
+                                 output_scores=return_scores or with_logprobs)
         with frozen_tower(self.vlm, self.encoder, prompts, self.device), _own_generation_config(self.vlm):
             inputs = self.encoder.model_inputs(self.vlm, to_device(batch_prompts(prompts, self.pad_id), self.device))
             width = inputs["input_ids"].shape[1]
@@ -259,7 +262,22 @@ class ActorCritic(nn.Module):
         for seq in out.sequences[:, width:].tolist():
             cut = next((k + 1 for k, t in enumerate(seq) if t in self.stop_ids), len(seq))
             answers.append(seq[:cut])
-        return (answers, out.scores) if return_scores else answers
+        extras = (sampled_logprobs(out.scores, out.sequences[:, width:], answers),) if with_logprobs else ()
+        extras += (out.scores,) if return_scores else ()
+        return (answers, *extras) if extras else answers
+
+
+def sampled_logprobs(scores: Sequence[torch.Tensor], tokens: torch.Tensor, answers: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Per answer, the fp32 log-prob of each token under the distribution it was drawn from.
+
+    ``scores[t]`` (B, V) are generate's processed scores of step ``t``: the fp32 logits after
+    suppression and division by T, exactly what generate passes to its softmax and multinomial.
+    In bf16 these differ from the teacher-forced pass's log-probs (another kernel path, the KV
+    cache, bf16-rounded logits): the trainer logs that gap and corrects for it.
+    """
+    steps = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, tokens[:, t, None].to(s.device)).squeeze(-1)
+                         for t, s in enumerate(scores)], 1).cpu()
+    return [steps[i, :len(a)] for i, a in enumerate(answers)]
 
 
 def sampling_config(*, greedy: bool, temperature: float, max_new_tokens: int, pad_id: int, stop_ids: Sequence[int],

@@ -3,6 +3,8 @@
 Collection only samples (no scoring pass): the behaviour log-probs and values are computed
 afterwards by :func:`score_rollout`, in exactly the mini-batches of the first PPO epoch, so that
 epoch's ratio starts at exactly 1 in any dtype (the same inputs through the same kernels).
+Collection also keeps the log-probs the sampler drew each token with: in bf16 they differ from
+the scored ones, and the trainer logs that gap and can reweight by it (truncated importance sampling).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from baselines.vlm_ppo.algo import action_logprob
 from baselines.vlm_ppo.encoding import Encoded
 from baselines.vlm_ppo.envs import TrainingEnvs
-from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, train_without_dropout
+from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, split_masks, train_without_dropout
 
 
 @dataclass
@@ -38,7 +41,10 @@ class Rollout:
     final_values: torch.Tensor = field(init=False)
     """V(final observation) of truncated steps (0 elsewhere)."""
     logprobs: torch.Tensor = field(init=False)
-    """Behaviour λ-weighted log-probs, from :func:`score_rollout`."""
+    """Behaviour λ-weighted log-probs, from :func:`score_rollout` (π_old of the PPO ratio)."""
+    sampled_logprobs: torch.Tensor = field(init=False)
+    """The same λ-weighted log-prob as ``logprobs``, from each token's fp32 log-prob under the
+    distribution ``generate`` drew it from."""
     values: torch.Tensor = field(init=False)
     """V(prompt) of each step, from :func:`score_rollout`."""
     ref_token_logprobs: list[torch.Tensor] | None = None
@@ -58,13 +64,21 @@ class Rollout:
         self.terminated = torch.zeros(shape, dtype=torch.bool)
         self.truncated = torch.zeros(shape, dtype=torch.bool)
         self.final_values = torch.zeros(shape)
-        self.logprobs, self.values = torch.zeros(shape), torch.zeros(shape)
+        self.logprobs, self.values, self.sampled_logprobs = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
         self.thought_logprobs, self.action_logprobs = torch.zeros(shape), torch.zeros(shape)
 
     @property
     def policy_valid(self) -> torch.Tensor:
         """(T, N) True where the answer has an action key (it enters the policy loss)."""
         return torch.tensor([k is not None for k in self.boundaries]).view(self.num_steps, self.num_envs)
+
+    def behaviour_gaps(self) -> torch.Tensor:
+        """``|scored - sampled|`` λ-weighted log-prob of each policy-valid answer (1-D; nats per answer).
+
+        The quantity the PPO ratio and the importance weight are built from; policy-invalid answers
+        are left out (their λ-weighted log-prob is 0 on both sides and never enters the policy loss).
+        """
+        return (self.logprobs - self.sampled_logprobs).abs()[self.policy_valid]
 
 
 @dataclass
@@ -86,7 +100,8 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
     obs = envs.obs
     for t in range(num_steps):
         prompts = policy.encoder.encode_observations(obs, envs.prompt_for)
-        answers = policy.generate(prompts, greedy=False, max_new_tokens=max_new_tokens)
+        answers, token_logprobs = policy.generate(prompts, greedy=False, max_new_tokens=max_new_tokens,
+                                                  with_logprobs=True)
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
         step = envs.step(texts)
         cut = [i for i, o in enumerate(step.final_obs) if o is not None]
@@ -95,9 +110,11 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
                                                          "image": [step.final_obs[i]["image"] for i in cut]},
                                                         envs.prompt_for)
             rollout.final_values[t, cut] = policy.get_value(finals).float().cpu()
+        boundaries = boundaries_of(tokenizer, answers, missing_action_key)
         rollout.prompts += prompts
         rollout.answers += answers
-        rollout.boundaries += boundaries_of(tokenizer, answers, missing_action_key)
+        rollout.boundaries += boundaries
+        rollout.sampled_logprobs[t] = weighted_logprob(token_logprobs, boundaries, policy.thought_coef)
         rollout.rewards[t] = torch.as_tensor(step.rewards, dtype=torch.float32)
         rollout.terminated[t] = torch.as_tensor(step.terminated)
         rollout.truncated[t] = torch.as_tensor(step.truncated)
@@ -111,6 +128,15 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
                 episodes.returns[i], episodes.lengths[i] = 0.0, 0
         obs = step.obs
     return rollout
+
+
+def weighted_logprob(token_logprobs: list[torch.Tensor], boundaries: list[int | None], thought_coef: float) -> torch.Tensor:
+    """(B,) λ-weighted log-prob of each answer from its per-token log-probs, as :class:`ActorCritic` computes it."""
+    padded = torch.nn.utils.rnn.pad_sequence(token_logprobs, batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(lp), dtype=torch.bool) for lp in token_logprobs],
+                                           batch_first=True)
+    thought, action = split_masks(mask, boundaries)
+    return action_logprob(padded, thought, action, thought_coef)
 
 
 def minibatches(num_samples: int, minibatch_size: int, generator: torch.Generator) -> list[list[int]]:

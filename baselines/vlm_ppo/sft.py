@@ -26,8 +26,8 @@ import torch
 
 from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config, to_json
-from baselines.vlm_ppo.device import training_device
-from baselines.vlm_ppo.encoding import Encoder, stack_images
+from baselines.vlm_ppo.device import check_training_dtype, training_device
+from baselines.vlm_ppo.encoding import Encoder, release_tower_outputs, stack_images
 from baselines.vlm_ppo.envs import make_env
 from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
 from baselines.vlm_ppo.reading import (
@@ -233,7 +233,9 @@ def answer_accuracy(policy: ActorCritic, samples: list[dict], max_new_tokens: in
     tokenizer = policy.encoder.tokenizer
     for s0 in range(0, len(samples), 32):
         chunk = samples[s0:s0 + 32]
-        answers = policy.generate([s["prompt"] for s in chunk], greedy=True, max_new_tokens=max_new_tokens)
+        prompts = [s["prompt"] for s in chunk]
+        answers = policy.generate(prompts, greedy=True, max_new_tokens=max_new_tokens)
+        release_tower_outputs(prompts)
         for s, text in zip(chunk, tokenizer.batch_decode(answers, skip_special_tokens=True)):
             text = text.strip()
             exact += text == s["answer"]
@@ -275,6 +277,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     cross-entropy on the answer, plus ``aux_reading_coef`` x the reading loss); reading gate; save."""
     from tqdm.auto import tqdm
 
+    check_training_dtype(cfg.dtype)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -350,7 +353,9 @@ def train_sft(cfg: Config, model_path: str) -> Path:
 
 def sft_loss(policy: ActorCritic, batch: list[dict]) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens (temperature 1, the same token mask as RL)."""
-    out = policy([s["prompt"] for s in batch], [s["answer_ids"] for s in batch], [None] * len(batch), temperature=1.0)
+    prompts = [s["prompt"] for s in batch]
+    out = policy(prompts, [s["answer_ids"] for s in batch], [None] * len(batch), temperature=1.0)
+    release_tower_outputs(prompts)  # one pass per sample and step: nothing to replay, much to hold
     mask = out.answer_mask.float()
     return -(out.token_logprobs * mask).sum() / mask.sum()
 

@@ -137,21 +137,36 @@ GEOMETRY = {
 }
 
 
-def build_tiny(family: str, path: str | Path, *, seed: int = 0, **overrides) -> Path:
-    """Build a tiny random ``family`` checkpoint and ``save_pretrained`` model and processor to ``path``."""
+def build_tiny(family: str, path: str | Path, *, seed: int = 0, geometry: dict | None = None,
+               logit_span: float | None = None, dtype=None, device=None, **overrides) -> Path:
+    """Build a tiny random ``family`` checkpoint and ``save_pretrained`` model and processor to ``path``.
+
+    ``overrides`` change :class:`TinySizes` fields. ``geometry`` (``{"text": {...}, "vision": {...},
+    "model": {...}}``) lays a real checkpoint's config fields over the built config, e.g. a 7B's
+    widths (the processor and its small trained tokenizer stay: ids beyond the tokenizer decode to
+    nothing). ``logit_span`` scales the LM head (:func:`widen_logits`). ``dtype`` and ``device``
+    say where the weights are initialised (a 7B geometry: on the GPU in bf16, with no slow CPU init).
+    """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     allowed = {field.name for field in dataclasses.fields(TinySizes)}
     if unknown := set(overrides) - allowed:
         raise ValueError(f"unknown size overrides {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    if unknown := set(geometry or {}) - {"text", "vision", "model"}:
+        raise ValueError(f"unknown geometry keys {sorted(unknown)}; allowed: model, text, vision")
     import torch
     from transformers import AutoModelForImageTextToText
 
     sizes = TinySizes(**{**GEOMETRY[family], **overrides})
     processor, config, generation_ids = BUILDERS[family](sizes)
+    if geometry:
+        config = _with_geometry(config, **geometry)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    with torch.device(device or "cpu"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype or torch.float32)
     _randomise_zero_matrices(model, sizes.initializer_range)
+    if logit_span is not None:
+        widen_logits(model, processor, logit_span)
     for name, value in generation_ids.items():
         setattr(model.generation_config, name, value)
     path = Path(path)
@@ -159,6 +174,50 @@ def build_tiny(family: str, path: str | Path, *, seed: int = 0, **overrides) -> 
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def _with_geometry(config, text: dict | None = None, vision: dict | None = None, model: dict | None = None):
+    """``config`` rebuilt with these fields laid over its text, vision and top-level fields; fields the
+    constructors derive from the widths (``head_dim``, ``layer_types``) are derived again unless given."""
+    derived = {"head_dim", "layer_types"}
+
+    def merged(sub, extra):
+        return {**{k: v for k, v in sub.to_dict().items() if k not in derived}, **(extra or {})}
+
+    top = {k: v for k, v in config.to_dict().items() if k not in ("text_config", "vision_config")}
+    return type(config).from_dict({**top, **(model or {}), "text_config": merged(config.text_config, text),
+                                   "vision_config": merged(config.vision_config, vision)})
+
+
+def widen_logits(model, processor, span: float = 30.0) -> float:
+    """Scale ``model``'s LM head in place so that its logits span ``span`` units; returns the factor.
+
+    The span is ``max - min`` over the vocabulary at the last token of a NumberLine prompt (a
+    trained 7B model's is ~30; a random tiny model's a few units). Precision effects scale with
+    it: bf16 rounds a logit near 16 to a multiple of 1/16, which is 0.3 nats at T 0.2, so a
+    random model shows a trained model's bf16 sampler/scorer gap only at this range. A tied head
+    (Gemma3) is replaced by an untied random one first: a random model whose head is its input
+    embedding repeats its last token with certainty at this range (every log-prob 0, no gap).
+    """
+    import numpy as np
+    import torch
+
+    from baselines.vlm_ppo.encoding import Encoder, batch_prompts, to_device
+    from vlm_envs.text import build_prompt
+
+    template = "llava_v1" if model.config.model_type.startswith("llava") else "chat_template"
+    frame = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    prompt = Encoder(processor, model.config, template).encode([build_prompt("numberline", "")], [frame])
+    inputs = to_device(batch_prompts(prompt, processor.tokenizer.pad_token_id), model.device)
+    head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(torch.randn_like(head.weight))
+        model.config.tie_word_embeddings = model.config.get_text_config().tie_word_embeddings = False
+    with torch.no_grad():
+        logits = model(**inputs, logits_to_keep=1).logits[0, -1].float()
+        factor = span / float(logits.max() - logits.min())
+        head.weight.mul_(factor)
+    return factor
 
 
 def _randomise_zero_matrices(model, std: float) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses
+from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses, tis_weights
 from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
 from baselines.vlm_ppo.config import Config, to_json
-from baselines.vlm_ppo.device import make_accelerator
+from baselines.vlm_ppo.device import check_training_dtype, make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
@@ -63,6 +63,7 @@ def resolve_model(cfg: Config) -> str:
 
 def check_config(cfg: Config) -> None:
     """Refuse, at start, combinations that would crash late or silently waste the run."""
+    check_training_dtype(cfg.dtype)
     if cfg.dtype != "float32" and cfg.lora_r == 0:
         raise ValueError(f"dtype={cfg.dtype} with full fine-tuning (lora_r=0) keeps no fp32 master copy: updates of "
                          f"lr {cfg.lr:g} round away in {cfg.dtype} weights. Use --lora-r > 0 (adapters stay fp32) "
@@ -74,7 +75,17 @@ def check_config(cfg: Config) -> None:
                          f"(num_steps*num_envs={cfg.num_steps * cfg.num_envs}): no update would ever run")
     if cfg.temperature <= 0:
         raise ValueError(f"temperature must be > 0 (log-probs use softmax(z/T)), got {cfg.temperature}")
+    if cfg.tis_cap is not None and (cfg.tis_cap < 0 or 0 < cfg.tis_cap < 1):
+        raise ValueError(f"tis_cap must be 0 (off) or >= 1 (a cap below 1 would down-weight even on-policy samples), "
+                         f"got {cfg.tis_cap}")
     check_eval_seeds(cfg.eval_seed, max(cfg.eval_episodes, cfg.eval_greedy_episodes))
+
+
+def tis_cap(cfg: Config) -> float:
+    """The truncated-importance-sampling cap in effect: ``--tis-cap``, or by dtype when unset (0: off)."""
+    if cfg.tis_cap is not None:
+        return cfg.tis_cap
+    return 0.0 if cfg.dtype == "float32" else 2.0
 
 
 def build_policy(cfg: Config, checkpoint: Path | None = None) -> ActorCritic:
@@ -115,6 +126,10 @@ def setup(cfg: Config) -> Run:
         torch.set_num_threads(cfg.threads)
     # accelerate's accumulation state: ppo_update marks each window's end with sync_gradients
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum_steps:
+        raise ValueError(f"accelerate accumulates over {accelerator.gradient_accumulation_steps} mini-batches but "
+                         f"grad_accum_steps={cfg.grad_accum_steps}: unset ACCELERATE_GRADIENT_ACCUMULATION_STEPS "
+                         "(and a DeepSpeed config's gradient_accumulation_steps) or make it equal --grad-accum-steps")
     check_parallelism(accelerator)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +257,7 @@ def train_ppo(cfg: Config) -> dict[str, float]:
 
         # 4. log, evaluate, checkpoint
         metrics = {**rollout_metrics(run, rollout, returns, rollout_s, update_s), **stats}
+        del rollout  # its recorded tower outputs, on the device, go before evaluation and the next collection
         metrics = over_processes(run.accelerator, metrics)
         last = update == cfg.num_updates - 1
         out_of_time = cfg.time_limit_min > 0 and on_main_process(
@@ -276,6 +292,8 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
     old_logp, old_values = rollout.logprobs.flatten(), rollout.values.flatten()
     valid = rollout.policy_valid.flatten()
+    cap = tis_cap(cfg)
+    is_weight = tis_weights(old_logp, rollout.sampled_logprobs.flatten(), cap) if cap > 0 else None
     value_params = list(policy.value_head.parameters())
     policy_params = [p for p in policy.vlm.parameters() if p.requires_grad]
     stats = collections.defaultdict(list)
@@ -285,8 +303,9 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
     for batches in epochs:
         for start in range(0, len(batches), cfg.grad_accum_steps):
             window = batches[start:start + cfg.grad_accum_steps]
-            # accelerate divides each loss by grad_accum_steps: a shorter window is averaged over its own size
-            scale = cfg.grad_accum_steps / len(window)
+            # accelerate divides each loss by its accumulation steps (read now: a later Accelerator(), as
+            # training_device() builds, resets that shared state): each window is averaged over its own size
+            scale = accelerator.gradient_accumulation_steps / len(window)
             for k, mb in enumerate(window):
                 accelerator.sync_gradients = k == len(window) - 1
                 with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(run.model):
@@ -294,7 +313,8 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                                     [rollout.boundaries[j] for j in mb], with_entropy=cfg.entropy_coef > 0)
                     at = lambda x: x[mb].to(out.value.device)  # noqa: E731
                     losses = ppo_losses(out.logprob, at(old_logp), at(advantages), at(valid), out.value,
-                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard)
+                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard,
+                                        None if is_weight is None else at(is_weight))
                     loss = losses["policy_loss"] + cfg.vf_coef * losses["value_loss"]
                     if cfg.entropy_coef > 0:
                         losses["entropy"] = out.entropy.mean()
@@ -319,6 +339,9 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
             stepped = True
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out["charts/epoch0_ratio_dev"] = first_step_dev
+    if is_weight is not None and valid.any():
+        out["charts/tis_weight"] = float(is_weight[valid].mean())
+        out["charts/tis_truncated"] = float((is_weight[valid] >= cap).float().mean())
     return out
 
 
@@ -334,6 +357,7 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
     done = np.asarray(list(run.recent), dtype=float).reshape(-1, 3)
     steps = rollout.num_steps * rollout.num_envs
     thought = [k or 0 for k in rollout.boundaries]
+    gaps = rollout.behaviour_gaps()
     return {
         "charts/lr": run.scheduler.get_last_lr()[0],
         "charts/train_success": done[:, 0].mean() if len(done) else float("nan"),
@@ -348,6 +372,8 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
         "charts/thought_tokens": float(np.mean(thought)),
         "charts/thought_logp": float(rollout.thought_logprobs.mean()),
         "charts/action_logp": float(rollout.action_logprobs.mean()),
+        "charts/behaviour_logp_gap": float(gaps.mean()) if len(gaps) else float("nan"),
+        "charts/behaviour_logp_gap_max": float(gaps.max()) if len(gaps) else float("nan"),
         "charts/value_mean": float(rollout.values.mean()),
         "charts/return_mean": float(returns.mean()),
     }
@@ -365,29 +391,36 @@ def held_out(run: Run) -> dict[str, float]:
 # How a logged number combines over processes; any other is the mean (every process holds an
 # equal-sized rollout and takes the same number of mini-batches).
 SUMMED = ("charts/episodes_in_window", "charts/tokens_per_s")
-LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev")
-PER_EPISODE = ("charts/train_success", "charts/train_return")
+LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev", "charts/behaviour_logp_gap_max")
+# A mean over some of a process's items, weighted by how many it has (a fraction of equal-sized rollouts
+# serves as well as a count); a process with none logs nan, or nothing, and counts for nothing.
+WEIGHTED_BY = {"charts/train_success": "charts/episodes_in_window",
+               "charts/train_return": "charts/episodes_in_window",
+               "charts/behaviour_logp_gap": "charts/policy_valid",
+               "charts/tis_weight": "charts/policy_valid",
+               "charts/tis_truncated": "charts/policy_valid"}
 
 
 def over_processes(accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """This update's metrics over every process: episode statistics over all their finished
-    episodes, throughput summed, times the slowest process's (the same dict on every process)."""
+    """This update's metrics over every process: per-item statistics over all their items, throughput
+    summed, times and maxima the largest process's (the same dict on every process)."""
     from accelerate.utils import gather_object
 
     every = gather_object([metrics])
     if len(every) == 1:
         return metrics
-    episodes = np.array([m["charts/episodes_in_window"] for m in every], dtype=float)
     out = {}
-    for key in metrics:
-        values = np.array([m[key] for m in every], dtype=float)
+    for key in dict.fromkeys(key for m in every for key in m):  # a key only some processes log, too
+        values = np.array([m.get(key, np.nan) for m in every], dtype=float)
+        present = ~np.isnan(values)
         if key in SUMMED:
             out[key] = float(values.sum())
         elif key in LARGEST:
-            out[key] = float(values.max())
-        elif key in PER_EPISODE:  # a process with no finished episode logs nan and counts for nothing
-            total = episodes.sum()
-            out[key] = float(np.where(episodes > 0, values, 0.0) @ episodes / total) if total else float("nan")
+            out[key] = float(values[present].max()) if present.any() else float("nan")
+        elif key in WEIGHTED_BY:
+            weights = np.array([m[WEIGHTED_BY[key]] for m in every], dtype=float) * present
+            total = weights.sum()
+            out[key] = float(np.where(present, values, 0.0) @ weights / total) if total else float("nan")
         else:
             out[key] = float(values.mean())
     return out
