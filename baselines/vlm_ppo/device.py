@@ -59,7 +59,8 @@ def use_deterministic_algorithms() -> None:
     cuBLAS picks reduction orders that change between runs unless its workspace is fixed, and some
     CUDA kernels (scatter-add, index-add in backward passes) accumulate with atomics: without this,
     two GPU runs with one seed agree in distribution, not bit for bit. Must run before the first
-    cuBLAS call, so the CLI calls it right after parsing.
+    cuBLAS call, so the CLI calls it right after parsing. Strict: an op with no deterministic
+    kernel raises (naming it) rather than silently breaking the promise of a bit-identical run.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
