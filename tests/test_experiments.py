@@ -1,0 +1,35 @@
+"""benchmarks/experiments.py: every experiment is a command the trainer accepts, on its preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tyro")
+
+from baselines.vlm_ppo.config import parse_args  # noqa: E402
+
+
+def _load_experiments():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_experiments", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+experiments = _load_experiments()
+
+
+@pytest.mark.parametrize("name", sorted(experiments.EXPERIMENTS))
+def test_every_experiment_parses_on_its_preset(name):
+    command = experiments.trainer_command(name, 1, Path("OUT"))
+    assert command[1:4] == ["-m", "baselines.vlm_ppo", "demo"]
+    _, cfg = parse_args(command[3:])
+    assert cfg.preset == experiments.EXPERIMENTS[name].preset and cfg.output_dir == "OUT"
+    if name.endswith("-smollm2"):
+        assert (cfg.model, cfg.conv_template) == ("smollm2-vlm", "chat_template")
