@@ -35,10 +35,11 @@ def test_reloads_through_auto_classes_as_a_smolvlm(smollm2_vlm):
     assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
     assert model.config.vision_config.num_hidden_layers == 4 and model.config.vision_config.hidden_size == 192
     assert model.config.text_config.vocab_size == len(processor.tokenizer)
-    assert processor.tokenizer.eos_token == "<|im_end|>"
+    assert (processor.tokenizer.eos_token, processor.tokenizer.pad_token) == ("<end_of_utterance>", "<|im_end|>")
+    assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
                                          add_generation_prompt=True, tokenize=False)
-    assert text.endswith("<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert text == "<|im_start|>User:<image>hi<end_of_utterance>\nAssistant:"  # SmolVLM's
     frame = np.zeros((300, 300, 3), np.uint8)
     inputs = processor(text=[text], images=[Image.fromarray(frame)], return_tensors="pt", add_special_tokens=False)
     assert (inputs["input_ids"] == model.config.image_token_id).sum() == 9
@@ -46,16 +47,12 @@ def test_reloads_through_auto_classes_as_a_smolvlm(smollm2_vlm):
 
 
 def test_text_only_logits_equal_the_gguf_causal_lm(smollm2_vlm):
-    """The VLM without an image is SmolLM2 as transformers loads it from the GGUF, and its chat
-    template renders a text-only chat token for token as SmolLM2's own."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """The VLM without an image is SmolLM2 as transformers loads it from the GGUF (on a chat that
+    SmolLM2's own template rendered)."""
+    from transformers import AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(smollm2_vlm.path)
     model = AutoModelForImageTextToText.from_pretrained(smollm2_vlm.path).eval()
-    chat = [{"role": "user", "content": 'Answer in JSON: {"action": "go to desk 1"}. Which action?'}]
-    ids = processor.tokenizer(processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
-                              add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert ids.tolist() == smollm2_vlm.text_ids.tolist()
+    ids = smollm2_vlm.text_ids
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     reference = smollm2_vlm.text_logits

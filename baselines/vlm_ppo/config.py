@@ -202,7 +202,8 @@ PRESETS: dict[str, dict[str, object]] = {
     ),
     # cpu-tiny's pipeline and weak start on the pretrained SmolLM2-135M VLM (136M parameters), sized
     # to about an hour on the shared 2-core machine from benchmarks/smollm2_cost.py (one thread: an
-    # update 13 ms and a scoring pass 4.5 ms per sequence token, a greedy step 0.22 s for 16 prompts).
+    # update 13 ms and a scoring pass 4.5 ms per sequence token; each further greedy token of 16
+    # prompts 0.22 s).
     # fp32, because on a CPU without native bf16 (AVX2 only) bf16 LoRA was 12x slower than fp32;
     # full fine-tuning, because fp32 LoRA was not faster and would train the random vision tower only
     # through adapters (its patch embedding not at all); one thread, because two under other jobs'

