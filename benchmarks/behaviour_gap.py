@@ -32,7 +32,7 @@ def measure(family: str, dtype: str, span: float, workdir: Path) -> dict:
 
     from baselines.vlm_ppo import train
     from baselines.vlm_ppo.config import Config
-    from baselines.vlm_ppo.tiny_families import build_tiny
+    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES, build_tiny
 
     path = build_tiny(family, workdir / family / "model", logit_span=span)
     first_call, rollouts = [], []
@@ -50,8 +50,8 @@ def measure(family: str, dtype: str, span: float, workdir: Path) -> dict:
     train.ppo_losses, train.score_rollout = recording_losses, recording_scoring
     try:
         cfg = Config(output_dir=str(workdir / family / "run"), model=str(path), seed=0, threads=1, dtype=dtype,
-                     lora_r=8, lora_alpha=16, temperature=0.2, conv_template="llava_v1" if family.startswith("llava")
-                     else "chat_template", num_envs=8, num_steps=2, num_updates=1, ppo_epochs=1, minibatch_size=16,
+                     lora_r=8, lora_alpha=16, temperature=0.2, conv_template=CONV_TEMPLATES[family],
+                     num_envs=8, num_steps=2, num_updates=1, ppo_epochs=1, minibatch_size=16,
                      grad_accum_steps=1, max_new_tokens=48, missing_action_key="last5", eval_every=0, tis_cap=2.0)
         train.train_ppo(cfg)
     finally:

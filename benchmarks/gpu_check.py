@@ -91,11 +91,12 @@ def build(family: str, path: Path, tiny: bool, logit_span: float) -> None:
 def ppo_config(family: str, model: Path, output_dir: Path, args: argparse.Namespace):
     """The paper preset on NumberLine, 16 envs x 4 steps, one update, every answer in the policy loss."""
     from baselines.vlm_ppo.config import Config, preset_values
+    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES
 
     return Config(**{
         **preset_values("paper", "gym_cards/NumberLine-v0"), "preset": "paper",
         "output_dir": str(output_dir), "model": str(model), "seed": 0,
-        "conv_template": "llava_v1" if family.startswith("llava") else "chat_template",
+        "conv_template": CONV_TEMPLATES[family],
         "image_mode": "reference" if family.startswith("llava") else "native",
         "num_envs": 16, "num_steps": 4, "num_updates": 1, "ppo_epochs": args.ppo_epochs,
         "max_new_tokens": args.max_new_tokens, "missing_action_key": "last5", "eval_every": 0,
