@@ -24,7 +24,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 from gymnasium.vector import AutoresetMode
 
 import vlm_envs
-from tests.utils import AVAILABLE_SPECS, free_port
+from tests.utils import AVAILABLE_SPECS, free_port, scripted_actions
 
 pytest.importorskip("openenv.core")
 from vlm_envs.agent_loop import run_agent  # noqa: E402
@@ -48,19 +48,6 @@ def points24_url():
 def local_env(env_id: str, text_actions=True, **env_kwargs) -> gym.Env:
     env = gym.make(env_id, **env_kwargs)
     return env if text_actions is False else vlm_envs.TextActions(env, **({} if text_actions is True else text_actions))
-
-
-def scripted_actions(env: gym.Env, rng: np.random.Generator) -> str:
-    """A mix of the oracle's move, a random word and unparseable text (which exercises the fallback draws)."""
-    roll = rng.random()
-    if roll < 0.2:
-        return "no idea"
-    base = env.unwrapped
-    if isinstance(base.action_space, gym.spaces.Text):  # ALFWorld: a command, admissible or not
-        return base.oracle_action() if roll < 0.8 else "go to the moon"
-    names = base.action_names
-    index = base.oracle_action() if roll < 0.6 else int(rng.integers(len(names)))
-    return json.dumps({"action": names[index]})
 
 
 def assert_same_step(remote, local, where: str) -> None:

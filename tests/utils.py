@@ -1,11 +1,13 @@
-"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, a free port, card art, checkpoint copies."""
+"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, scripted actions, a free port, card art, checkpoint copies."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 
 import gymnasium as gym
+import numpy as np
 
 import vlm_envs  # noqa: F401  (registers the ids)
 from vlm_envs.registration import registered_ids
@@ -19,6 +21,19 @@ def _needs(spec) -> str | None:
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
 AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.find_spec(_needs(s)) is not None]
 CARD_SPECS = [s for s in ALL_SPECS if s.id.startswith("gym_cards/")]
+
+
+def scripted_actions(env: gym.Env, rng: np.random.Generator) -> str:
+    """A mix of the oracle's move, a random word and unparseable text (which exercises the fallback draws)."""
+    roll = rng.random()
+    if roll < 0.2:
+        return "no idea"
+    base = env.unwrapped
+    if isinstance(base.action_space, gym.spaces.Text):  # ALFWorld: a command, admissible or not
+        return base.oracle_action() if roll < 0.8 else "go to the moon"
+    names = base.action_names
+    index = base.oracle_action() if roll < 0.6 else int(rng.integers(len(names)))
+    return json.dumps({"action": names[index]})
 
 
 def free_port() -> int:

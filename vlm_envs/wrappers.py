@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from vlm_envs.arguments import check_finite
+from vlm_envs.branching import EpisodeLog, EpisodeRecord
 from vlm_envs.spaces import text_space
 from vlm_envs.text.parsing import PARSE_MODES, ParseMode, parse_action
 
@@ -55,6 +56,8 @@ class TextActions(gym.Wrapper):
     env, ``envs.set_attr("replay_on_reset", [texts_0, texts_1, ...])``), then ``reset(seed=...)``
     with the episode's seed returns the observation after the last of them. Checkpoints use this
     instead of pickling envs, so it works wherever the envs run (in-process, subprocesses, Ray).
+    ``episode_record`` is the current episode's seed, reset options and texts, and
+    ``vlm_envs.branch(env)`` makes a new env in the same state (:mod:`vlm_envs.branching`).
 
     Args:
         env: an environment with a ``Discrete`` action space and ``action_names``.
@@ -102,6 +105,20 @@ class TextActions(gym.Wrapper):
         self._last_obs: Any = None
         self._last_info: dict[str, Any] = {}
         self.replay_on_reset: tuple[str, ...] = ()
+        self._log = EpisodeLog()
+
+    @property
+    def episode_record(self) -> EpisodeRecord:
+        """The current episode's seed, reset options and the texts sent since (``ValueError`` after an unseeded reset)."""
+        return self._log.record
+
+    def fresh_copy(self) -> TextActions:
+        """A new env built as this one was (``gym.make`` of the inner env's spec, the same parsing), not yet reset."""
+        if self.env.spec is None:
+            raise ValueError("this env was not made by gym.make, so it cannot be rebuilt: build a new one yourself "
+                             "and call vlm_envs.restore_episode(new_env, env.episode_record)")
+        return TextActions(gym.make(self.env.spec), mode=self.mode, on_parse_failure=self.on_parse_failure,
+                           format_penalty=self.format_penalty, aliases=self.aliases)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
@@ -110,17 +127,20 @@ class TextActions(gym.Wrapper):
             self._rng = np.random.default_rng([seed, 0x7E47])
         self._elapsed = 0
         self._last_obs, self._last_info = obs, info
+        self._log.reset(seed, options)
         replay, self.replay_on_reset = tuple(self.replay_on_reset), ()
         for k, text in enumerate(replay):
             obs, _, terminated, truncated, info = self.step(text)
             if terminated or truncated:
-                raise RuntimeError(f"replaying {len(replay)} actions after reset(seed={seed}) ended the episode at "
-                                   f"action {k}: the record does not belong to this env or seed")
+                raise ValueError(f"replaying {len(replay)} actions after reset(seed={seed}) ended the episode at "
+                                 f"action {k}: the record does not belong to this env or seed, or its episode is over")
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         if self.passthrough:
-            return self.env.step(action)
+            result = self.env.step(action)
+            self._log.step(action)
+            return result
         self._elapsed += 1
         at_limit = self._max_steps is not None and self._elapsed >= self._max_steps  # every turn counts
         result = parse_action(action, self.vocab, self.mode, self.aliases)
@@ -136,6 +156,7 @@ class TextActions(gym.Wrapper):
             obs, reward, terminated, truncated, info = self.env.step(index)
             truncated = bool(truncated) or (not terminated and at_limit)
         self._last_obs, self._last_info = obs, info
+        self._log.step(action)
         info = {**info, "parse_ok": result.ok, "action": -1 if index is None else index, "parse_error": result.reason}
         if self._oracle_labels and not result.ok:
             info["action_optimal"] = False

@@ -161,8 +161,8 @@ class TrainingEnvs:
         self.records = [[str(t) for t in r] for r in state["records"]]
         if [self._seed(i) for i in range(self.num_envs)] != list(state["seeds"]):
             raise ValueError("the checkpoint's episode seeds are not this run's: resume with the --seed it was written with")
-        self.envs.set_attr("replay_on_reset", [tuple(r) for r in self.records])
-        self.obs, _ = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
+        records = [vlm_envs.EpisodeRecord(self._seed(i), tuple(r)) for i, r in enumerate(self.records)]
+        self.obs, _ = vlm_envs.restore_episodes(self.envs, records)
         return self.obs
 
     def close(self) -> None:

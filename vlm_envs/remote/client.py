@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from vlm_envs.branching import EpisodeLog, EpisodeRecord
 from vlm_envs.ray_pool import ActorVectorEnv, _EnvWorker
 from vlm_envs.remote._openenv import import_openenv
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, decode_image, decode_value, space_from_json
@@ -201,6 +202,7 @@ class RemoteEnv(gym.Env):
         # (kind, payload, digest of the answer) since the last seeded reset; None: nothing seeded to replay from
         self._history: list[tuple[str, Any, str]] | None = []
         self.replay_on_reset: tuple[str, ...] = ()  # as vlm_envs.TextActions: texts the next reset plays (on the server)
+        self._log = EpisodeLog()
         self._client = None
         self._lost = ""  # why the episode could not be restored; once set, every call raises it
         self._open()
@@ -302,11 +304,28 @@ class RemoteEnv(gym.Env):
                 raise RuntimeError(f"session {self.session_id}: the replayed episode differs from the lost one at "
                                    f"message {step} ({kind}); the server is not serving the same env")
 
+    # -- branching --------------------------------------------------------------------------
+    @property
+    def episode_record(self) -> EpisodeRecord:
+        """The current episode's seed, reset options and the texts sent since, as ``vlm_envs.TextActions.episode_record``."""
+        if self._config["text_actions"] is False:
+            raise ValueError("episode_record needs a text-action session: the server replays texts through TextActions, "
+                             "so make the RemoteEnv with text_actions=True (or a dict of TextActions arguments)")
+        return self._log.record
+
+    def fresh_copy(self) -> RemoteEnv:
+        """A new session on the same server, configured as this one, not yet reset."""
+        return RemoteEnv(self.url, **self._config, **self._connection, reconnect=self.reconnect,
+                         reconnect_timeout_s=self.reconnect_timeout_s)
+
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         replay, self.replay_on_reset = list(self.replay_on_reset), []
         obs, _, _, _, info = self._call("reset", {"seed": seed, "options": options, "replay": replay})
+        self._log.reset(seed, options)
+        for text in replay:
+            self._log.step(text)
         return obs, info
 
     def step(self, action: Any):
@@ -318,7 +337,9 @@ class RemoteEnv(gym.Env):
             if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
                 raise TypeError(f"this env takes action indices (int), got {type(action).__name__}: {action!r}")
             payload = {"index": int(action)}
-        return self._call("step", payload)
+        result = self._call("step", payload)
+        self._log.step(action)
+        return result
 
     def close(self) -> None:
         if self._client is not None:
