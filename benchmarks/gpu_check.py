@@ -28,6 +28,15 @@ behaviour-logp gap (``charts/behaviour_logp_gap`` mean / max, nats per answer). 
 own process, so its memory peak is its own. Planned to finish in under 8 minutes on one H100
 (about 3 minutes per model: 1 minute to build and save, 0.5 to load, rollout, 2 epochs, checkpoint);
 this has not been run on a GPU yet.
+
+``--backbone smollm2`` checks the pretrained backbone instead (``--model smollm2-vlm``,
+``baselines/vlm_ppo/smollm2.py``): it builds the SmolLM2 VLM once (or takes ``--smollm2-model DIR``),
+then runs the standard budgets of ``benchmarks/experiments.py``'s ``numberline-smollm2`` and
+``alfworld-smollm2`` (the ``demo`` pipeline under ``--preset cpu-smollm2``: fp32, full fine-tuning;
+alignment, SFT, greedy evaluation, PPO, greedy evaluation), each in its own process, and prints the
+held-out greedy success of the SFT start and after PPO (ALFWorld: in distribution). Planned for
+under 8 minutes on one H100, an estimate that has not been measured (see docs/training.md, "The
+GPU check"). With ``--tiny`` the same commands run on the CPU at a smoke budget (``SMOKE_BUDGET``).
 """
 
 from __future__ import annotations
@@ -44,7 +53,16 @@ import time
 from pathlib import Path
 
 RESULT = "GPU_CHECK_RESULT "
+ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("llava_next", "qwen2_5_vl")
+BACKBONES = ("random", "smollm2")
+SMOLLM2_EXPERIMENTS = {"numberline": "numberline-smollm2", "alfworld": "alfworld-smollm2"}
+"""``--envs`` -> the experiment of ``benchmarks/experiments.py`` whose budget ``--backbone smollm2`` runs."""
+SMOKE_BUDGET = ("--align-steps", "1", "--sft-samples", "4", "--sft-steps", "1", "--sft-batch-size", "2",
+                "--num-envs", "1", "--num-steps", "2", "--num-updates", "1", "--minibatch-size", "1",
+                "--grad-accum-steps", "2", "--max-new-tokens", "4", "--eval-greedy-episodes", "1",
+                "--eval-batch-size", "1", "--eval-every", "1", "--eval-max-steps", "1")
+"""``--backbone smollm2 --tiny``: laid over each experiment's flags, the same pipeline in under a minute of CPU time per env."""
 
 # Real checkpoint configs (llava-hf/llava-v1.6-mistral-7b-hf, Qwen/Qwen2.5-VL-7B-Instruct), laid over
 # the tiny family's config; the ``sizes`` are the processor's image geometry and the 7B's init std.
@@ -171,6 +189,50 @@ def launch(args: argparse.Namespace, family: str, processes: int, workdir: Path)
     return json.loads(lines[-1])
 
 
+def smollm2_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, float]:
+    """The SmolLM2 VLM's folder (``--smollm2-model``, or built once into ``workdir``) and the seconds the build took."""
+    if args.smollm2_model:
+        return Path(args.smollm2_model), 0.0
+    path, t0 = workdir / "smollm2-vlm", time.time()
+    subprocess.run([sys.executable, "-m", "baselines.vlm_ppo.smollm2", "--path", str(path)], check=True, cwd=ROOT)
+    return path, time.time() - t0
+
+
+def run_smollm2(args: argparse.Namespace, env: str, model: Path, workdir: Path) -> dict:
+    """One experiment's ``demo`` on the built model, in its own process; greedy success before and after PPO."""
+    import experiments  # benchmarks/experiments.py, beside this script
+
+    name = SMOLLM2_EXPERIMENTS[env]
+    exp, out = experiments.EXPERIMENTS[name], workdir / name
+    command = [*experiments.trainer_command(name, exp.seeds[0], out), "--model", str(model),
+               *(SMOKE_BUDGET if args.tiny else ())]
+    print("$", " ".join(command), flush=True)
+    t0 = time.time()
+    done = subprocess.run(command, cwd=ROOT)
+    if done.returncode:
+        return {"run": name, "failed": f"exit code {done.returncode} (traceback above)"}
+    points = experiments.evaluations(out / "metrics.csv", exp.metric)
+    (_, before, n_before), (last_update, after, n_after) = points[0], points[-1]
+    return {"run": name, "minutes": (time.time() - t0) / 60, "metric": exp.metric, "updates": last_update + 1,
+            "before": experiments.fmt(before, n_before), "after": experiments.fmt(after, n_after)}
+
+
+def print_smollm2_table(rows: list[dict], device: str) -> None:
+    print("\n| run | device | minutes | greedy success: SFT start | after PPO | updates | metric |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "failed" in r:
+            print(f"| {r['run']} | {device} | FAILED: {r['failed']} |")
+            continue
+        print(f"| {r['run']} | {device} | {r['minutes']:.1f} | {r['before']} | {r['after']} | {r['updates']} | {r['metric']} |")
+
+
+def check_smollm2(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    model, build_s = smollm2_model(args, workdir)
+    print(f"SmolLM2 VLM at {model} (built in {build_s:.0f} s)" if build_s else f"SmolLM2 VLM at {model}", flush=True)
+    return [run_smollm2(args, env, model, workdir) for env in args.envs]
+
+
 def print_table(rows: list[dict], tiny: bool) -> None:
     memory = "peak host RSS (GiB)" if tiny else "peak GPU memory (GiB)"
     print(f"\n| model | processes | device | params (B) | build s | load + update s | rollout tokens/s | "
@@ -187,8 +249,16 @@ def print_table(rows: list[dict], tiny: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny widths on the CPU (the CI version)")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths on the CPU (the CI version); with "
+                        "--backbone smollm2, the same model at a smoke budget")
+    parser.add_argument("--backbone", default="random", choices=BACKBONES,
+                        help="random: the randomly initialised 7B families (--families); smollm2: the pretrained "
+                             "SmolLM2 VLM on the standard budgets of NumberLine and ALFWorld (--envs)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--envs", nargs="+", default=list(SMOLLM2_EXPERIMENTS), choices=SMOLLM2_EXPERIMENTS,
+                        help="--backbone smollm2: which experiments to run")
+    parser.add_argument("--smollm2-model", default="", help="--backbone smollm2: an already built model folder "
+                        "(python -m baselines.vlm_ppo.smollm2 --path DIR); default: build it into the workdir")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64 (16 with --tiny)")
     parser.add_argument("--ppo-epochs", type=int, default=None, help="default 2 (1 with --tiny)")
     parser.add_argument("--logit-span", type=float, default=30.0, help="logit span (max - min) the LM head is scaled to")
@@ -207,6 +277,19 @@ def main() -> None:
         raise SystemExit("gpu_check: no CUDA device found; --tiny runs the same code at tiny widths on the CPU")
     start = time.time()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_check_"))
+    if args.backbone == "smollm2":
+        try:
+            rows = check_smollm2(args, workdir)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        print(f"\nSmolLM2-135M VLM, {'a smoke budget' if args.tiny else 'the standard budgets'} of "
+              f"benchmarks/experiments.py (--preset cpu-smollm2); {time.time() - start:.0f} s in all")
+        print_smollm2_table(rows, device)
+        if any("failed" in r for r in rows):
+            raise SystemExit(1)
+        return
     rows = []
     try:
         for family in args.families:

@@ -648,18 +648,36 @@ def test_deepspeed_launch_stops_at_start(tmp_path):
 
 
 # --- the GPU check, at tiny widths on the CPU ------------------------------------------------------
+def run_gpu_check(names: set[str], *flags: str) -> dict[str, list[str]]:
+    """``benchmarks/gpu_check.py --tiny FLAGS``: its table rows whose first cell is one of ``names``, by that cell."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tiny", *flags], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.stdout.splitlines() if line.startswith("| ")]
+    return {row[0]: row[1:] for row in cells if row[0] in names}
+
+
 def test_gpu_check_runs_at_tiny_widths():
     """``benchmarks/gpu_check.py --tiny``: the GPU check's own code (its two families, the paper preset,
     ``train_ppo`` in a child process) at tiny widths, so the command is known to work the day a GPU is."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tiny"], capture_output=True,
-                         text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in out.stdout.splitlines() if line.startswith("| llava_next") or line.startswith("| qwen2_5_vl")}
+    rows = run_gpu_check({"llava_next", "qwen2_5_vl"})
     assert set(rows) == {"llava_next", "qwen2_5_vl"}
     for cells in rows.values():
         processes, tokens_per_s, ratio_dev, gap = cells[0], float(cells[5]), float(cells[8]), cells[9]
         assert processes == "1" and tokens_per_s > 0 and ratio_dev == 0.0
         assert float(gap.split("/")[0]) > 0  # bf16 with a 30-unit logit span: the sampler is not the scorer
+
+
+def test_gpu_check_runs_the_smollm2_backbone_at_a_smoke_budget(smollm2_vlm):
+    """``gpu_check.py --backbone smollm2 --tiny``: numberline-smollm2's whole ``demo`` pipeline (alignment,
+    SFT, greedy evaluation, PPO, greedy evaluation) at a smoke budget on the session's SmolLM2 VLM (not
+    rebuilt). NumberLine only, to stay near a minute: ALFWorld runs the same code with its own flags."""
+    rows = run_gpu_check({"numberline-smollm2"}, "--backbone", "smollm2", "--envs", "numberline",
+                         "--smollm2-model", str(smollm2_vlm.path))
+    assert set(rows) == {"numberline-smollm2"}
+    device, minutes, before, after, updates, metric = rows["numberline-smollm2"]
+    assert device == "cpu" and float(minutes) > 0 and updates == "1" and metric == "eval/greedy_start_success"
+    for success in (before, after):  # "0.000 (0.000-0.793, n=1)": one greedy episode, with its interval
+        assert 0 <= float(success.split()[0]) <= 1 and success.endswith("n=1)")
