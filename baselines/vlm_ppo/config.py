@@ -16,11 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import tyro
 
 from baselines.cli import parse_config
+
+Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
+ALGOS: tuple[str, ...] = get_args(Algo)
+CRITIC_FREE: tuple[str, ...] = tuple(a for a in ALGOS if a != "ppo")
+"""The algorithms with no value head: they compare episodes of a group instead (docs/training.md, Algorithms)."""
 
 @dataclass
 class Config:
@@ -81,6 +86,18 @@ class Config:
     """λ: log π = λ·(sum of CoT-token log-probs) + (sum of action-token log-probs); 0.5 cards, 0.2 ALFWorld."""
     missing_action_key: Annotated[Literal["mask", "last5"], tyro.conf.arg(aliases=("--no-key",))] = "mask"
     """An answer with no ``"action":`` key: ``mask`` (left out of the policy loss, kept in the value loss) or ``last5`` (RL4VLM: its last 5 tokens count as the action). Old name: ``--no-key``."""
+    keep_format_failures: bool = False
+    """With ``--missing-action-key mask``, keep in the policy loss an answer with no action key that was cut off at ``--max-new-tokens`` or was given ``--format-penalty`` (``--on-parse-failure penalty``): its whole answer counts, every token as a thought token (scaled by λ), so rambling and format failures are pushed down. Other answers with no key stay masked."""
+
+    # --- algorithm ---
+    algo: Algo = "ppo"
+    """``ppo`` (the paper's: GAE on a value head) or a critic-free, group-relative one that plays ``--group-size`` episodes from each start and compares their returns: ``grpo`` (return normalised within its group), ``rloo`` (minus the mean of the group's other episodes) or ``gigpo`` (GRPO's plus ``--step-adv-weight`` times a step-level advantage over steps in the same state, keyed by the envs' ``state_key``). All use the clipped ratio; docs/training.md, Algorithms."""
+    group_size: int = 1
+    """Episodes played from each start (same episode seed) by the critic-free algorithms (at least 2; ``num_envs`` must be a multiple of it). A rollout collects whole episodes: a finished member idles until its group's episode ends; every group plays at least one episode per update and starts another while the run has taken fewer than ``(update + 1) * num_steps * num_envs`` env steps, so a run takes PPO's ``num_updates * num_steps * num_envs`` up to one episode per env (logged: ``charts/env_steps``)."""
+    adv_std: bool = True
+    """``grpo``/``gigpo``: divide each advantage by the std of its group (False: only subtract the group mean)."""
+    step_adv_weight: float = 1.0
+    """``gigpo``: ω, the weight of the step-level advantage (the discounted return-to-go, ``--gamma``, normalised over the steps taken in the same state within a group)."""
 
     # --- PPO ---
     num_envs: int = 1
@@ -110,7 +127,9 @@ class Config:
     gae_lambda: float = 0.95
     """GAE λ."""
     clip: float = 0.1
-    """PPO clip range ε, also used for the value clip."""
+    """PPO clip range ε of the policy ratio (every algorithm)."""
+    value_clip: float = 0.1
+    """Clip of the value update around the old value (0: unclipped). RL4VLM shares the policy's ε 0.1, on the raw return, so a state's value moves at most ~0.1 per update: too slow for returns of +10 or 50 (paper preset: 0.1; CPU presets: off)."""
     ratio_guard: float = 10.0
     """If any ratio in a mini-batch exceeds this, use only the clipped term (reference guard); 0 turns it off."""
     vf_coef: float = 0.5
@@ -126,7 +145,7 @@ class Config:
     bootstrap_on_truncation: bool = True
     """Bootstrap V(final obs) on truncation (False: treat truncation as termination, like the reference)."""
     norm_adv: bool = True
-    """Normalise advantages over the rollout buffer."""
+    """Normalise advantages over the rollout buffer (``ppo``; the critic-free algorithms normalise within groups instead)."""
     success_window: int = 200
     """Rolling window (training episodes) of the logged training success rate (paper: 200); per process, the logged rate covering every process's window."""
 
@@ -191,11 +210,14 @@ PRESETS: dict[str, dict[str, object]] = {
     # A fixed budget of 40 updates (a loaded machine makes the run slower, never different). lr 1e-4:
     # at 3e-4 PPO reached 0.9 within 10 updates but its median approx KL per update was 0.03-0.06 and
     # later evaluations fell more than 0.10 below the best in 2 of 3 seeds (docs/training.md, Experiments).
+    # No value clip (provisional, until the experiments compare): clipped at 0.1 on the raw return, a
+    # value moves at most 0.1 per update, against returns of +10 (EZPoints, Points24); Andrychowicz et
+    # al. 2021 ("What matters in on-policy RL") found value clipping no help at any scale.
     "cpu-tiny": dict(
         model="tiny", threads=1, num_envs=16, num_steps=8, num_updates=40, ppo_epochs=2,
         minibatch_size=32, grad_accum_steps=1, lr=1e-4, end_lr=1e-5, max_grad_norm=1.0,
         temperature=1.0, max_new_tokens=64, eval_every=5, eval_episodes=60, eval_greedy_episodes=300,
-        save_every=20, success_window=100,
+        save_every=20, success_window=100, value_clip=0.0,
         sft_samples=4000, sft_steps=300, sft_batch_size=32, sft_lr=2e-3,
         align_steps=100, align_lr=1e-3, aux_reading_coef=1.0,
         sft_wrong_state_frac=0.5, sft_wrong_action_prob=0.75,
@@ -216,7 +238,7 @@ PRESETS: dict[str, dict[str, object]] = {
         num_envs=8, num_steps=4, num_updates=8, ppo_epochs=1, minibatch_size=8, grad_accum_steps=4,
         lr=2e-5, end_lr=2e-6, max_grad_norm=1.0, temperature=1.0, max_new_tokens=64,
         eval_every=8, eval_episodes=30, eval_greedy_episodes=300, eval_sampled=False, eval_batch_size=32,
-        save_every=0, success_window=100,
+        save_every=0, success_window=100, value_clip=0.0,
         sft_samples=2000, sft_steps=30, sft_batch_size=16, sft_lr=1e-4,
         align_steps=300, align_lr=1e-3, aux_reading_coef=1.0,
         sft_wrong_state_frac=0.5, sft_wrong_action_prob=0.75,
@@ -232,7 +254,7 @@ PAPER: dict[str, object] = dict(
     lora_r=128, lora_alpha=256, lora_dropout=0.05, dtype="bfloat16", gradient_checkpointing=True,
     image_mode="reference", conv_template="llava_v1", num_envs=1, ppo_epochs=4, minibatch_size=1,
     lr=1e-5, end_lr=1e-9, temperature=0.2, max_new_tokens=256, gamma=0.9, gae_lambda=0.95, clip=0.1,
-    vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0, eval_batch_size=16,
+    value_clip=0.1, vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0, eval_batch_size=16,
 )
 PAPER_PER_ENV: dict[str, dict[str, object]] = {
     "NumberLine": dict(num_steps=512, num_updates=29, grad_accum_steps=128, thought_coef=0.5, success_window=200),
