@@ -304,6 +304,8 @@ def train_ppo(cfg: Config) -> dict[str, float]:
         t1 = time.time()
         order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1000 * run.accelerator.process_index + update)
         epochs = [minibatches(len(rollout.answers), cfg.minibatch_size, order) for _ in range(cfg.ppo_epochs)]
+        if cfg.algo in CRITIC_FREE:
+            epochs = as_many_batches_as_every_process(run.accelerator, epochs)
         score_rollout(policy, rollout, epochs[0], with_reference=cfg.kl_coef > 0)
         advantages, returns = (critic_free_advantages(cfg, rollout), None) if cfg.algo in CRITIC_FREE else gae(run, rollout)
 
@@ -333,6 +335,16 @@ def train_ppo(cfg: Config) -> dict[str, float]:
     run.logger.close()
     run.envs.close()
     return run.logger.last
+
+
+def as_many_batches_as_every_process(accelerator, epochs: list[list[list[int]]]) -> list[list[list[int]]]:
+    """Each epoch cut to the fewest mini-batches any process has. Group rollouts differ in size
+    between processes, but data parallelism synchronises every backward pass, so all must take as
+    many; the steps left out are drawn afresh each epoch, as the remainder is."""
+    from accelerate.utils import gather_object
+
+    fewest = min(gather_object([len(epochs[0])]))
+    return [batches[:fewest] for batches in epochs]
 
 
 def gae(run: Run, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
