@@ -313,3 +313,19 @@ def test_resume_refuses_another_algorithm(tmp_path, family_path):
     train_ppo(cfg)
     with pytest.raises(ValueError, match="written by algo=grpo, this run is algo=ppo"):
         train_ppo(dataclasses.replace(cfg, algo="ppo", group_size=1, resume=True, num_updates=2))
+
+
+def test_critic_free_run_stops_at_ppo_env_step_budget(tmp_path, family_path):
+    """Updates of 4 env steps (4 envs x 1) cannot hold a round of whole Blackjack episodes: each update
+    overshoots, so the run stops once it has taken PPO's 6 x 4 env steps, before its 6th update,
+    and checkpoints there."""
+    from baselines.vlm_ppo.train import train_ppo
+
+    cfg = _config(tmp_path, family_path("llava"), env_id="gym_cards/Blackjack-v0", algo="rloo", num_envs=4,
+                  group_size=2, num_steps=1, num_updates=6, save_every=0, minibatch_size=2)
+    train_ppo(cfg)
+    rows = _metric_rows(tmp_path / "metrics.csv")
+    steps = [int(r["env_steps"]) for r in rows]
+    assert len(rows) < 6 and steps[-2] < 6 * 4 <= steps[-1]
+    assert steps == list(np.cumsum([int(float(r["charts/env_steps"])) for r in rows]))
+    assert (tmp_path / "checkpoints" / "latest").read_text() == f"update_{len(rows) - 1:05d}"

@@ -318,7 +318,9 @@ def train_ppo(cfg: Config) -> dict[str, float]:
         metrics = {**rollout_metrics(run, rollout, advantages, returns, rollout_s, update_s), **stats}
         del rollout  # its recorded tower outputs, on the device, go before evaluation and the next collection
         metrics = over_processes(run.accelerator, metrics)
-        last = update == cfg.num_updates - 1
+        # a critic-free run stops once it has taken PPO's env steps: whole episodes may overshoot an update's share
+        last = update == cfg.num_updates - 1 or (cfg.algo in CRITIC_FREE and on_main_process(
+            run.accelerator, run.global_step >= cfg.num_updates * cfg.num_steps * cfg.num_envs))
         out_of_time = cfg.time_limit_min > 0 and on_main_process(
             run.accelerator, time.time() - t_start > 60 * cfg.time_limit_min)
         if cfg.eval_every and ((update + 1) % cfg.eval_every == 0 or last or out_of_time):
@@ -331,6 +333,7 @@ def train_ppo(cfg: Config) -> dict[str, float]:
                             run.scheduler, trainer_state(run, update))
         if out_of_time:
             print(f"time limit of {cfg.time_limit_min} min reached after update {update}")
+        if out_of_time or last:
             break
     run.logger.close()
     run.envs.close()
