@@ -33,7 +33,7 @@ class Config:
     output_dir: str = "runs/numberline"
     """Directory for everything a run writes: SFT data, models, checkpoints, metrics.csv, tb/, curve.png."""
     seed: int = 1
-    """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of env ``n`` in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
+    """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of group ``n`` (env ``n``, or the ``--group-size`` envs that share its seeds) in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
     threads: int = 0
     """``torch.set_num_threads`` (0 keeps torch's default). Use 2 on the 2-core CI machine."""
     preset: Literal["", "cpu-tiny", "cpu-smollm2", "paper"] = ""

@@ -24,7 +24,8 @@ from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, keep_format_fai
 
 @dataclass
 class Rollout:
-    """One update's experience. Tensors are (T, N): step ``t`` of env ``n``; lists are flat, index ``t * N + n``."""
+    """One update's experience. Tensors are (T, N): step ``t`` of env ``n``; lists are flat, index ``t * N + n``.
+    A group rollout is one column (N = 1): its whole episodes end to end."""
 
     num_steps: int
     num_envs: int

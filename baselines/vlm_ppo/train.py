@@ -107,6 +107,8 @@ def check_config(cfg: Config) -> None:
     if cfg.tis_cap is not None and (cfg.tis_cap < 0 or 0 < cfg.tis_cap < 1):
         raise ValueError(f"tis_cap must be 0 (off) or >= 1 (a cap below 1 would down-weight even on-policy samples), "
                          f"got {cfg.tis_cap}")
+    if cfg.keep_format_failures and cfg.missing_action_key != "mask":
+        raise ValueError("--keep-format-failures applies to --missing-action-key mask (last5 keeps every answer)")
     check_eval_seeds(cfg.eval_seed, max(cfg.eval_episodes, cfg.eval_greedy_episodes))
     check_groups(cfg)
 
@@ -127,11 +129,7 @@ def check_groups(cfg: Config) -> None:
 
 def format_failures(cfg: Config) -> FormatFailures | None:
     """Which key-less answers ``--keep-format-failures`` keeps in the policy loss (None: off)."""
-    if not cfg.keep_format_failures:
-        return None
-    if cfg.missing_action_key != "mask":
-        raise ValueError("--keep-format-failures applies to --missing-action-key mask (last5 keeps every answer)")
-    return FormatFailures(penalised=cfg.on_parse_failure == "penalty")
+    return FormatFailures(penalised=cfg.on_parse_failure == "penalty") if cfg.keep_format_failures else None
 
 
 def tis_cap(cfg: Config) -> float:
