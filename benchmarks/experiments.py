@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -118,6 +119,47 @@ EXPERIMENTS: dict[str, Experiment] = {
                                    notes="targets: the SFT start above the tiny model's 0.000 and the end above the "
                                          "SFT start, each by more than the interval, in distribution"),
 }
+
+
+def with_flags(flags: tuple[str, ...], **values: str) -> tuple[str, ...]:
+    """``flags`` with each ``--name value`` of ``values`` (``name`` in snake case) set, replaced or appended."""
+    out = list(flags)
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return tuple(out)
+
+
+# The critic-free algorithms (docs/training.md, Algorithms) from each env's PPO experiment: the same
+# SFT start (its recipe, run again with the same seed: the same model), the same num_envs x num_steps
+# x num_updates env-step budget (a critic-free run stops once it has taken it) and the same
+# evaluation. Groups of 4: cpu-tiny's 16 envs compare 4 starts per round.
+GROUP_SIZE = 4
+
+
+def critic_free(base: str, algo: str, seeds: tuple[int, ...] = (1,), notes: str = "", **flags: str) -> Experiment:
+    exp = EXPERIMENTS[base]
+    return dataclasses.replace(exp, flags=with_flags(exp.flags, algo=algo, group_size=str(GROUP_SIZE), **flags),
+                               seeds=seeds, notes=f"{algo} from the {base} experiment's SFT start and env-step budget"
+                                                  + (f"; {notes}" if notes else ""))
+
+
+EXPERIMENTS.update({
+    "numberline-grpo": critic_free("numberline", "grpo"),
+    "numberline-gigpo": critic_free("numberline", "gigpo"),
+    "ezpoints-grpo": critic_free("ezpoints", "grpo", seeds=(1, 2, 3)),
+    "ezpoints-gigpo": critic_free("ezpoints", "gigpo", seeds=(1, 2, 3)),
+    "blackjack-grpo": critic_free("blackjack", "grpo"),
+    "blackjack-gigpo": critic_free("blackjack", "gigpo", notes="most hands are one step: close to GRPO"),
+    # Evaluated every 20 updates, not 10: the PPO run took 48 min, most of it SFT and five evaluations.
+    "points24-gigpo": critic_free("points24", "gigpo", eval_every="20"),
+    # A round of whole episodes is 50 steps per env (the policy rarely finishes a game): 8 envs x 16
+    # steps keeps PPO's 20 x 128 env steps in about 7 updates of 8 episodes (16 envs: 4 updates).
+    "alfworld-gigpo": critic_free("alfworld", "gigpo", num_envs="8", num_steps="16"),
+})
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -33,3 +34,15 @@ def test_every_experiment_parses_on_its_preset(name):
     assert cfg.preset == experiments.EXPERIMENTS[name].preset and cfg.output_dir == "OUT"
     if name.endswith("-smollm2"):
         assert (cfg.model, cfg.conv_template) == ("smollm2-vlm", "chat_template")
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(experiments.EXPERIMENTS) if n.endswith(("-grpo", "-gigpo"))])
+def test_critic_free_experiments_keep_their_ppo_start_and_budget(name):
+    """Each critic-free experiment trains from its PPO experiment's SFT recipe at its env-step budget."""
+    base = name.rsplit("-", 1)[0]
+    _, cfg = parse_args(experiments.trainer_command(name, 1, Path("OUT"))[3:])
+    _, ppo = parse_args(experiments.trainer_command(base, 1, Path("OUT"))[3:])
+    assert (cfg.algo, cfg.group_size, ppo.algo) == (name.rsplit("-", 1)[1], experiments.GROUP_SIZE, "ppo")
+    assert cfg.num_updates * cfg.num_steps * cfg.num_envs == ppo.num_updates * ppo.num_steps * ppo.num_envs
+    sft = [f.name for f in dataclasses.fields(cfg) if f.name.startswith(("sft_", "align_", "aux_"))]
+    assert all(getattr(cfg, f) == getattr(ppo, f) for f in sft + ["env_id", "model", "seed", "cot", "env_kwargs"])

@@ -605,6 +605,26 @@ def test_two_processes_full_finetuning_in_reference_mode(tmp_path, family_path):
     assert states[0]["weights_sha256"] == states[1]["weights_sha256"]
 
 
+def test_two_processes_critic_free_leave_nothing_unused(tmp_path, family_path):
+    """GiGPO in two DDP processes, each with one group of two envs: no value head exists, so no
+    parameter is left out of a backward pass (a value head outside the loss would stop DDP at the
+    first step); rollouts of whole episodes differ in size between the processes, yet both take
+    the same number of backward passes; they stay in sync and their groups play distinct seeds."""
+    cfg = _config(tmp_path / "run", family_path("llava"), env_id="gym_cards/Blackjack-v0", algo="gigpo",
+                  group_size=2, num_updates=2, max_new_tokens=8)
+    processes, stdout = _launch(cfg)
+    sizes = [[m["charts/env_steps"] for m in c["local_metrics"]] for c in processes]
+    assert sizes[0] != sizes[1]  # whole episodes: the two rollouts differ in size...
+    # ...yet both take the fewer mini-batches (2 per epoch in one window), 2 epochs, 2 updates: before,
+    # the larger took more backward passes than the other joined, and DDP waited for ever
+    assert [(c["backwards"], c["optimizer_steps"]) for c in processes] == [(8, 4), (8, 4)]
+    assert "no loss reaches" not in stdout
+    ckpt = Path(cfg.output_dir) / "checkpoints" / "update_00001"
+    states = [json.loads((ckpt / f"trainer_state_{r}.json").read_text()) for r in (0, 1)]
+    assert states[0]["weights_sha256"] == states[1]["weights_sha256"] and not (ckpt / "value_head.safetensors").exists()
+    seeds = [s["envs"]["seeds"] for s in states]
+    assert seeds[0][0] == seeds[0][1] and seeds[1][0] == seeds[1][1] and seeds[0][0] != seeds[1][0]
+
 
 def test_deepspeed_and_fsdp_are_refused_with_what_is_untested():
     from types import SimpleNamespace

@@ -3,7 +3,7 @@
 Layout of ``output_dir/checkpoints/update_NNNNN/``::
 
     model/                      the VLM (full weights, or the LoRA adapter) + processor, safetensors
-    value_head.safetensors      the value head
+    value_head.safetensors      the value head (PPO only: the critic-free algorithms have none)
     optimizer.pt                optimizer state: tensors and numbers only, loaded with weights_only=True
     scheduler.json              the LR scheduler's state
     trainer_state_<rank>.json   per process: update, env steps, the envs' episode seeds and texts
@@ -76,8 +76,9 @@ def save_checkpoint(path: Path, accelerator, policy, optimizer, scheduler, train
     if accelerator.is_main_process:
         policy.vlm.save_pretrained(path / "model", safe_serialization=True)
         policy.encoder.processor.save_pretrained(path / "model")
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                  str(path / "value_head.safetensors"))
+        if policy.value_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                      str(path / "value_head.safetensors"))
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
         (path / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     state = {**trainer_state, "rng": rng_state(), "weights_sha256": weights_digest(policy)}
@@ -87,12 +88,18 @@ def save_checkpoint(path: Path, accelerator, policy, optimizer, scheduler, train
         (path.parent / "latest").write_text(path.name)
 
 
+def checkpoint_algo(path: Path) -> str:
+    """The algorithm that wrote a checkpoint (checkpoints from before the choice existed are PPO's)."""
+    return json.loads((path / "trainer_state_0.json").read_text()).get("algo", "ppo")
+
+
 def load_training_state(path: Path, process_index: int, policy, optimizer, scheduler) -> dict[str, Any]:
     """Value head, optimizer and scheduler from ``path`` (the model itself is loaded by ``load_policy``);
     returns this process's trainer state (RNG already restored)."""
     from safetensors.torch import load_file
 
-    policy.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+    if policy.value_head is not None:
+        policy.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
     optimizer.load_state_dict(_load_tensors_only(path / "optimizer.pt"))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     state = json.loads((path / f"trainer_state_{process_index}.json").read_text())

@@ -16,11 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import tyro
 
 from baselines.cli import parse_config
+
+Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
+ALGOS: tuple[str, ...] = get_args(Algo)
+CRITIC_FREE: tuple[str, ...] = tuple(a for a in ALGOS if a != "ppo")
+"""The algorithms with no value head: they compare episodes of a group instead (docs/training.md, Algorithms)."""
 
 @dataclass
 class Config:
@@ -28,7 +33,7 @@ class Config:
     output_dir: str = "runs/numberline"
     """Directory for everything a run writes: SFT data, models, checkpoints, metrics.csv, tb/, curve.png."""
     seed: int = 1
-    """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of env ``n`` in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
+    """Run seed: torch/numpy/Python are seeded with ``seed + 1000 * process``; training episode ``k`` of group ``n`` (env ``n``, or the ``--group-size`` envs that share its seeds) in process ``p`` resets with a seed drawn from ``(seed, p, n, k)`` in ``[2**31, 2**32)``, disjoint from every evaluation seed."""
     threads: int = 0
     """``torch.set_num_threads`` (0 keeps torch's default). Use 2 on the 2-core CI machine."""
     preset: Literal["", "cpu-tiny", "cpu-smollm2", "paper"] = ""
@@ -81,6 +86,18 @@ class Config:
     """λ: log π = λ·(sum of CoT-token log-probs) + (sum of action-token log-probs); 0.5 cards, 0.2 ALFWorld."""
     missing_action_key: Annotated[Literal["mask", "last5"], tyro.conf.arg(aliases=("--no-key",))] = "mask"
     """An answer with no ``"action":`` key: ``mask`` (left out of the policy loss, kept in the value loss) or ``last5`` (RL4VLM: its last 5 tokens count as the action). Old name: ``--no-key``."""
+    keep_format_failures: bool = False
+    """With ``--missing-action-key mask``, keep in the policy loss an answer with no action key that was cut off at ``--max-new-tokens`` or was given ``--format-penalty`` (``--on-parse-failure penalty``): its whole answer counts, every token as a thought token (scaled by λ), so rambling and format failures are pushed down. Other answers with no key stay masked."""
+
+    # --- algorithm ---
+    algo: Algo = "ppo"
+    """``ppo`` (the paper's: GAE on a value head) or a critic-free, group-relative one that plays ``--group-size`` episodes from each start and compares their returns: ``grpo`` (return normalised within its group), ``rloo`` (minus the mean of the group's other episodes) or ``gigpo`` (GRPO's plus ``--step-adv-weight`` times a step-level advantage over steps in the same state, keyed by the envs' ``state_key``). All use the clipped ratio; docs/training.md, Algorithms."""
+    group_size: int = 1
+    """Episodes played from each start (same episode seed) by the critic-free algorithms (at least 2; ``num_envs`` must be a multiple of it). A rollout collects whole episodes: a finished member idles until its group's episode ends; every group plays at least one episode per update and starts another while the run has taken fewer than ``(update + 1) * num_steps * num_envs`` env steps; the run stops once it has taken PPO's ``num_updates * num_steps * num_envs`` (after fewer updates when an update's episodes overshoot), so both spend the same env steps, up to one episode per env (logged: ``charts/env_steps``, ``env_steps``)."""
+    adv_std: bool = True
+    """``grpo``/``gigpo``: divide each advantage by the std of its group (False: only subtract the group mean)."""
+    step_adv_weight: float = 1.0
+    """``gigpo``: ω, the weight of the step-level advantage (the discounted return-to-go, ``--gamma``, normalised over the steps taken in the same state within a group)."""
 
     # --- PPO ---
     num_envs: int = 1
@@ -110,7 +127,9 @@ class Config:
     gae_lambda: float = 0.95
     """GAE λ."""
     clip: float = 0.1
-    """PPO clip range ε, also used for the value clip."""
+    """PPO clip range ε of the policy ratio (every algorithm)."""
+    value_clip: float = 0.1
+    """Clip of the value update around the old value (0: unclipped). RL4VLM shares the policy's ε 0.1, on the raw return, so a state's value moves at most ~0.1 per update: too slow for returns of +10 or 50 Every preset keeps 0.1, the setting its committed experiments ran with; docs/training.md compares it with 0 (off)."""
     ratio_guard: float = 10.0
     """If any ratio in a mini-batch exceeds this, use only the clipped term (reference guard); 0 turns it off."""
     vf_coef: float = 0.5
@@ -126,7 +145,7 @@ class Config:
     bootstrap_on_truncation: bool = True
     """Bootstrap V(final obs) on truncation (False: treat truncation as termination, like the reference)."""
     norm_adv: bool = True
-    """Normalise advantages over the rollout buffer."""
+    """Normalise advantages over the rollout buffer (``ppo``; the critic-free algorithms normalise within groups instead)."""
     success_window: int = 200
     """Rolling window (training episodes) of the logged training success rate (paper: 200); per process, the logged rate covering every process's window."""
 
@@ -232,7 +251,7 @@ PAPER: dict[str, object] = dict(
     lora_r=128, lora_alpha=256, lora_dropout=0.05, dtype="bfloat16", gradient_checkpointing=True,
     image_mode="reference", conv_template="llava_v1", num_envs=1, ppo_epochs=4, minibatch_size=1,
     lr=1e-5, end_lr=1e-9, temperature=0.2, max_new_tokens=256, gamma=0.9, gae_lambda=0.95, clip=0.1,
-    vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0, eval_batch_size=16,
+    value_clip=0.1, vf_coef=0.5, max_grad_norm=0.01, entropy_coef=0.0, kl_coef=0.0, eval_batch_size=16,
 )
 PAPER_PER_ENV: dict[str, dict[str, object]] = {
     "NumberLine": dict(num_steps=512, num_updates=29, grad_accum_steps=128, thought_coef=0.5, success_window=200),

@@ -1,8 +1,9 @@
 """The trainer's view of the environments: gymnasium's vector API plus the ``vlm_envs`` text interface.
 
 :class:`TrainingEnvs` is the one owner of the training seed stream and of each env's episode
-record. Every episode starts from an explicit seed, ``episode_seed(run seed, process, env, k)``,
-and the trainer resets finished envs itself (gymnasium's ``AutoresetMode.DISABLED`` with a
+record. Every episode starts from an explicit seed, ``episode_seed(run seed, process, group, k)``
+(a group is one env, or ``--group-size`` envs that play each episode from the same seed), and the
+trainer resets finished envs itself (gymnasium's ``AutoresetMode.DISABLED`` with a
 ``reset_mask``), so an env's state is fully described by its episode seed and the texts sent
 since that reset. A checkpoint stores exactly that (plain JSON) and :meth:`TrainingEnvs.restore`
 rebuilds the envs by replaying it, in any vectorization mode.
@@ -31,9 +32,10 @@ TRAIN_SEED_BASE = 2**31
 """Training episode seeds are at least this; evaluation seeds are below it."""
 
 
-def episode_seed(run_seed: int, process: int, env_index: int, episode: int) -> int:
-    """The reset seed of training episode ``episode`` of env ``env_index`` in process ``process``."""
-    word = np.random.SeedSequence([run_seed, process, env_index, episode]).generate_state(1, dtype=np.uint32)[0]
+def episode_seed(run_seed: int, process: int, group: int, episode: int) -> int:
+    """The reset seed of training episode ``episode`` of group ``group`` (of env ``group`` when groups
+    are single envs) in process ``process``."""
+    word = np.random.SeedSequence([run_seed, process, group, episode]).generate_state(1, dtype=np.uint32)[0]
     return TRAIN_SEED_BASE + int(word) % TRAIN_SEED_BASE
 
 
@@ -47,6 +49,11 @@ def held_out(cfg):
     """The config the held-out evaluation plays: ``env_kwargs`` with ``eval_env_kwargs`` laid over it."""
     extra = json.loads(cfg.eval_env_kwargs)
     return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), **extra})) if extra else cfg
+
+
+def with_oracle_labels(cfg):
+    """The config whose envs add ``info["state_key"]`` (:mod:`vlm_envs.labels`): GiGPO groups steps by it."""
+    return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), "oracle_labels": True}))
 
 
 def make_env(cfg) -> gym.Env:
@@ -110,43 +117,105 @@ class EnvStep:
     """The observation that ended a truncated episode (for bootstrapping its value), else None."""
 
 
+def _step_infos(infos: dict, num_envs: int) -> list[dict[str, Any]]:
+    return [{k: info_item(infos, k, i) for k in ("success", "parse_ok")} for i in range(num_envs)]
+
+
 class TrainingEnvs:
-    """The training envs of one process: explicit episode seeds, episode records, replayable state."""
+    """The training envs of one process: explicit episode seeds, episode records, replayable state.
+
+    Envs ``g*G .. g*G+G-1`` form group ``g`` (``G = cfg.group_size``): they start every episode from
+    the same seed and, stepped by :meth:`step_groups`, start their next one together.
+    """
 
     def __init__(self, cfg, process_index: int = 0):
         self.seed, self.process = cfg.seed, process_index
-        self.num_envs = cfg.num_envs
-        self.envs = make_vec_env(cfg, cfg.num_envs)
+        self.num_envs, self.group_size = cfg.num_envs, cfg.group_size
+        self.envs = make_vec_env(with_oracle_labels(cfg) if cfg.algo == "gigpo" else cfg, cfg.num_envs)
         self.prompt_for = task_prompter(cfg, self.envs)
         self.episodes = [0] * self.num_envs  # episodes started so far, per env
         self.records: list[list[str]] = [[] for _ in range(self.num_envs)]  # texts sent since the last reset
         self.obs: dict | None = None
+        self.state_keys: list[str | None] = [None] * self.num_envs
+        """``info["state_key"]`` of each env's current observation (None unless the envs give one)."""
 
-    def _seed(self, i: int) -> int:
-        return episode_seed(self.seed, self.process, i, self.episodes[i])
+    @property
+    def num_groups(self) -> int:
+        return self.num_envs // self.group_size
+
+    def _seed(self, i: int, ahead: int = 0) -> int:
+        return episode_seed(self.seed, self.process, i // self.group_size, self.episodes[i] + ahead)
 
     def reset(self) -> dict:
-        self.obs, _ = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
+        obs, infos = self.envs.reset(seed=[self._seed(i) for i in range(self.num_envs)])
+        self._observe(obs, infos, range(self.num_envs))
         return self.obs
+
+    def _observe(self, obs: dict, infos: dict, changed) -> None:
+        self.obs = obs
+        for i in changed:
+            self.state_keys[i] = info_item(infos, "state_key", i)
+
+    def _reset_some(self, seeds: list[int | None]) -> dict:
+        """Reset the envs given a seed (the others keep their state); returns the new observations."""
+        mask = np.array([s is not None for s in seeds])
+        obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        self._observe(obs, infos, np.flatnonzero(mask))
+        return obs
 
     def step(self, texts: list[str]) -> EnvStep:
         obs, rewards, terminated, truncated, infos = self.envs.step(tuple(texts))
         done = terminated | truncated
-        step_infos = [{k: info_item(infos, k, i) for k in ("success", "parse_ok")} for i in range(self.num_envs)]
         final_obs = [None] * self.num_envs
         for i in range(self.num_envs):
             self.records[i].append(texts[i])
             if truncated[i] and not terminated[i]:
                 final_obs[i] = {"image": np.array(obs["image"][i]), "text": obs["text"][i]}
+        self._observe(obs, infos, range(self.num_envs))
         if done.any():
             for i in np.flatnonzero(done):
                 self.episodes[i] += 1
                 self.records[i] = []
-            seeds = [self._seed(i) if done[i] else None for i in range(self.num_envs)]
-            obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(done, dtype=np.bool_)})
-        self.obs = obs
+            obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
-                       step_infos, final_obs)
+                       _step_infos(infos, self.num_envs), final_obs)
+
+    def start_groups(self, groups) -> dict:
+        """Reset every member of ``groups`` to its group's current episode seed (the same for all)."""
+        seeds: list[int | None] = [None] * self.num_envs
+        for g in groups:
+            for i in range(g * self.group_size, (g + 1) * self.group_size):
+                seeds[i] = self._seed(i)
+                self.records[i] = []
+        return self._reset_some(seeds)
+
+    def step_groups(self, texts: list[str], active: np.ndarray) -> tuple[EnvStep, list[int]]:
+        """One step of the ``active`` envs, and the groups whose episode it ended (none of their
+        members active any more; their episode count moves on, :meth:`start_groups` starts the next).
+
+        A vector env steps all its envs, so an idle env is stepped too, with a void text, its result
+        ignored; any env whose episode (real or void) ends is reset at once, because a finished env
+        cannot be stepped. A group's members are reset again when it starts its next episode, so
+        nothing void carries over, and a checkpoint between rollouts needs no replay.
+        """
+        obs, rewards, terminated, truncated, infos = self.envs.step(tuple(t if a else "" for t, a in zip(texts, active)))
+        done = terminated | truncated
+        self._observe(obs, infos, range(self.num_envs))
+        for i in np.flatnonzero(active):
+            self.records[i].append(texts[i])
+        still = np.asarray(active) & ~done
+        ended = [g for g in range(self.num_groups)
+                 if active[g * self.group_size:(g + 1) * self.group_size].any()
+                 and not still[g * self.group_size:(g + 1) * self.group_size].any()]
+        for g in ended:
+            for i in range(g * self.group_size, (g + 1) * self.group_size):
+                self.episodes[i] += 1
+        if done.any():
+            for i in np.flatnonzero(done):
+                self.records[i] = []
+            obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
+        return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
+                       _step_infos(infos, self.num_envs), [None] * self.num_envs), ended
 
     def state(self) -> dict[str, Any]:
         """Plain data that :meth:`restore` turns back into the same envs."""
@@ -162,7 +231,8 @@ class TrainingEnvs:
         if [self._seed(i) for i in range(self.num_envs)] != list(state["seeds"]):
             raise ValueError("the checkpoint's episode seeds are not this run's: resume with the --seed it was written with")
         records = [vlm_envs.EpisodeRecord(self._seed(i), tuple(r)) for i, r in enumerate(self.records)]
-        self.obs, _ = vlm_envs.restore_episodes(self.envs, records)
+        obs, infos = vlm_envs.restore_episodes(self.envs, records)
+        self._observe(obs, infos, range(self.num_envs))
         return self.obs
 
     def close(self) -> None:

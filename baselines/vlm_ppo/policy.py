@@ -92,8 +92,8 @@ class LogprobValue(NamedTuple):
 
     logprob: torch.Tensor
     """(B,) λ·Σ thought-token log-probs + Σ action-token log-probs."""
-    value: torch.Tensor
-    """(B,) value of the prompt (read at its last token)."""
+    value: torch.Tensor | None
+    """(B,) value of the prompt (read at its last token); None for a policy with no value head."""
     token_logprobs: torch.Tensor
     """(B, L) log-prob of each answer token, 0 on padding."""
     answer_mask: torch.Tensor
@@ -171,13 +171,16 @@ def train_without_dropout(module: nn.Module) -> None:
 
 
 class ActorCritic(nn.Module):
-    """A VLM (optionally peft-wrapped), its :class:`Encoder` and a value head at the last prompt token."""
+    """A VLM (optionally peft-wrapped), its :class:`Encoder` and a value head at the last prompt token
+    (``value_head=False``: none at all, for the critic-free algorithms: nothing to hold, optimise or
+    leave unused under data parallelism)."""
 
-    def __init__(self, vlm: nn.Module, encoder: Encoder, *, temperature: float, thought_coef: float):
+    def __init__(self, vlm: nn.Module, encoder: Encoder, *, temperature: float, thought_coef: float,
+                 value_head: bool = True):
         super().__init__()
         self.vlm = vlm
         self.encoder = encoder
-        self.value_head = ValueHead(hidden_size_of(vlm.config)).to(next(vlm.parameters()).device)
+        self.value_head = ValueHead(hidden_size_of(vlm.config)).to(next(vlm.parameters()).device) if value_head else None
         self.temperature = float(temperature)
         self.thought_coef = float(thought_coef)
         tokenizer = encoder.tokenizer
@@ -189,7 +192,7 @@ class ActorCritic(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.value_head.parameters()).device
+        return next(self.parameters()).device
 
     def forward(self, prompts: Sequence[Encoded], answers: Sequence[Sequence[int]],
                 boundaries: Sequence[int | None], with_entropy: bool = False,
@@ -203,13 +206,13 @@ class ActorCritic(nn.Module):
         columns = columns.clamp(max=batch.inputs["input_ids"].shape[1] - 1)
         with frozen_tower(self.vlm, self.encoder, prompts, self.device):
             hidden, logits = self._run(batch.inputs, columns)
-        value = self.value_head(hidden[:, 0])
-        answer_mask = batch.answer_mask.to(value.device)
+        value = None if self.value_head is None else self.value_head(hidden[:, 0])
+        answer_mask = batch.answer_mask.to(logits.device)
         t = self.temperature if temperature is None else temperature
-        lp, entropy = token_logprobs(logits[:, :length], batch.answer_ids.to(value.device), t,
+        lp, entropy = token_logprobs(logits[:, :length], batch.answer_ids.to(logits.device), t,
                                      self.suppress_ids, with_entropy)
         lp = lp.masked_fill(~answer_mask, 0.0)
-        thought, action = (m.to(value.device) for m in split_masks(answer_mask.cpu(), boundaries))
+        thought, action = (m.to(logits.device) for m in split_masks(answer_mask.cpu(), boundaries))
         thought_lp, action_lp = (lp * thought).sum(-1), (lp * action).sum(-1)
         logprob = action_logprob(lp, thought, action, self.thought_coef)
         mean_entropy = None
@@ -221,6 +224,8 @@ class ActorCritic(nn.Module):
 
     def get_value(self, prompts: Sequence[Encoded]) -> torch.Tensor:
         """(B,) values of prompts alone (the bootstrap)."""
+        if self.value_head is None:
+            raise ValueError("this policy has no value head (a critic-free algorithm)")
         return self(prompts, [[] for _ in prompts], [None for _ in prompts]).value
 
     def _run(self, inputs: dict, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,6 +365,16 @@ def boundaries_of(tokenizer, answers: Sequence[Sequence[int]], missing_action_ke
             k = max(len(ids) - 5, 0)
         out.append(k)
     return out
+
+
+def keep_format_failures(answers: Sequence[Sequence[int]], boundaries: Sequence[int | None], stop_ids: Sequence[int],
+                         penalised: Sequence[bool]) -> list[int | None]:
+    """``boundaries`` with each key-less answer that was cut off (no stop token: it ran to
+    ``max_new_tokens``) or ``penalised`` (given the format penalty) kept in the policy loss: its
+    boundary at its end, so the whole answer counts as thought tokens (scaled by λ)."""
+    stops = set(stop_ids)
+    return [len(ids) if k is None and ids and (ids[-1] not in stops or bad) else k
+            for ids, k, bad in zip(answers, boundaries, penalised)]
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Rollout storage and collection: ``num_steps`` vector steps of sampled answers, as named (T, N) fields.
+"""Rollout storage and collection: ``num_steps`` vector steps of sampled answers, as named (T, N) fields
+(PPO), or whole episodes of groups laid end to end in one column (the critic-free algorithms).
 
 Collection only samples (no scoring pass): the behaviour log-probs and values are computed
 afterwards by :func:`score_rollout`, in exactly the mini-batches of the first PPO epoch, so that
@@ -10,6 +11,7 @@ the scored ones, and the trainer logs that gap and can reweight by it (truncated
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,12 +19,13 @@ import torch
 from baselines.vlm_ppo.algo import action_logprob
 from baselines.vlm_ppo.encoding import Encoded
 from baselines.vlm_ppo.envs import TrainingEnvs
-from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, split_masks, train_without_dropout
+from baselines.vlm_ppo.policy import ActorCritic, boundaries_of, keep_format_failures, split_masks, train_without_dropout
 
 
 @dataclass
 class Rollout:
-    """One update's experience. Tensors are (T, N): step ``t`` of env ``n``; lists are flat, index ``t * N + n``."""
+    """One update's experience. Tensors are (T, N): step ``t`` of env ``n``; lists are flat, index ``t * N + n``.
+    A group rollout is one column (N = 1): its whole episodes end to end."""
 
     num_steps: int
     num_envs: int
@@ -53,6 +56,10 @@ class Rollout:
     """Σ thought-token log-probs of each answer (logged: the paper compares their size with the action's)."""
     action_logprobs: torch.Tensor = field(init=False)
     """Σ action-token log-probs of each answer."""
+    groups: list[int] | None = None
+    """Group rollouts: the group-episode id of each step (episodes with one id started from the same seed)."""
+    state_keys: list[str | None] | None = None
+    """Group rollouts: ``info["state_key"]`` of the observation each step acted on (None where the envs give none)."""
     parse_failures: int = 0
     """Answers the env could not parse into an action."""
     answer_tokens: int = 0
@@ -92,7 +99,8 @@ class EpisodeStats:
 
 @torch.no_grad()
 def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeStats, num_steps: int,
-                    max_new_tokens: int, missing_action_key: str, bootstrap_on_truncation: bool) -> Rollout:
+                    max_new_tokens: int, missing_action_key: str, bootstrap_on_truncation: bool,
+                    keep_failures: FormatFailures | None = None) -> Rollout:
     """Sample ``num_steps`` answers per env from the current policy and step the envs with them."""
     policy.eval()  # no dropout (LoRA's included) in any pass of PPO
     tokenizer = policy.encoder.tokenizer
@@ -110,7 +118,7 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
                                                          "image": [step.final_obs[i]["image"] for i in cut]},
                                                         envs.prompt_for)
             rollout.final_values[t, cut] = policy.get_value(finals).float().cpu()
-        boundaries = boundaries_of(tokenizer, answers, missing_action_key)
+        boundaries = answer_boundaries(policy, answers, step.infos, missing_action_key, keep_failures)
         rollout.prompts += prompts
         rollout.answers += answers
         rollout.boundaries += boundaries
@@ -127,6 +135,112 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
                 episodes.finished.append((bool(info["success"]), float(episodes.returns[i]), int(episodes.lengths[i])))
                 episodes.returns[i], episodes.lengths[i] = 0.0, 0
         obs = step.obs
+    return rollout
+
+
+class FormatFailures(NamedTuple):
+    """``--keep-format-failures``: which key-less answers stay in the policy loss."""
+
+    penalised: bool
+    """Also those given the format penalty (the envs run ``on_parse_failure="penalty"``), not only cut-off ones."""
+
+
+def answer_boundaries(policy: ActorCritic, answers: list[list[int]], infos: list[dict], missing_action_key: str,
+                      keep_failures: FormatFailures | None) -> list[int | None]:
+    """Each answer's first action token (None: left out of the policy loss), given the env's verdict on it."""
+    boundaries = boundaries_of(policy.encoder.tokenizer, answers, missing_action_key)
+    if keep_failures is None:
+        return boundaries
+    penalised = [keep_failures.penalised and not info["parse_ok"] for info in infos]
+    return keep_format_failures(answers, boundaries, policy.stop_ids, penalised)
+
+
+class _Transition(NamedTuple):
+    prompt: Encoded
+    answer: list[int]
+    boundary: int | None
+    sampled_logprob: float
+    reward: float
+    terminated: bool
+    truncated: bool
+    state_key: str | None
+
+
+@torch.no_grad()
+def collect_group_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeStats, min_steps: int,
+                          max_new_tokens: int, missing_action_key: str,
+                          keep_failures: FormatFailures | None = None) -> Rollout:
+    """Whole episodes of every group: each group plays an episode from one seed, its finished
+    members idling until the last one ends, and starts its next one (from the next seed) while
+    fewer than ``min_steps`` env steps were taken this rollout. So every group plays at least one
+    episode, and the rollout holds at least ``min_steps`` steps and at most one episode per env more.
+
+    The steps are laid out in one column (T = steps, N = 1), episode after episode, grouped by
+    group episode (``Rollout.groups``), with the state key each step acted on.
+    """
+    policy.eval()
+    tokenizer = policy.encoder.tokenizer
+    size = envs.group_size
+    envs.start_groups(range(envs.num_groups))
+    active = np.ones(envs.num_envs, dtype=bool)
+    rounds = [0] * envs.num_groups  # group episodes started this rollout, per group
+    played: dict[tuple[int, int, int], list[_Transition]] = {}  # (group, round, member) -> its steps
+    taken, parse_failures, answer_tokens = 0, 0, 0
+    while active.any():
+        idx = np.flatnonzero(active)
+        obs = envs.obs
+        prompts = policy.encoder.encode_observations({"text": [obs["text"][i] for i in idx],
+                                                      "image": [obs["image"][i] for i in idx]}, envs.prompt_for)
+        answers, token_logprobs = policy.generate(prompts, greedy=False, max_new_tokens=max_new_tokens,
+                                                  with_logprobs=True)
+        texts = [""] * envs.num_envs
+        for k, text in zip(idx, tokenizer.batch_decode(answers, skip_special_tokens=True)):
+            texts[k] = text
+        keys = list(envs.state_keys)
+        step, ended = envs.step_groups(texts, active)
+        infos = [step.infos[i] for i in idx]
+        boundaries = answer_boundaries(policy, answers, infos, missing_action_key, keep_failures)
+        sampled = weighted_logprob(token_logprobs, boundaries, policy.thought_coef)
+        for k, i in enumerate(idx):
+            g = i // size
+            played.setdefault((g, rounds[g], i % size), []).append(_Transition(
+                prompts[k], answers[k], boundaries[k], float(sampled[k]), float(step.rewards[i]),
+                bool(step.terminated[i]), bool(step.truncated[i]), keys[i]))
+            episodes.returns[i] += step.rewards[i]
+            episodes.lengths[i] += 1
+            if step.terminated[i] or step.truncated[i]:
+                episodes.finished.append((bool(infos[k]["success"]), float(episodes.returns[i]), int(episodes.lengths[i])))
+                episodes.returns[i], episodes.lengths[i] = 0.0, 0
+                active[i] = False
+            parse_failures += not bool(infos[k]["parse_ok"])
+        taken += len(idx)
+        answer_tokens += sum(len(a) for a in answers)
+        restart = [g for g in ended if taken < min_steps]
+        for g in restart:
+            rounds[g] += 1
+            active[g * size:(g + 1) * size] = True
+        if restart:
+            envs.start_groups(restart)
+    return _column_rollout(played, parse_failures, answer_tokens)
+
+
+def _column_rollout(played: dict[tuple[int, int, int], list[_Transition]], parse_failures: int,
+                    answer_tokens: int) -> Rollout:
+    """The episodes of a group rollout in one column, ordered by group, round, member."""
+    order = sorted(played)
+    group_ids = {key[:2]: n for n, key in enumerate(dict.fromkeys(k[:2] for k in order))}
+    steps = [(group_ids[key[:2]], t) for key in order for t in played[key]]
+    rollout = Rollout(len(steps), 1, parse_failures=parse_failures, answer_tokens=answer_tokens)
+    rollout.prompts = [t.prompt for _, t in steps]
+    rollout.answers = [t.answer for _, t in steps]
+    rollout.boundaries = [t.boundary for _, t in steps]
+    rollout.groups = [g for g, _ in steps]
+    rollout.state_keys = [t.state_key for _, t in steps]
+    column = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype)[:, None]  # noqa: E731
+    rollout.sampled_logprobs = column([t.sampled_logprob for _, t in steps])
+    rollout.rewards = column([t.reward for _, t in steps])
+    rollout.terminated = column([t.terminated for _, t in steps], torch.bool)
+    rollout.truncated = column([t.truncated for _, t in steps], torch.bool)
     return rollout
 
 
@@ -165,7 +279,9 @@ def score_rollout(policy: ActorCritic, rollout: Rollout, batches: list[list[int]
                 [rollout.boundaries[j] for j in batch])
         out = policy(*args)
         idx = torch.tensor(batch)
-        flat_lp[idx], flat_v[idx] = out.logprob.float().cpu(), out.value.float().cpu()
+        flat_lp[idx] = out.logprob.float().cpu()
+        if out.value is not None:
+            flat_v[idx] = out.value.float().cpu()
         flat_th[idx], flat_ac[idx] = out.thought_logprob.float().cpu(), out.action_logprob.float().cpu()
         if with_reference:
             with policy.vlm.disable_adapter():

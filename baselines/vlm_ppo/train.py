@@ -1,4 +1,5 @@
-"""PPO for a VLM policy, read top to bottom: setup, then per update rollout, scoring, GAE, update, log.
+"""PPO (and the critic-free GRPO, RLOO, GiGPO) for a VLM policy, read top to bottom: setup, then per
+update rollout, scoring, advantages (GAE, or group-relative), update, log.
 
 ``python -m baselines.vlm_ppo ppo --model runs/numberline/sft ...``; several processes with
 ``accelerate launch --multi_gpu --num_processes N -m baselines.vlm_ppo ppo ...`` (each process runs
@@ -19,16 +20,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, kl_to_reference, ppo_losses, tis_weights
-from baselines.vlm_ppo.checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_checkpoint
-from baselines.vlm_ppo.config import Config, to_json
+from baselines.vlm_ppo.algo import compute_gae, cosine_schedule, group_advantages, kl_to_reference, ppo_losses, tis_weights
+from baselines.vlm_ppo.checkpoint import (
+    checkpoint_algo,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
+from baselines.vlm_ppo.config import CRITIC_FREE, Config, to_json
 from baselines.vlm_ppo.device import check_training_dtype, make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
 from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
 from baselines.vlm_ppo.evaluation import evaluate
 from baselines.vlm_ppo.logger import MetricsLogger
 from baselines.vlm_ppo.policy import ActorCritic, load_policy, train_without_dropout
-from baselines.vlm_ppo.rollout import EpisodeStats, Rollout, collect_rollout, minibatches, score_rollout
+from baselines.vlm_ppo.rollout import (
+    EpisodeStats,
+    FormatFailures,
+    Rollout,
+    collect_group_rollout,
+    collect_rollout,
+    minibatches,
+    score_rollout,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,7 +107,29 @@ def check_config(cfg: Config) -> None:
     if cfg.tis_cap is not None and (cfg.tis_cap < 0 or 0 < cfg.tis_cap < 1):
         raise ValueError(f"tis_cap must be 0 (off) or >= 1 (a cap below 1 would down-weight even on-policy samples), "
                          f"got {cfg.tis_cap}")
+    if cfg.keep_format_failures and cfg.missing_action_key != "mask":
+        raise ValueError("--keep-format-failures applies to --missing-action-key mask (last5 keeps every answer)")
     check_eval_seeds(cfg.eval_seed, max(cfg.eval_episodes, cfg.eval_greedy_episodes))
+    check_groups(cfg)
+
+
+def check_groups(cfg: Config) -> None:
+    if cfg.algo not in CRITIC_FREE:
+        if cfg.group_size != 1:
+            raise ValueError(f"group_size={cfg.group_size} applies to the critic-free algorithms {CRITIC_FREE}; "
+                             f"algo={cfg.algo} steps every env on its own (use --group-size 1)")
+        return
+    if cfg.group_size < 2:
+        raise ValueError(f"algo={cfg.algo} needs group_size >= 2: an episode alone in its group has no baseline "
+                         f"(its advantage is 0), got group_size={cfg.group_size}")
+    if cfg.num_envs % cfg.group_size:
+        raise ValueError(f"num_envs={cfg.num_envs} must be a multiple of group_size={cfg.group_size}: a group's "
+                         f"envs stay in one process")
+
+
+def format_failures(cfg: Config) -> FormatFailures | None:
+    """Which key-less answers ``--keep-format-failures`` keeps in the policy loss (None: off)."""
+    return FormatFailures(penalised=cfg.on_parse_failure == "penalty") if cfg.keep_format_failures else None
 
 
 def tis_cap(cfg: Config) -> float:
@@ -113,7 +150,8 @@ def build_policy(cfg: Config, checkpoint: Path | None = None) -> ActorCritic:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         vlm.enable_input_require_grads()
     encoder = Encoder(processor, vlm.config, cfg.conv_template, cfg.image_mode)
-    return ActorCritic(vlm, encoder, temperature=cfg.temperature, thought_coef=cfg.thought_coef)
+    return ActorCritic(vlm, encoder, temperature=cfg.temperature, thought_coef=cfg.thought_coef,
+                       value_head=cfg.algo not in CRITIC_FREE)
 
 
 @dataclass
@@ -151,6 +189,9 @@ def setup(cfg: Config) -> Run:
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+    if ckpt is not None and checkpoint_algo(ckpt) != cfg.algo:
+        raise ValueError(f"--resume: the checkpoint was written by algo={checkpoint_algo(ckpt)}, this run is "
+                         f"algo={cfg.algo}")
     seed_everything(cfg.seed + 1000 * accelerator.process_index)  # distinct streams per process
     policy = build_policy(cfg, ckpt).to(accelerator.device)
     envs = TrainingEnvs(cfg, accelerator.process_index)
@@ -219,7 +260,7 @@ def freeze_unreachable(policy: ActorCritic, envs: TrainingEnvs, accelerator) -> 
     device = accelerator.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         out = policy(probe, [answer], [None])
-        (out.token_logprobs.sum() + out.value.sum()).backward()
+        (out.token_logprobs.sum() + (0.0 if out.value is None else out.value.sum())).backward()
     missed = [name for name, p in trainable.items() if p.grad is None]
     for p in trainable.values():
         p.grad = None
@@ -245,35 +286,39 @@ def train_ppo(cfg: Config) -> dict[str, float]:
     for update in bar:
         # 1. rollout: sample answers and step the envs (no scoring pass yet)
         t0 = time.time()
-        rollout = collect_rollout(policy, run.envs, run.episodes, cfg.num_steps, cfg.max_new_tokens,
-                                  cfg.missing_action_key, cfg.bootstrap_on_truncation)
+        if cfg.algo in CRITIC_FREE:  # whole episodes, until the run has taken PPO's env steps so far
+            budget = (update + 1) * cfg.num_steps * cfg.num_envs - run.global_step
+            rollout = collect_group_rollout(policy, run.envs, run.episodes, budget, cfg.max_new_tokens,
+                                            cfg.missing_action_key, format_failures(cfg))
+        else:
+            rollout = collect_rollout(policy, run.envs, run.episodes, cfg.num_steps, cfg.max_new_tokens,
+                                      cfg.missing_action_key, cfg.bootstrap_on_truncation, format_failures(cfg))
         run.recent.extend(run.episodes.finished)
         run.episodes.finished = []
-        run.global_step += cfg.num_steps * cfg.num_envs
+        run.global_step += rollout.num_steps * rollout.num_envs
         rollout_s = time.time() - t0
 
-        # 2. behaviour log-probs and values, in epoch 0's mini-batches; bootstrap value; GAE
+        # 2. behaviour log-probs (and values), in epoch 0's mini-batches; advantages
         t1 = time.time()
         order = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1000 * run.accelerator.process_index + update)
         epochs = [minibatches(len(rollout.answers), cfg.minibatch_size, order) for _ in range(cfg.ppo_epochs)]
+        if cfg.algo in CRITIC_FREE:
+            epochs = as_many_batches_as_every_process(run.accelerator, epochs)
         score_rollout(policy, rollout, epochs[0], with_reference=cfg.kl_coef > 0)
-        with torch.no_grad():
-            next_value = policy.get_value(policy.encoder.encode_observations(run.envs.obs, run.envs.prompt_for))
-        next_value = next_value.float().cpu()
-        advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.terminated, rollout.truncated,
-                                          next_value, rollout.final_values, cfg.gamma, cfg.gae_lambda,
-                                          cfg.bootstrap_on_truncation)
+        advantages, returns = (critic_free_advantages(cfg, rollout), None) if cfg.algo in CRITIC_FREE else gae(run, rollout)
 
         # 3. PPO epochs
-        stats = ppo_update(run, rollout, advantages.flatten(), returns.flatten(), epochs)
+        stats = ppo_update(run, rollout, advantages.flatten(), None if returns is None else returns.flatten(), epochs)
         run.scheduler.step()
         update_s = time.time() - t1
 
         # 4. log, evaluate, checkpoint
-        metrics = {**rollout_metrics(run, rollout, returns, rollout_s, update_s), **stats}
+        metrics = {**rollout_metrics(run, rollout, advantages, returns, rollout_s, update_s), **stats}
         del rollout  # its recorded tower outputs, on the device, go before evaluation and the next collection
         metrics = over_processes(run.accelerator, metrics)
-        last = update == cfg.num_updates - 1
+        # a critic-free run stops once it has taken PPO's env steps: whole episodes may overshoot an update's share
+        last = update == cfg.num_updates - 1 or (cfg.algo in CRITIC_FREE and on_main_process(
+            run.accelerator, run.global_step >= cfg.num_updates * cfg.num_steps * cfg.num_envs))
         out_of_time = cfg.time_limit_min > 0 and on_main_process(
             run.accelerator, time.time() - t_start > 60 * cfg.time_limit_min)
         if cfg.eval_every and ((update + 1) % cfg.eval_every == 0 or last or out_of_time):
@@ -286,15 +331,53 @@ def train_ppo(cfg: Config) -> dict[str, float]:
                             run.scheduler, trainer_state(run, update))
         if out_of_time:
             print(f"time limit of {cfg.time_limit_min} min reached after update {update}")
+        if out_of_time or last:
             break
     run.logger.close()
     run.envs.close()
     return run.logger.last
 
 
-def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+def as_many_batches_as_every_process(accelerator, epochs: list[list[list[int]]]) -> list[list[list[int]]]:
+    """Each epoch cut to the fewest mini-batches any process has. Group rollouts differ in size
+    between processes, but data parallelism synchronises every backward pass, so all must take as
+    many; the steps left out are drawn afresh each epoch, as the remainder is."""
+    from accelerate.utils import gather_object
+
+    fewest = min(gather_object([len(epochs[0])]))
+    return [batches[:fewest] for batches in epochs]
+
+
+def gae(run: Run, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's advantages and returns: GAE on the scored values, bootstrapped from the current observations."""
+    cfg, policy = run.cfg, run.policy
+    with torch.no_grad():
+        next_value = policy.get_value(policy.encoder.encode_observations(run.envs.obs, run.envs.prompt_for))
+    return compute_gae(rollout.rewards, rollout.values, rollout.terminated, rollout.truncated, next_value.float().cpu(),
+                       rollout.final_values, cfg.gamma, cfg.gae_lambda, cfg.bootstrap_on_truncation)
+
+
+def critic_free_advantages(cfg: Config, rollout: Rollout) -> torch.Tensor:
+    """The group-relative advantage of every step of a group rollout (its one column)."""
+    anchor = None
+    if cfg.algo == "gigpo":
+        if None in rollout.state_keys:
+            raise ValueError(f"algo=gigpo groups steps by info['state_key'], which {cfg.env_id} did not give "
+                             f"(the trainer makes its envs with oracle_labels=True; vlm_envs.labels)")
+        ids = {key: n for n, key in enumerate(dict.fromkeys(rollout.state_keys))}
+        anchor = torch.tensor([ids[key] for key in rollout.state_keys])
+    ends = (rollout.terminated | rollout.truncated)[:, 0]
+    return group_advantages(rollout.rewards[:, 0], ends, torch.tensor(rollout.groups), cfg.gamma,
+                            baseline="leave_one_out" if cfg.algo == "rloo" else "mean", divide_by_std=cfg.adv_std,
+                            step_weight=cfg.step_adv_weight if cfg.algo == "gigpo" else 0.0, anchor=anchor)[:, None]
+
+
+def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None,
                epochs: list[list[list[int]]]) -> dict[str, float]:
     """``len(epochs)`` passes of clipped PPO; one optimizer step per window of ``grad_accum_steps`` mini-batches.
+
+    ``returns`` None: no value loss (a critic-free algorithm, whose advantages come normalised
+    within groups, so ``--norm-adv`` is not applied either).
 
     Windows go through accelerate's accumulation state: gradients are synchronised, clipped and
     stepped on a window's last mini-batch only (``accelerator.sync_gradients``), which is also what
@@ -302,13 +385,13 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
     its losses averaged over its own size, so nothing carries into the next update.
     """
     cfg, policy, accelerator = run.cfg, run.policy, run.accelerator
-    if cfg.norm_adv:
+    if cfg.norm_adv and returns is not None:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
     old_logp, old_values = rollout.logprobs.flatten(), rollout.values.flatten()
     valid = rollout.policy_valid.flatten()
     cap = tis_cap(cfg)
     is_weight = tis_weights(old_logp, rollout.sampled_logprobs.flatten(), cap) if cap > 0 else None
-    value_params = list(policy.value_head.parameters())
+    value_params = [] if policy.value_head is None else list(policy.value_head.parameters())
     policy_params = [p for p in policy.vlm.parameters() if p.requires_grad]
     stats = collections.defaultdict(list)
     first_step_dev = 0.0  # largest |ratio - 1| before the first optimizer step: 0 up to numerics
@@ -325,11 +408,13 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                 with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(run.model):
                     out = run.model([rollout.prompts[j] for j in mb], [rollout.answers[j] for j in mb],
                                     [rollout.boundaries[j] for j in mb], with_entropy=cfg.entropy_coef > 0)
-                    at = lambda x: x[mb].to(out.value.device)  # noqa: E731
+                    at = lambda x: None if x is None else x[mb].to(out.logprob.device)  # noqa: E731
                     losses = ppo_losses(out.logprob, at(old_logp), at(advantages), at(valid), out.value,
-                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard,
-                                        None if is_weight is None else at(is_weight))
-                    loss = losses["policy_loss"] + cfg.vf_coef * losses["value_loss"]
+                                        at(old_values), at(returns), cfg.clip, cfg.ratio_guard, at(is_weight),
+                                        value_clip=cfg.value_clip)
+                    loss = losses["policy_loss"]
+                    if "value_loss" in losses:
+                        loss = loss + cfg.vf_coef * losses["value_loss"]
                     if cfg.entropy_coef > 0:
                         losses["entropy"] = out.entropy.mean()
                         loss = loss - cfg.entropy_coef * losses["entropy"]
@@ -345,6 +430,8 @@ def ppo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: to
                     stats[f"losses/{name}"].append(float(v.detach()))
             if cfg.max_grad_norm > 0:  # each group to its own norm: the value head's cannot shrink the policy's
                 for name, group in (("policy", policy_params), ("value", value_params)):
+                    if not group:
+                        continue
                     norm = accelerator.clip_grad_norm_(group, cfg.max_grad_norm)
                     if norm is not None:  # DeepSpeed clips by its own config (one global norm) and returns None
                         stats[f"losses/grad_norm_{name}"].append(float(norm))
@@ -367,13 +454,16 @@ def reference_kl(out, rollout: Rollout, mb: list[int], valid: torch.Tensor) -> t
     return kl_to_reference(out.token_logprobs, ref, out.answer_mask & valid[:, None])
 
 
-def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s: float, update_s: float) -> dict:
+def rollout_metrics(run: Run, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor | None,
+                    rollout_s: float, update_s: float) -> dict:
     done = np.asarray(list(run.recent), dtype=float).reshape(-1, 3)
     steps = rollout.num_steps * rollout.num_envs
     thought = [k or 0 for k in rollout.boundaries]
     gaps = rollout.behaviour_gaps()
     return {
+        **(critic_metrics(rollout, returns) if returns is not None else group_metrics(rollout, advantages)),
         "charts/lr": run.scheduler.get_last_lr()[0],
+        "charts/env_steps": steps,
         "charts/train_success": done[:, 0].mean() if len(done) else float("nan"),
         "charts/train_return": done[:, 1].mean() if len(done) else float("nan"),
         "charts/episodes_in_window": len(done),
@@ -388,9 +478,23 @@ def rollout_metrics(run: Run, rollout: Rollout, returns: torch.Tensor, rollout_s
         "charts/action_logp": float(rollout.action_logprobs.mean()),
         "charts/behaviour_logp_gap": float(gaps.mean()) if len(gaps) else float("nan"),
         "charts/behaviour_logp_gap_max": float(gaps.max()) if len(gaps) else float("nan"),
-        "charts/value_mean": float(rollout.values.mean()),
-        "charts/return_mean": float(returns.mean()),
     }
+
+
+def critic_metrics(rollout: Rollout, returns: torch.Tensor) -> dict:
+    return {"charts/value_mean": float(rollout.values.mean()), "charts/return_mean": float(returns.mean())}
+
+
+def group_metrics(rollout: Rollout, advantages: torch.Tensor) -> dict:
+    """How much signal the group comparison found: steps with a zero advantage come from groups whose
+    episodes all returned the same; a shared anchor state is one another step of the group also acted in."""
+    anchors = collections.Counter(zip(rollout.groups, rollout.state_keys))
+    metrics = {"charts/adv_abs_mean": float(advantages.abs().mean()),
+               "charts/adv_zero_frac": float((advantages == 0).float().mean()),
+               "charts/group_episodes": float((rollout.terminated | rollout.truncated).sum())}
+    if None not in rollout.state_keys:
+        metrics["charts/anchor_shared_frac"] = float(np.mean([anchors[a] > 1 for a in zip(rollout.groups, rollout.state_keys)]))
+    return metrics
 
 
 def held_out(run: Run) -> dict[str, float]:
@@ -404,7 +508,7 @@ def held_out(run: Run) -> dict[str, float]:
 
 # How a logged number combines over processes; any other is the mean (every process holds an
 # equal-sized rollout and takes the same number of mini-batches).
-SUMMED = ("charts/episodes_in_window", "charts/tokens_per_s")
+SUMMED = ("charts/episodes_in_window", "charts/tokens_per_s", "charts/group_episodes", "charts/env_steps")
 LARGEST = ("charts/rollout_s", "charts/update_s", "charts/epoch0_ratio_dev", "charts/behaviour_logp_gap_max")
 # A mean over some of a process's items, weighted by how many it has (a fraction of equal-sized rollouts
 # serves as well as a count); a process with none logs nan, or nothing, and counts for nothing.
@@ -449,6 +553,6 @@ def on_main_process(accelerator, decision: bool) -> bool:
 
 
 def trainer_state(run: Run, update: int) -> dict:
-    return {"update": update, "global_step": run.global_step, "envs": run.envs.state(),
+    return {"update": update, "algo": run.cfg.algo, "global_step": run.global_step, "envs": run.envs.state(),
             "ep_return": run.episodes.returns.tolist(), "ep_len": run.episodes.lengths.tolist(),
             "recent": [list(r) for r in run.recent]}
