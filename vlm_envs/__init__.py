@@ -5,11 +5,11 @@
 gymnasium, numpy and pillow.
 """
 
+from vlm_envs._version import __version__
 from vlm_envs.registration import register_envs as _register_envs
+from vlm_envs.running import TextActions, make_ray_vec, run_agent
 from vlm_envs.text.prompts import build_prompt, chat_messages, conversation
-from vlm_envs.wrappers import TextActions
 
-__version__ = "0.1.0"
-__all__ = ["TextActions", "build_prompt", "chat_messages", "conversation", "__version__"]
+__all__ = ["TextActions", "build_prompt", "chat_messages", "conversation", "make_ray_vec", "run_agent", "__version__"]
 
 _register_envs()

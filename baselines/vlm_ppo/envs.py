@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 import vlm_envs
-from vlm_envs.agent_loop import info_item
+from vlm_envs.running.agent_loop import info_item, step_infos
 from vlm_envs.text import build_prompt
 
 VECTORIZATIONS = ("sync", "async", "ray", "remote")
@@ -78,7 +78,7 @@ def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
     kwargs = dict(vector_kwargs=vector_kwargs, wrappers=[lambda env: vlm_envs.TextActions(env, **text)],
                   **json.loads(cfg.env_kwargs))
     if vectorization == "ray":
-        from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
+        from vlm_envs.running.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 
         return make_ray_vec(cfg.env_id, num_envs, **kwargs)
     return gym.make_vec(cfg.env_id, num_envs, vectorization_mode=vectorization, **kwargs)
@@ -132,7 +132,7 @@ class TrainingEnvs:
     def step(self, texts: list[str]) -> EnvStep:
         obs, rewards, terminated, truncated, infos = self.envs.step(tuple(texts))
         done = terminated | truncated
-        step_infos = [{k: info_item(infos, k, i) for k in ("success", "parse_ok")} for i in range(self.num_envs)]
+        own = [{k: info_item(step_infos(infos, done[i]), k, i) for k in ("success", "parse_ok")} for i in range(self.num_envs)]
         final_obs = [None] * self.num_envs
         for i in range(self.num_envs):
             self.records[i].append(texts[i])
@@ -146,7 +146,7 @@ class TrainingEnvs:
             obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": np.asarray(done, dtype=np.bool_)})
         self.obs = obs
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
-                       step_infos, final_obs)
+                       own, final_obs)
 
     def state(self) -> dict[str, Any]:
         """Plain data that :meth:`restore` turns back into the same envs."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from baselines.vlm_ppo.envs import check_eval_seeds, held_out, make_vec_env, task_prompter
-from vlm_envs.agent_loop import info_item
+from vlm_envs.running.agent_loop import info_item
 
 
 @torch.no_grad()

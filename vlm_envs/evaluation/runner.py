@@ -32,7 +32,7 @@ from vlm_envs.evaluation.manifests import Episode, Manifest, entry_digests
 from vlm_envs.evaluation.policies import Policy, Request, action_text, normalize_replies
 from vlm_envs.text.parsing import ParseMode
 from vlm_envs.text.prompts import Wording, text_only_prompt
-from vlm_envs.wrappers import OnParseFailure, TextActions
+from vlm_envs.running.wrappers import OnParseFailure, TextActions
 
 Vectorization = Literal["sync", "async"]
 VECTORIZATIONS: tuple[str, ...] = ("sync", "async")
