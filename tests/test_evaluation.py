@@ -254,6 +254,57 @@ def test_cli_errors_while_playing_keep_their_traceback(monkeypatch):
         main(["evaluate", "--manifest", "smoke-v0", "--policy", "random"])
 
 
+def test_policy_kinds_come_from_the_registry(monkeypatch):
+    from vlm_envs.evaluation import make_policy, policy_kinds, register_policy
+    from vlm_envs.evaluation import registry
+
+    monkeypatch.setattr(registry, "_registered", {})
+    made = []
+    register_policy("scripted", lambda target, **options: made.append((target, options)) or RandomPolicy())
+    assert isinstance(make_policy("scripted:v1", temperature=0.5), RandomPolicy)
+    assert made == [("v1", {"temperature": 0.5})]
+    assert {"openai", "scripted"} <= set(policy_kinds())
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy("scripted", lambda target: RandomPolicy())
+    with pytest.raises(ValueError, match="unknown policy kind 'nope'"):
+        make_policy("nope:x")
+    from vlm_envs.evaluation.openai_policy import OpenAIPolicy
+
+    assert registry.policy_factory("openai") is OpenAIPolicy
+
+
+def test_hf_policy_is_found_through_its_entry_point(monkeypatch):
+    """vlm_envs finds ``hf:`` in the install's entry points (declared in setup.cfg), never by importing the trainer."""
+    import configparser
+    from importlib.metadata import EntryPoint
+
+    from vlm_envs.evaluation import registry
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    declared = [EntryPoint(name.strip(), value.strip(), registry.ENTRY_POINT_GROUP) for name, value in
+                (line.split("=") for line in setup["options.entry_points"][registry.ENTRY_POINT_GROUP].split("\n") if line)]
+    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in declared if ep.group == group])
+    from baselines.vlm_ppo.hf_policy import HFPolicy  # light: the model code loads when a policy is made
+
+    assert registry.policy_factory("hf") is HFPolicy
+
+
+def test_hf_policy_without_the_trainer_names_the_extra(monkeypatch, capsys):
+    from gymnasium.error import DependencyNotInstalled
+
+    from vlm_envs.evaluation import make_policy, registry
+
+    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])  # an install without the trainer's entry point
+    with pytest.raises(DependencyNotInstalled, match=r'pip install "vlm-envs\[train\]"'):
+        make_policy("hf:some/model")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--manifest", "smoke-v0", "--policy", "hf:some/model"])
+    assert 'the hf: policy needs the "train" extra' in capsys.readouterr().err
+
+
 def test_policy_errors_count_as_parse_failures_with_reason():
     class Failing(RandomPolicy):
         def act(self, requests):

@@ -5,6 +5,10 @@ Loading, input encoding and sampling are the PPO trainer's own (``load_policy``,
 sampled: same conversation format, same processor outputs, same ``softmax(z/T)``. This module
 only picks the conversation format and decodes the answer. Needs the ``train`` extra.
 
+The kind ``hf`` registers itself (:mod:`vlm_envs.evaluation.registry`) when this module is
+imported, and ``setup.cfg`` declares it as an entry point, so ``make_policy("hf:...")`` and
+``python -m vlm_envs evaluate --policy hf:...`` find it without vlm_envs importing the trainer.
+
 Requests are decoded one at a time: batching would left-pad prompts together and share one
 sampling stream, so an answer would depend on its batch neighbours (see the contract in
 :mod:`vlm_envs.evaluation.policies`). With ``temperature > 0`` torch is seeded from each
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from vlm_envs.evaluation.policies import Reply, Request
+from vlm_envs.evaluation.registry import register_policy
 from vlm_envs.optional import require
 from vlm_envs.text.prompts import CONVERSATION_TEMPLATES
 
@@ -75,3 +80,6 @@ class HFPolicy:
 
     def close(self) -> None:
         self.policy = None
+
+
+register_policy("hf", HFPolicy)
