@@ -305,6 +305,41 @@ def test_hf_policy_without_the_trainer_names_the_extra(monkeypatch, capsys):
     assert 'the hf: policy needs the "train" extra' in capsys.readouterr().err
 
 
+def test_play_ends_episodes_at_max_steps_and_applies_the_format_penalty():
+    """What the trainer's held-out evaluation needs of the runner: its step limit and its penalty."""
+    from vlm_envs.evaluation.manifests import seeds_manifest
+    from vlm_envs.evaluation.runner import play
+
+    class Unparsable(RandomPolicy):
+        def act(self, requests):
+            return ["no action here"] * len(requests)
+
+    settings = Settings(on_parse_failure="penalty", format_penalty=-0.5)
+    records = play(seeds_manifest(["gym_cards/NumberLine-v0"], 2, 5), Unparsable(), indices=range(2), num_envs=2,
+                   settings=settings, max_steps=3)
+    assert [(r["length"], r["return"], r["truncated"], r["terminated"], r["parse_failures"]) for r in records.values()] \
+        == [(3, -1.5, True, False, 3)] * 2
+
+
+def test_prompts_are_built_from_the_observation_text():
+    """An env made with text_mode="full" is prompted with its observation text, as the trainer and run_agent do."""
+    from vlm_envs.evaluation.manifests import seeds_manifest
+    from vlm_envs.evaluation.runner import play
+    from vlm_envs.text.prompts import build_prompt
+
+    seen = []
+
+    class Recording(RandomPolicy):
+        def act(self, requests):
+            seen.extend(requests)
+            return super().act(requests)
+
+    play(seeds_manifest(["gym_cards/Points24-v0"], 1, 3, {"text_mode": "full"}), Recording(), indices=[0])
+    env = gym.make("gym_cards/Points24-v0", text_mode="full")
+    obs, _ = env.reset(seed=3)
+    assert seen[0].prompt == build_prompt(env.unwrapped.prompt_task, obs["text"], **env.unwrapped.prompt_params)
+
+
 def test_policy_errors_count_as_parse_failures_with_reason():
     class Failing(RandomPolicy):
         def act(self, requests):

@@ -8,7 +8,7 @@ since that reset. A checkpoint stores exactly that (plain JSON) and :meth:`Train
 rebuilds the envs by replaying it, in any vectorization mode.
 
 Training seeds are drawn from ``[2**31, 2**32)`` and evaluation seeds must lie below ``2**31``, so
-the two streams are disjoint for every run seed.
+the two streams are disjoint for every run seed (:mod:`vlm_envs.evaluation.seeds`).
 """
 
 from __future__ import annotations
@@ -23,24 +23,16 @@ import gymnasium as gym
 import numpy as np
 
 import vlm_envs
+from vlm_envs.evaluation.seeds import train_seed
 from vlm_envs.running.agent_loop import info_item, step_infos
 from vlm_envs.text import build_prompt
 
 VECTORIZATIONS = ("sync", "async", "ray", "remote")
-TRAIN_SEED_BASE = 2**31
-"""Training episode seeds are at least this; evaluation seeds are below it."""
 
 
 def episode_seed(run_seed: int, process: int, env_index: int, episode: int) -> int:
     """The reset seed of training episode ``episode`` of env ``env_index`` in process ``process``."""
-    word = np.random.SeedSequence([run_seed, process, env_index, episode]).generate_state(1, dtype=np.uint32)[0]
-    return TRAIN_SEED_BASE + int(word) % TRAIN_SEED_BASE
-
-
-def check_eval_seeds(first: int, count: int) -> None:
-    if first < 0 or first + count > TRAIN_SEED_BASE:
-        raise ValueError(f"evaluation seeds {first}..{first + count - 1} must lie in [0, 2**31) to stay disjoint "
-                         f"from the training seeds")
+    return train_seed(run_seed, process, env_index, episode)
 
 
 def held_out(cfg):

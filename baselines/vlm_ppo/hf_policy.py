@@ -45,6 +45,7 @@ class HFPolicy:
         self.torch = require("torch", "train", "the hf: policy")
         require("transformers", "train", "the hf: policy")
         from baselines.vlm_ppo.encoding import Encoder
+        from baselines.vlm_ppo.evaluation import TrainerPolicy
         from baselines.vlm_ppo.policy import ActorCritic, load_policy
 
         if conv_template not in ("auto", "chat_template", *CONVERSATION_TEMPLATES):
@@ -61,6 +62,7 @@ class HFPolicy:
         # temperature 0 means greedy; the scorer's temperature is then irrelevant
         self.policy = ActorCritic(vlm, encoder, temperature=self.temperature or 1.0, thought_coef=1.0)
         self.policy.to(device).eval()
+        self.answerer = TrainerPolicy(self.policy, greedy=self.temperature == 0, max_new_tokens=self.max_new_tokens)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "hf", "model": self.path, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
@@ -71,15 +73,13 @@ class HFPolicy:
         return [self._answer(r) for r in requests]
 
     def _answer(self, request: Request) -> Reply:
-        greedy = self.temperature == 0
-        if not greedy:
+        if not self.answerer.greedy:
             self.torch.manual_seed(int(request.rng().integers(2**63)))
-        [encoded] = self.policy.encoder.encode([request.prompt], [request.image])
-        [ids] = self.policy.generate([encoded], greedy=greedy, max_new_tokens=self.max_new_tokens)
-        return Reply(self.policy.encoder.tokenizer.decode(ids, skip_special_tokens=True))
+        [text] = self.answerer.act([request])
+        return Reply(text)
 
     def close(self) -> None:
-        self.policy = None
+        self.policy = self.answerer = None
 
 
 register_policy("hf", HFPolicy)
