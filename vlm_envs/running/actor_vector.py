@@ -110,13 +110,17 @@ class Workers(Protocol):
 class ThreadWorkers:
     """:class:`EnvWorker` s in this process, one thread each: for envs whose steps wait on I/O (an env server).
 
-    ``make_workers``: one callable per worker that builds it; it runs on the worker's thread.
+    ``make_workers``: one callable per worker that builds it, run on a pool thread;
+    ``envs_per_worker``: how many sub-envs each holds (default: one each).
     """
 
-    def __init__(self, make_workers: Sequence[Callable[[], EnvWorker]], thread_name_prefix: str = "env-worker"):
+    def __init__(self, make_workers: Sequence[Callable[[], EnvWorker]], envs_per_worker: Sequence[int] | None = None,
+                 thread_name_prefix: str = "env-worker"):
+        if envs_per_worker is not None and len(envs_per_worker) != len(make_workers):
+            raise ValueError(f"envs_per_worker has {len(envs_per_worker)} entries for {len(make_workers)} workers")
         self._pool = ThreadPoolExecutor(max_workers=len(make_workers), thread_name_prefix=thread_name_prefix)
         self._workers: list[Future] = [self._pool.submit(make) for make in make_workers]
-        self.envs_per_worker = [1] * len(make_workers)
+        self.envs_per_worker = list(envs_per_worker or [1] * len(make_workers))
 
     def call(self, worker: int, method: str, *args: Any) -> Future:
         built = self._workers[worker]
