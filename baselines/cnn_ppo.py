@@ -16,7 +16,7 @@ training episode, as a rolling success rate over the last ``--window`` episodes 
 Blackjack, as the reference). The paper's table reports the **peak** of that curve within the
 budget; we print the peak and the final value. Independently, every ``--eval-every`` steps the
 greedy policy (``deterministic=True``) plays ``--eval-episodes`` held-out episodes reset with the
-fixed seeds ``100_000 + i``, which no training episode uses.
+fixed seeds ``100_000 + i`` (``vlm_envs.evaluation.seeds.HELD_OUT_SEED``), which no training episode uses.
 
 Outputs under ``--out``: ``<Env>_seed<S>_episodes.csv`` (one row per training episode),
 ``<Env>_seed<S>_eval.csv`` (one row per greedy evaluation), ``curves.png`` (every run found in the
@@ -39,10 +39,10 @@ from PIL import Image
 
 import vlm_envs  # noqa: F401  (registers the ids)
 from vlm_envs.optional import require
+from vlm_envs.evaluation.seeds import HELD_OUT_SEED
 from vlm_envs.registration import CARD_ENVS
 
 PAPER_CNN_RL = {"NumberLine": 87.1, "EZPoints": 0.0, "Points24": 0.0, "Blackjack": 38.8}
-EVAL_SEED_OFFSET = 100_000
 
 
 class ImageObservation(gym.ObservationWrapper):
@@ -138,7 +138,7 @@ def evaluate_greedy(model, env_id: str, episodes: int, size: int = 84) -> float:
     env = make_env(env_id, size)
     successes = 0
     for i in range(episodes):
-        obs, info = env.reset(seed=EVAL_SEED_OFFSET + i)
+        obs, info = env.reset(seed=HELD_OUT_SEED + i)
         done = False
         while not done:
             action, _ = model.predict(obs, deterministic=True)

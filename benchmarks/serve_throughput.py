@@ -9,7 +9,7 @@ with the same seeded random answers for ``--steps`` vector steps after ``--warmu
 auto-resetting in the same step. Modes:
 
 * ``in-process``: ``gym.make_vec(..., vectorization_mode="sync")`` in this process;
-* ``ray``: :func:`vlm_envs.ray_pool.make_ray_vec`, one actor per env, on a local Ray started here;
+* ``ray``: :func:`vlm_envs.running.ray_pool.make_ray_vec`, one actor per env, on a local Ray started here;
 * ``remote-png`` / ``remote-raw``: :func:`vlm_envs.remote.make_remote_vec` against
   ``python -m vlm_envs serve`` in its own process on 127.0.0.1, images sent as PNG or as raw bytes.
 
@@ -46,7 +46,7 @@ def make(mode: str, env_id: str, n: int, url: str | None) -> gym.vector.VectorEn
     if mode == "in-process":
         return gym.make_vec(env_id, n, vectorization_mode="sync", vector_kwargs=SAME_STEP, wrappers=[vlm_envs.TextActions])
     if mode == "ray":
-        from vlm_envs.ray_pool import make_ray_vec
+        from vlm_envs.running.ray_pool import make_ray_vec
 
         return make_ray_vec(env_id, n, wrappers=[vlm_envs.TextActions], vector_kwargs=SAME_STEP)
     from vlm_envs.remote import make_remote_vec

@@ -31,7 +31,7 @@ MODES = ("sync", "async", "ray", "ray-packed")
 def make(env_id: str, mode: str, n: int, ray_cpus: int = 2) -> gym.vector.VectorEnv:
     """``ray``: one actor per sub-env; ``ray-packed``: one actor per Ray CPU, the envs split between them."""
     if mode.startswith("ray"):
-        from vlm_envs.ray_pool import make_ray_vec
+        from vlm_envs.running.ray_pool import make_ray_vec
 
         per_actor = -(-n // ray_cpus) if mode == "ray-packed" else 1
         return make_ray_vec(env_id, n, vector_kwargs={"envs_per_actor": per_actor})

@@ -7,7 +7,7 @@ One code path for every model: ``AutoProcessor`` + ``AutoModelForImageTextToText
 ``--model tiny`` (default) a ~1M-parameter LLaVA is built from a config and saved with
 ``save_pretrained`` (``baselines.vlm_ppo.tiny``), then loaded through the same calls; its answers
 are noise, so most of them fail to parse and the env plays its seeded random fallback. The point
-is the plumbing: :func:`vlm_envs.agent_loop.run_agent` builds each prompt from the env,
+is the plumbing: :func:`vlm_envs.running.agent_loop.run_agent` builds each prompt from the env,
 ``generate`` below turns chat messages + images into text, the env's parser turns text into
 actions, and every step comes back as a plain record. Needs ``pip install "vlm-envs[train]"``.
 """
@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import vlm_envs
-from vlm_envs.agent_loop import run_agent
+from vlm_envs.running.agent_loop import run_agent
 
 
 def load(model: str):

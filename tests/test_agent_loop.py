@@ -1,4 +1,4 @@
-"""vlm_envs.agent_loop.run_agent: prompts from the env, text through the env's parser, plain records."""
+"""vlm_envs.running.agent_loop.run_agent: prompts from the env, text through the env's parser, plain records."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode
 
 import vlm_envs
 from tests.utils import AVAILABLE_SPECS
-from vlm_envs.agent_loop import Turn, run_agent
+from vlm_envs.running.agent_loop import Turn, run_agent
 
 
 def oracle_generate(envs):

@@ -254,6 +254,92 @@ def test_cli_errors_while_playing_keep_their_traceback(monkeypatch):
         main(["evaluate", "--manifest", "smoke-v0", "--policy", "random"])
 
 
+def test_policy_kinds_come_from_the_registry(monkeypatch):
+    from vlm_envs.evaluation import make_policy, policy_kinds, register_policy
+    from vlm_envs.evaluation import registry
+
+    monkeypatch.setattr(registry, "_registered", {})
+    made = []
+    register_policy("scripted", lambda target, **options: made.append((target, options)) or RandomPolicy())
+    assert isinstance(make_policy("scripted:v1", temperature=0.5), RandomPolicy)
+    assert made == [("v1", {"temperature": 0.5})]
+    assert {"openai", "scripted"} <= set(policy_kinds())
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy("scripted", lambda target: RandomPolicy())
+    with pytest.raises(ValueError, match="unknown policy kind 'nope'"):
+        make_policy("nope:x")
+    from vlm_envs.evaluation.openai_policy import OpenAIPolicy
+
+    assert registry.policy_factory("openai") is OpenAIPolicy
+
+
+def test_hf_policy_is_found_through_its_entry_point(monkeypatch):
+    """vlm_envs finds ``hf:`` in the install's entry points (declared in setup.cfg), never by importing the trainer."""
+    import configparser
+    from importlib.metadata import EntryPoint
+
+    from vlm_envs.evaluation import registry
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    declared = [EntryPoint(name.strip(), value.strip(), registry.ENTRY_POINT_GROUP) for name, value in
+                (line.split("=") for line in setup["options.entry_points"][registry.ENTRY_POINT_GROUP].split("\n") if line)]
+    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in declared if ep.group == group])
+    from baselines.vlm_ppo.hf_policy import HFPolicy  # light: the model code loads when a policy is made
+
+    assert registry.policy_factory("hf") is HFPolicy
+
+
+def test_hf_policy_without_the_trainer_names_the_extra(monkeypatch, capsys):
+    from gymnasium.error import DependencyNotInstalled
+
+    from vlm_envs.evaluation import make_policy, registry
+
+    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])  # an install without the trainer's entry point
+    with pytest.raises(DependencyNotInstalled, match=r'pip install "vlm-envs\[train\]"'):
+        make_policy("hf:some/model")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--manifest", "smoke-v0", "--policy", "hf:some/model"])
+    assert 'the hf: policy needs the "train" extra' in capsys.readouterr().err
+
+
+def test_play_ends_episodes_at_max_steps_and_applies_the_format_penalty():
+    """What the trainer's held-out evaluation needs of the runner: its step limit and its penalty."""
+    from vlm_envs.evaluation.manifests import seeds_manifest
+    from vlm_envs.evaluation.runner import play
+
+    class Unparsable(RandomPolicy):
+        def act(self, requests):
+            return ["no action here"] * len(requests)
+
+    settings = Settings(on_parse_failure="penalty", format_penalty=-0.5)
+    records = play(seeds_manifest(["gym_cards/NumberLine-v0"], 2, 5), Unparsable(), indices=range(2), num_envs=2,
+                   settings=settings, max_steps=3)
+    assert [(r["length"], r["return"], r["truncated"], r["terminated"], r["parse_failures"]) for r in records.values()] \
+        == [(3, -1.5, True, False, 3)] * 2
+
+
+def test_prompts_are_built_from_the_observation_text():
+    """An env made with text_mode="full" is prompted with its observation text, as the trainer and run_agent do."""
+    from vlm_envs.evaluation.manifests import seeds_manifest
+    from vlm_envs.evaluation.runner import play
+    from vlm_envs.text.prompts import build_prompt
+
+    seen = []
+
+    class Recording(RandomPolicy):
+        def act(self, requests):
+            seen.extend(requests)
+            return super().act(requests)
+
+    play(seeds_manifest(["gym_cards/Points24-v0"], 1, 3, {"text_mode": "full"}), Recording(), indices=[0])
+    env = gym.make("gym_cards/Points24-v0", text_mode="full")
+    obs, _ = env.reset(seed=3)
+    assert seen[0].prompt == build_prompt(env.unwrapped.prompt_task, obs["text"], **env.unwrapped.prompt_params)
+
+
 def test_policy_errors_count_as_parse_failures_with_reason():
     class Failing(RandomPolicy):
         def act(self, requests):

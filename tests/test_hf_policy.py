@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import baselines.vlm_ppo.hf_policy  # noqa: E402,F401  (registers hf:, also where the install predates its entry point)
 from baselines.vlm_ppo.tiny import build_tiny_llava  # noqa: E402
 from vlm_envs.__main__ import main  # noqa: E402
 from vlm_envs.evaluation import Manifest, evaluate, load_manifest, make_policy  # noqa: E402

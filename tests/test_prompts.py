@@ -117,7 +117,7 @@ def test_reference_wording_refuses_a_non_default_target():
 
 
 def test_agent_loop_prompts_use_the_envs_target():
-    from vlm_envs.agent_loop import run_agent
+    from vlm_envs.running.agent_loop import run_agent
 
     envs = gym.make_vec("gym_cards/EZPoints-v0", 2, wrappers=[TextActions], target_points=10)
     turns = run_agent(envs, lambda prompts, images: ['{"action": "="}'] * len(prompts), steps=1, seed=0, wording="clean")

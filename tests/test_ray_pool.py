@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode
 import vlm_envs
 from tests.test_vector_envs import scripted_texts
 from tests.utils import AVAILABLE_SPECS
-from vlm_envs.ray_pool import RayVectorEnv, make_ray_vec
+from vlm_envs.running.ray_pool import RayVectorEnv, make_ray_vec
 
 # Every card game and one ALFWorld id: the pool does not care which task types an id samples, and
 # each ALFWorld actor imports the whole TextWorld stack (~15 s per id here); the per-id make_vec
@@ -112,7 +112,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
 
 def test_importing_the_pool_does_not_import_ray():
-    code = "import sys, vlm_envs.ray_pool, vlm_envs.agent_loop; print([m for m in ('ray', 'torch') if m in sys.modules])"
+    code = "import sys, vlm_envs.running.ray_pool, vlm_envs.running.agent_loop; print([m for m in ('ray', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -27,7 +27,7 @@ import vlm_envs
 from tests.utils import AVAILABLE_SPECS, free_port, scripted_actions
 
 pytest.importorskip("openenv.core")
-from vlm_envs.agent_loop import run_agent  # noqa: E402
+from vlm_envs.running.agent_loop import run_agent  # noqa: E402
 from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, make_remote_vec  # noqa: E402
 from vlm_envs.remote.server import (MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, ServedEnv, create_app, serve_in_process,  # noqa: E402
                                      serve_in_thread)

@@ -106,10 +106,14 @@ def test_held_out_evaluation_plays_the_eval_env_kwargs_split(tmp_path, monkeypat
     def spy(c, *args, **kwargs):
         raise Made(json.loads(c.env_kwargs))
 
-    monkeypatch.setattr(evaluation, "make_vec_env", spy)
+    def play_spy(manifest, *args, **kwargs):
+        raise Made(manifest.episodes[0].kwargs)
+
+    monkeypatch.setattr(evaluation, "play", play_spy)
     monkeypatch.setattr(sft, "make_env", spy)
     monkeypatch.setattr(envs, "make_env", spy)
-    calls = (lambda: evaluation.evaluate(cfg, types.SimpleNamespace(training=False, eval=lambda: None), greedy=True),
+    on_cpu = types.SimpleNamespace(training=False, eval=lambda: None, device=types.SimpleNamespace(type="cpu"))
+    calls = (lambda: evaluation.evaluate(cfg, on_cpu, greedy=True),
              lambda: sft.imitation_start(cfg, episodes=1), lambda: reading.heldout_states(cfg, episodes=1))
     for call in calls:
         with pytest.raises(Made) as made:

@@ -100,7 +100,7 @@ def test_built_in_name_builds_into_the_run_folder(tmp_path, monkeypatch, smollm2
 def test_hf_policy_answers_with_the_built_folder(smollm2_vlm):
     """``vlm_envs evaluate --policy hf:DIR`` on the built folder: the chat template is picked, and the
     pretrained model answers in words."""
-    from vlm_envs.evaluation.hf_policy import HFPolicy
+    from baselines.vlm_ppo.hf_policy import HFPolicy
     from vlm_envs.evaluation.policies import Request
 
     policy = HFPolicy(str(smollm2_vlm.path), max_new_tokens=12)

@@ -109,3 +109,27 @@ def test_each_sub_env_replays_the_standalone_env(env_id, mode, autoreset):
             else:
                 assert "final_obs" not in info
             assert _same_info(info, e_info)
+
+
+@pytest.mark.parametrize("autoreset", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_actor_vector_env_on_threads_matches_sync(autoreset):
+    """The actor-based vector env is public and needs no Ray: on ThreadWorkers (as the remote client
+    uses it) it returns what SyncVectorEnv returns, two workers of two and one sub-env."""
+    from gymnasium.utils.env_checker import data_equivalence
+
+    from vlm_envs.running import ActorVectorEnv, EnvWorker, ThreadWorkers
+
+    make = lambda: vlm_envs.TextActions(gym.make("gym_cards/EZPoints-v0"))  # noqa: E731
+    sizes = (2, 2, 1)
+    workers = ThreadWorkers([lambda size=size: EnvWorker([make] * size, autoreset.value) for size in sizes], sizes)
+    threaded = ActorVectorEnv(workers, autoreset_mode=autoreset)
+    sync = gym.make_vec("gym_cards/EZPoints-v0", 5, vectorization_mode="sync", wrappers=[vlm_envs.TextActions],
+                        vector_kwargs={"autoreset_mode": autoreset})
+    assert data_equivalence(threaded.reset(seed=4), sync.reset(seed=4))
+    rng = np.random.default_rng(0)
+    for _ in range(STEPS):
+        texts = tuple(scripted_texts(sync.unwrapped.get_attr("action_names")[0], rng) for _ in range(5))
+        assert data_equivalence(threaded.step(texts), sync.step(texts))
+    assert threaded.get_attr("prompt_task") == sync.get_attr("prompt_task")
+    threaded.close()
+    sync.close()

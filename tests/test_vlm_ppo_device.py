@@ -359,8 +359,8 @@ def test_greedy_evaluation_batch_is_a_config_field(tmp_path, family_path, monkey
     from baselines.vlm_ppo import evaluation
 
     widths = []
-    make_vec_env = evaluation.make_vec_env
-    monkeypatch.setattr(evaluation, "make_vec_env", lambda cfg, n, **kw: (widths.append(n), make_vec_env(cfg, n, **kw))[1])
+    play = evaluation.play
+    monkeypatch.setattr(evaluation, "play", lambda *args, **kw: (widths.append(kw["num_envs"]), play(*args, **kw))[1])
     processor, vlm = load_policy(str(family_path("llava")))
     policy = ActorCritic(vlm, Encoder(processor, vlm.config), temperature=1.0, thought_coef=0.5)
     sizes = []
@@ -369,6 +369,6 @@ def test_greedy_evaluation_batch_is_a_config_field(tmp_path, family_path, monkey
     cfg = _config(tmp_path, family_path("llava"), eval_batch_size=3, eval_greedy_episodes=7, max_new_tokens=4,
                   eval_max_steps=2)
     result = evaluation.evaluate(cfg, policy, greedy=True)
-    assert widths == [3] and max(sizes) <= 3 and result["episodes"] == 7
+    assert widths == [3, 3, 1] and max(sizes) <= 3 and result["episodes"] == 7  # 7 episodes in batches of 3
     with pytest.raises(ValueError, match="eval_batch_size"):
         evaluation.evaluate(Config(eval_batch_size=0), policy, greedy=True)

@@ -420,7 +420,8 @@ def test_same_seed_same_metrics(tmp_path, family_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 10, 100_000, 2**31 - 1])
 def test_train_and_eval_seeds_are_disjoint(seed):
-    from baselines.vlm_ppo.envs import TRAIN_SEED_BASE, check_eval_seeds, episode_seed
+    from baselines.vlm_ppo.envs import episode_seed
+    from vlm_envs.evaluation.seeds import TRAIN_SEED_BASE, check_eval_seeds
 
     train = {episode_seed(seed, p, n, k) for p in range(2) for n in range(4) for k in range(50)}
     assert min(train) >= TRAIN_SEED_BASE and len(train) == 400

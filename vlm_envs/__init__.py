@@ -5,13 +5,13 @@
 gymnasium, numpy and pillow.
 """
 
-from vlm_envs.branching import EpisodeRecord, branch, restore_episode, restore_episodes
+from vlm_envs._version import __version__
 from vlm_envs.registration import register_envs as _register_envs
+from vlm_envs.running import TextActions, make_ray_vec, run_agent
+from vlm_envs.running.branching import EpisodeRecord, branch, restore_episode, restore_episodes
 from vlm_envs.text.prompts import build_prompt, chat_messages, conversation
-from vlm_envs.wrappers import TextActions
 
-__version__ = "0.1.0"
-__all__ = ["EpisodeRecord", "TextActions", "branch", "build_prompt", "chat_messages", "conversation", "restore_episode",
-           "restore_episodes", "__version__"]
+__all__ = ["EpisodeRecord", "TextActions", "branch", "build_prompt", "chat_messages", "conversation", "make_ray_vec",
+           "restore_episode", "restore_episodes", "run_agent", "__version__"]
 
 _register_envs()

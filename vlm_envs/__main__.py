@@ -153,7 +153,7 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         options.update(device=args.device, dtype=args.dtype, conv_template=args.conv_template, image_mode=args.image_mode)
     try:
         policy = make_policy(args.policy, **options) if ":" in args.policy else make_policy(args.policy)
-    except ValueError as err:
+    except (ValueError, gym.error.DependencyNotInstalled) as err:  # an unknown kind, a missing extra
         parser.error(str(err))
     first_of_env = {}
     for index, episode in enumerate(manifest.episodes):

@@ -27,7 +27,7 @@ import numpy as np
 
 from vlm_envs.optional import require
 from vlm_envs.text.prompts import build_prompt
-from vlm_envs.wrappers import TextActions
+from vlm_envs.running.wrappers import TextActions
 
 FRAME = 300  # the frame is shown at FRAME x FRAME pixels
 PANEL = 560  # width of the text panel on the right

@@ -21,6 +21,8 @@ from typing import Annotated, Literal, get_args
 import tyro
 
 from baselines.cli import parse_config
+from vlm_envs.evaluation.seeds import HELD_OUT_SEED
+
 
 Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
 ALGOS: tuple[str, ...] = get_args(Algo)
@@ -158,7 +160,7 @@ class Config:
     """Episodes of the greedy evaluation (0: ``eval_episodes``). Greedy answers are cached per observation, so many episodes cost little; ``eval/greedy_start_success`` averages over the distinct start states (exact for NumberLine's 30 when all appear)."""
     eval_batch_size: int = 64
     """Episodes the greedy held-out evaluation plays at once: one ``generate`` call decodes up to this many observations, each with a KV cache for its prompt and answer (LLaVA-1.5-7B: ~0.6 GB per 1,150-token sequence, so 64 take ~38 GB; LLaVA-NeXT-Mistral-7B's grouped KV heads ~0.15 GB). Lower it to fit the GPU (paper preset: 16); greedy results do not depend on it (up to padding numerics)."""
-    eval_seed: int = 100_000
+    eval_seed: int = HELD_OUT_SEED
     """First seed of the held-out evaluation episodes; all of them must be below ``2**31`` (training seeds are at or above it)."""
     eval_sampled: bool = True
     """Also evaluate with sampling at ``temperature`` (greedy is always evaluated)."""

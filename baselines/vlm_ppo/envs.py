@@ -9,7 +9,7 @@ since that reset. A checkpoint stores exactly that (plain JSON) and :meth:`Train
 rebuilds the envs by replaying it, in any vectorization mode.
 
 Training seeds are drawn from ``[2**31, 2**32)`` and evaluation seeds must lie below ``2**31``, so
-the two streams are disjoint for every run seed.
+the two streams are disjoint for every run seed (:mod:`vlm_envs.evaluation.seeds`).
 """
 
 from __future__ import annotations
@@ -24,25 +24,17 @@ import gymnasium as gym
 import numpy as np
 
 import vlm_envs
-from vlm_envs.agent_loop import info_item
+from vlm_envs.evaluation.seeds import train_seed
+from vlm_envs.running.agent_loop import info_item, step_infos
 from vlm_envs.text import build_prompt
 
 VECTORIZATIONS = ("sync", "async", "ray", "remote")
-TRAIN_SEED_BASE = 2**31
-"""Training episode seeds are at least this; evaluation seeds are below it."""
 
 
 def episode_seed(run_seed: int, process: int, group: int, episode: int) -> int:
     """The reset seed of training episode ``episode`` of group ``group`` (of env ``group`` when groups
     are single envs) in process ``process``."""
-    word = np.random.SeedSequence([run_seed, process, group, episode]).generate_state(1, dtype=np.uint32)[0]
-    return TRAIN_SEED_BASE + int(word) % TRAIN_SEED_BASE
-
-
-def check_eval_seeds(first: int, count: int) -> None:
-    if first < 0 or first + count > TRAIN_SEED_BASE:
-        raise ValueError(f"evaluation seeds {first}..{first + count - 1} must lie in [0, 2**31) to stay disjoint "
-                         f"from the training seeds")
+    return train_seed(run_seed, process, group, episode)
 
 
 def held_out(cfg):
@@ -85,7 +77,7 @@ def make_vec_env(cfg, num_envs: int, vectorization: str | None = None,
     kwargs = dict(vector_kwargs=vector_kwargs, wrappers=[lambda env: vlm_envs.TextActions(env, **text)],
                   **json.loads(cfg.env_kwargs))
     if vectorization == "ray":
-        from vlm_envs.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
+        from vlm_envs.running.ray_pool import make_ray_vec  # raises DependencyNotInstalled without the ray extra
 
         return make_ray_vec(cfg.env_id, num_envs, **kwargs)
     return gym.make_vec(cfg.env_id, num_envs, vectorization_mode=vectorization, **kwargs)
@@ -117,8 +109,9 @@ class EnvStep:
     """The observation that ended a truncated episode (for bootstrapping its value), else None."""
 
 
-def _step_infos(infos: dict, num_envs: int) -> list[dict[str, Any]]:
-    return [{k: info_item(infos, k, i) for k in ("success", "parse_ok")} for i in range(num_envs)]
+def _step_infos(infos: dict, done: np.ndarray) -> list[dict[str, Any]]:
+    """Each env's own ``success`` and ``parse_ok`` for the step it just took."""
+    return [{k: info_item(step_infos(infos, done[i]), k, i) for k in ("success", "parse_ok")} for i in range(len(done))]
 
 
 class TrainingEnvs:
@@ -178,7 +171,7 @@ class TrainingEnvs:
                 self.records[i] = []
             obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
-                       _step_infos(infos, self.num_envs), final_obs)
+                       _step_infos(infos, done), final_obs)
 
     def start_groups(self, groups) -> dict:
         """Reset every member of ``groups`` to its group's current episode seed (the same for all)."""
@@ -215,7 +208,7 @@ class TrainingEnvs:
                 self.records[i] = []
             obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
-                       _step_infos(infos, self.num_envs), [None] * self.num_envs), ended
+                       _step_infos(infos, done), [None] * self.num_envs), ended
 
     def state(self) -> dict[str, Any]:
         """Plain data that :meth:`restore` turns back into the same envs."""

@@ -168,7 +168,8 @@ def imitation_start(cfg: Config, episodes: int = 0) -> dict[str, float]:
 
     It is what SFT aims at (a model that reads perfectly and fits the labels), not a model's start:
     the reading gate and the evaluation before PPO measure that."""
-    from baselines.vlm_ppo.envs import check_eval_seeds, held_out
+    from baselines.vlm_ppo.envs import held_out
+    from vlm_envs.evaluation.seeds import check_eval_seeds
 
     episodes = episodes or cfg.eval_greedy_episodes or cfg.eval_episodes
     check_eval_seeds(cfg.eval_seed, episodes)

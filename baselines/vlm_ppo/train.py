@@ -31,7 +31,7 @@ from baselines.vlm_ppo.checkpoint import (
 from baselines.vlm_ppo.config import CRITIC_FREE, Config, to_json
 from baselines.vlm_ppo.device import check_training_dtype, make_accelerator
 from baselines.vlm_ppo.encoding import Encoder
-from baselines.vlm_ppo.envs import TrainingEnvs, check_eval_seeds
+from baselines.vlm_ppo.envs import TrainingEnvs
 from baselines.vlm_ppo.evaluation import evaluate
 from baselines.vlm_ppo.logger import MetricsLogger
 from baselines.vlm_ppo.policy import ActorCritic, load_policy, train_without_dropout
@@ -44,6 +44,7 @@ from baselines.vlm_ppo.rollout import (
     minibatches,
     score_rollout,
 )
+from vlm_envs.evaluation.seeds import check_eval_seeds
 
 
 def seed_everything(seed: int) -> None:

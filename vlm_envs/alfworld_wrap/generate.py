@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
-from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, GAME_FILES, find_games, game_digests, problem_digest
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, GAME_FILES, find_games, game_digests, problem_digest, split_dir
 
 GENERATOR_VERSION = 1
 MAX_ATTEMPTS = 60
@@ -645,16 +645,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def shipped_reference(split: str) -> tuple[dict[str, tuple[str, ...]], str]:
     """The shipped hashes of ``split``'s games: ``({folder under the split: the sha256s of GAME_FILES}, source)``.
 
-    Train: :data:`OFFICIAL_TRAIN_DIGESTS`; evaluation splits: the manifests (each game's path and sha256s).
+    Train: :data:`OFFICIAL_TRAIN_DIGESTS`. Evaluation splits: the shipped games themselves, which
+    the evaluation manifests list one for one with these hashes (the test of the shipped manifests
+    rebuilds them from these games), hence the name of the source.
     """
     if split == "train":
         return read_digests(), "the reference"
-    from vlm_envs.evaluation.manifests import entry_digests, load_manifest, manifest_names
-
-    reference = {Path(e.game["path"]).parent.relative_to(split).as_posix(): entry_digests(e.game)
-                 for name in manifest_names() if name.startswith("alfworld-")
-                 for e in load_manifest(name).episodes if e.game["path"].startswith(split + "/")}
-    return reference, "the manifest's"
+    root = split_dir(shipped_games_dir(), split)
+    games = [Path(g.game_file) for g in find_games(root, tuple(TASK_TYPES.values()))]
+    return written_digests(games, root), "the manifest's"
 
 
 def written_digests(games: Sequence[Path], root: Path) -> dict[str, tuple[str, ...]]:

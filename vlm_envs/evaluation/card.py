@@ -33,7 +33,7 @@ from typing import Any, Iterable
 
 import gymnasium
 
-import vlm_envs
+from vlm_envs._version import __version__
 
 CARD_FORMAT = "vlm_envs.result_card/1"
 Z_95 = 1.959963984540054
@@ -59,7 +59,7 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"vlm_envs": vlm_envs.__version__, "python": platform.python_version(),
+    return {"vlm_envs": __version__, "python": platform.python_version(),
             "gymnasium": gymnasium.__version__, "alfworld": installed("alfworld")}
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from vlm_envs.evaluation.card import build_card
 from vlm_envs.evaluation.manifests import Manifest, load_manifest
-from vlm_envs.evaluation.policies import Policy, make_policy
+from vlm_envs.evaluation.policies import Policy
+from vlm_envs.evaluation.registry import make_policy
 from vlm_envs.evaluation.runner import SetupError, Settings, Vectorization, check_games, play
 
 

@@ -30,10 +30,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm_envs.evaluation.seeds import EVAL_SEED_BASE
 from vlm_envs.registration import CARD_ENVS
 
-# Evaluation seeds start far from the small seeds that training and examples use.
-EVAL_SEED_BASE = 1_000_000
 CARD_EPISODES = 500
 NUMBERLINE_EPISODES_PER_START = 17  # 30 start states x 17 = 510 >= CARD_EPISODES
 SMOKE_EPISODES_PER_ENV = 3
@@ -134,9 +133,10 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
     return Manifest.from_json(path.read_text(), str(path))
 
 
-def seeds_manifest(env_ids: list[str], episodes: int, seed: int) -> Manifest:
-    """An unshipped manifest: episode ``i`` of each env is reset with ``seed + i`` (the quick ``--env`` form)."""
-    listed = tuple(Episode(e, {}, seed + i) for e in env_ids for i in range(episodes))
+def seeds_manifest(env_ids: list[str], episodes: int, seed: int, kwargs: dict[str, Any] | None = None) -> Manifest:
+    """An unshipped manifest: episode ``i`` of each env is ``gym.make(env_id, **kwargs)`` reset with ``seed + i``
+    (the quick ``--env`` form, and a trainer's held-out evaluation)."""
+    listed = tuple(Episode(e, dict(kwargs or {}), seed + i) for e in env_ids for i in range(episodes))
     return Manifest(f"seeds:{seed}+{episodes}", listed, "ad hoc: consecutive seeds").with_hash()
 
 

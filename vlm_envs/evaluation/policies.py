@@ -6,16 +6,8 @@ the batch or in which order episodes finish. Random choices are drawn from a gen
 by the request's ``(episode, seed, step)``. This is what makes a result card identical for
 any ``--num-envs`` and vectorization.
 
-``make_policy(spec)`` builds one from its command-line name:
-
-=====================  =========================================================================
-``oracle``             the env's expert (``env.unwrapped.oracle_action()``), written as model text
-``random``             a uniformly random action (card games) or admissible command (ALFWorld)
-``hf:PATH_OR_ID``      an image-text-to-text checkpoint through the trainer's policy code
-                       (:mod:`vlm_envs.evaluation.hf_policy`, needs the ``train`` extra)
-``openai:URL``         an OpenAI-compatible chat-completions server
-                       (:mod:`vlm_envs.evaluation.openai_policy`)
-=====================  =========================================================================
+:func:`vlm_envs.evaluation.make_policy` builds one from its command-line name
+(:mod:`vlm_envs.evaluation.registry`).
 """
 
 from __future__ import annotations
@@ -102,27 +94,6 @@ class RandomPolicy:
 
     def close(self) -> None:
         pass
-
-
-SCRIPTED_POLICIES = ("oracle", "random")
-
-
-def make_policy(spec: str, **options: Any) -> Policy:
-    """The policy named by ``spec`` (see the module docstring); ``options`` go to model policies."""
-    if spec == "oracle":
-        return OraclePolicy()
-    if spec == "random":
-        return RandomPolicy()
-    kind, _, target = spec.partition(":")
-    if kind == "hf" and target:
-        from vlm_envs.evaluation.hf_policy import HFPolicy
-
-        return HFPolicy(target, **options)
-    if kind == "openai" and target:
-        from vlm_envs.evaluation.openai_policy import OpenAIPolicy
-
-        return OpenAIPolicy(target, **options)
-    raise ValueError(f"unknown policy {spec!r}; use oracle, random, hf:PATH_OR_ID or openai:URL")
 
 
 def normalize_replies(replies: Sequence[Reply | str], n: int) -> list[Reply]:

@@ -31,8 +31,8 @@ from vlm_envs.alfworld_wrap.games import GAME_FILES, game_digests
 from vlm_envs.evaluation.manifests import Episode, Manifest, entry_digests
 from vlm_envs.evaluation.policies import Policy, Request, action_text, normalize_replies
 from vlm_envs.text.parsing import ParseMode
-from vlm_envs.text.prompts import Wording, text_only_prompt
-from vlm_envs.wrappers import OnParseFailure, TextActions
+from vlm_envs.text.prompts import Wording, build_prompt, text_only_prompt
+from vlm_envs.running.wrappers import OnParseFailure, TextActions
 
 Vectorization = Literal["sync", "async"]
 VECTORIZATIONS: tuple[str, ...] = ("sync", "async")
@@ -49,6 +49,7 @@ class Settings:
     wording: Wording = "reference"
     parse_mode: ParseMode = "lenient"
     on_parse_failure: OnParseFailure = "random"
+    format_penalty: float = -1.0  # the reward of an unparsable answer with on_parse_failure="penalty"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -89,7 +90,8 @@ class EpisodePlayer:
             if key in self.game_files:  # the manifest's games of this env (checked against it), not a folder scan
                 kwargs["game_files"] = self.game_files[key]
             self._envs[key] = TextActions(gym.make(episode.env_id, **kwargs), mode=self.settings.parse_mode,
-                                          on_parse_failure=self.settings.on_parse_failure)
+                                          on_parse_failure=self.settings.on_parse_failure,
+                                          format_penalty=self.settings.format_penalty)
         return self._envs[key]
 
     def start(self, episode: dict[str, Any]) -> dict[str, Any]:
@@ -113,9 +115,11 @@ class EpisodePlayer:
         view = {"reward": reward, "terminated": terminated, "truncated": truncated, "done": done,
                 "image": np.asarray(obs["image"]), "info": info}
         if not done:
-            prompt = base.prompt(cot=self.settings.cot, wording=self.settings.wording)
             if self.settings.text_mode == "full":
-                prompt = text_only_prompt(base.describe(), prompt)
+                prompt = text_only_prompt(base.describe(), base.prompt(cot=self.settings.cot, wording=self.settings.wording))
+            else:  # from the observation's text, as every loop builds it (an env made with text_mode="full" included)
+                prompt = build_prompt(base.prompt_task, obs["text"], cot=self.settings.cot, wording=self.settings.wording,
+                                      **base.prompt_params)
             view["prompt"] = prompt
             commands = info.get("admissible_commands")
             view["actions"] = tuple(commands) if commands is not None else tuple(base.action_names)
@@ -252,7 +256,7 @@ def _record(state: _Running, view: dict) -> dict[str, Any]:
         "index": state.index, "env_id": state.episode.env_id, "seed": state.episode.seed,
         "return": state.total_return, "length": state.step, "optimal_actions": state.optimal_actions,
         "success": bool(info.get("success", False)),
-        "terminated": view["terminated"], "truncated": view["truncated"],
+        "terminated": view["terminated"], "truncated": view["truncated"] or not view["done"],  # by the env, or by play's max_steps
         "parse_failures": state.parse_failures, "parse_failure_reasons": dict(sorted(state.reasons.items())),
         "final_info": json_safe({k: v for k, v in info.items() if k not in _BULKY_INFO_KEYS}),
     }
@@ -300,10 +304,12 @@ def play(
     schedule_seed: int | None = None,
     skip_invalid_games: bool = False,
     skipped_games: set[str] | None = None,
+    max_steps: int | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Play the manifest episodes ``indices``; return ``{index: record}`` and call ``on_record(record)`` as each ends.
 
     ``frames`` maps an index to a folder where that episode's images are saved as PNG files.
+    ``max_steps`` ends an episode that has not ended by then (recorded as truncated).
     With ``skip_invalid_games``, ALFWorld envs skip unreadable games of their split (with a
     warning) and the reasons are added to ``skipped_games``.
     """
@@ -311,6 +317,8 @@ def play(
         raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
     pending = collections.deque(indices)
     if not pending:
         return {}
@@ -346,7 +354,7 @@ def play(
                 _account(state, view)
                 if state.index in frames:
                     _save_frame(view["image"], frames[state.index], state.index, state.step)
-                if view["done"]:
+                if view["done"] or state.step == max_steps:
                     records[state.index] = record = _record(state, view)
                     if on_record is not None:
                         on_record(record)

@@ -28,8 +28,6 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,8 +35,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from vlm_envs.branching import EpisodeLog, EpisodeRecord
-from vlm_envs.ray_pool import ActorVectorEnv, _EnvWorker
+from vlm_envs.running.actor_vector import ActorVectorEnv, EnvWorker, ThreadWorkers
+from vlm_envs.running.branching import EpisodeLog, EpisodeRecord
 from vlm_envs.remote._openenv import import_openenv
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, decode_image, decode_value, space_from_json
 
@@ -369,32 +367,12 @@ def _close_quietly(client) -> None:
         pass
 
 
-class _ThreadActor:
-    """An ``_EnvWorker`` in this process whose methods run on a thread pool, called as Ray actors are."""
-
-    def __init__(self, pool: ThreadPoolExecutor, make_worker: Callable[[], _EnvWorker]):
-        self._pool = pool
-        self._worker = pool.submit(make_worker)
-
-    def __getattr__(self, name: str):
-        pool, worker = self._pool, self._worker
-        return _RemoteMethod(lambda *args: pool.submit(lambda: getattr(worker.result(), name)(*args)))
-
-
-class _RemoteMethod:
-    def __init__(self, submit: Callable):
-        self.remote = submit
-
-
-def _gather(futures: list) -> list:
-    return [future.result() for future in futures]
-
-
 class RemoteVectorEnv(ActorVectorEnv):
     """``num_envs`` sessions on one server behind gymnasium's ``VectorEnv`` API (each steps in its own thread).
 
-    The batching, seeding, autoreset and ``call``/``get_attr`` are :class:`vlm_envs.ray_pool.ActorVectorEnv`'s,
-    so it behaves as ``SyncVectorEnv`` does. ``session_kwargs`` go to every :class:`RemoteEnv`.
+    The batching, seeding, autoreset and ``call``/``get_attr`` are
+    :class:`vlm_envs.running.actor_vector.ActorVectorEnv`'s, so it behaves as ``SyncVectorEnv``
+    does. ``session_kwargs`` go to every :class:`RemoteEnv`.
     """
 
     def __init__(self, url: str, num_envs: int, copy: bool = True,
@@ -402,25 +380,13 @@ class RemoteVectorEnv(ActorVectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         mode = AutoresetMode(autoreset_mode)
-        self._pool = ThreadPoolExecutor(max_workers=num_envs, thread_name_prefix="remote-env")
-        make = lambda: _EnvWorker([lambda: RemoteEnv(url, **session_kwargs)], mode.value)  # noqa: E731
-        actors = [_ThreadActor(self._pool, make) for _ in range(num_envs)]
+        make = lambda: EnvWorker([lambda: RemoteEnv(url, **session_kwargs)], mode.value)  # noqa: E731
+        workers = ThreadWorkers([make] * num_envs, thread_name_prefix="remote-env")
         try:
-            super().__init__(actors, [1] * num_envs, _gather, copy=copy, autoreset_mode=mode)
+            super().__init__(workers, copy=copy, autoreset_mode=mode)
         except BaseException:
-            self._close_actors(actors)
+            workers.close()
             raise
-
-    def close_extras(self, **kwargs: Any) -> None:
-        """Close every session and the threads."""
-        self._close_actors(self.actors)
-        self.actors = []
-
-    def _close_actors(self, actors: list[_ThreadActor]) -> None:
-        for actor in actors:
-            if actor._worker.done() and actor._worker.exception() is None:
-                actor._worker.result().close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def make_remote_vec(

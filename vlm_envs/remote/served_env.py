@@ -20,7 +20,7 @@ from gymnasium.envs.registration import load_env_creator
 from vlm_envs.arguments import check_int
 from vlm_envs.registration import constructor_arguments, path_arguments, registered_ids
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, encode_image, encode_value, space_to_json
-from vlm_envs.wrappers import TextActions
+from vlm_envs.running.wrappers import TextActions
 
 MAX_TEXT_CHARS = 1_000_000  # a step's text, and each replayed text; a model's answer is a few KB
 MAX_EPISODE_ID_CHARS = 255

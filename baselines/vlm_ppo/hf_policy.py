@@ -5,6 +5,10 @@ Loading, input encoding and sampling are the PPO trainer's own (``load_policy``,
 sampled: same conversation format, same processor outputs, same ``softmax(z/T)``. This module
 only picks the conversation format and decodes the answer. Needs the ``train`` extra.
 
+The kind ``hf`` registers itself (:mod:`vlm_envs.evaluation.registry`) when this module is
+imported, and ``setup.cfg`` declares it as an entry point, so ``make_policy("hf:...")`` and
+``python -m vlm_envs evaluate --policy hf:...`` find it without vlm_envs importing the trainer.
+
 Requests are decoded one at a time: batching would left-pad prompts together and share one
 sampling stream, so an answer would depend on its batch neighbours (see the contract in
 :mod:`vlm_envs.evaluation.policies`). With ``temperature > 0`` torch is seeded from each
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from vlm_envs.evaluation.policies import Reply, Request
+from vlm_envs.evaluation.registry import register_policy
 from vlm_envs.optional import require
 from vlm_envs.text.prompts import CONVERSATION_TEMPLATES
 
@@ -40,6 +45,7 @@ class HFPolicy:
         self.torch = require("torch", "train", "the hf: policy")
         require("transformers", "train", "the hf: policy")
         from baselines.vlm_ppo.encoding import Encoder
+        from baselines.vlm_ppo.evaluation import TrainerPolicy
         from baselines.vlm_ppo.policy import ActorCritic, load_policy
 
         if conv_template not in ("auto", "chat_template", *CONVERSATION_TEMPLATES):
@@ -56,6 +62,7 @@ class HFPolicy:
         # temperature 0 means greedy; the scorer's temperature is then irrelevant
         self.policy = ActorCritic(vlm, encoder, temperature=self.temperature or 1.0, thought_coef=1.0)
         self.policy.to(device).eval()
+        self.answerer = TrainerPolicy(self.policy, greedy=self.temperature == 0, max_new_tokens=self.max_new_tokens)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "hf", "model": self.path, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
@@ -66,12 +73,13 @@ class HFPolicy:
         return [self._answer(r) for r in requests]
 
     def _answer(self, request: Request) -> Reply:
-        greedy = self.temperature == 0
-        if not greedy:
+        if not self.answerer.greedy:
             self.torch.manual_seed(int(request.rng().integers(2**63)))
-        [encoded] = self.policy.encoder.encode([request.prompt], [request.image])
-        [ids] = self.policy.generate([encoded], greedy=greedy, max_new_tokens=self.max_new_tokens)
-        return Reply(self.policy.encoder.tokenizer.decode(ids, skip_special_tokens=True))
+        [text] = self.answerer.act([request])
+        return Reply(text)
 
     def close(self) -> None:
-        self.policy = None
+        self.policy = self.answerer = None
+
+
+register_policy("hf", HFPolicy)

@@ -1,0 +1,189 @@
+"""Imports point one way: every module of vlm_envs and baselines sits in a layer and imports only its
+own layer or lower ones, read from the source (function-level imports included), with no cycle
+between modules or between the packages of vlm_envs.
+
+A new module is placed by adding its dotted name (or a package's) to ``LAYERS``; the most specific
+name wins.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("vlm_envs", "baselines")
+
+# Lowest first. A module may import modules of its own layer or of a lower one.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("vlm_envs._version", "vlm_envs._moved", "vlm_envs.optional", "vlm_envs.arguments")),
+    ("text", ("vlm_envs.text",)),
+    ("envs", ("vlm_envs.core", "vlm_envs.spaces", "vlm_envs.rendering", "vlm_envs.labels", "vlm_envs.caching",
+              "vlm_envs.registration", "vlm_envs.cards", "vlm_envs.alfworld_wrap")),
+    ("running", ("vlm_envs.running",)),
+    ("evaluation", ("vlm_envs.evaluation",)),
+    ("serving", ("vlm_envs.remote",)),
+    # the package's face: `import vlm_envs`, the command line, human play, the gallery, and the
+    # old module paths kept for one version
+    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.play", "vlm_envs.gallery", "vlm_envs.wrappers",
+               "vlm_envs.agent_loop", "vlm_envs.ray_pool")),
+    ("trainer", ("baselines",)),
+]
+LEVEL = {prefix: level for level, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_modules(root: Path, sources) -> dict[str, Path]:
+    return {module_name(root, path): path for source in sources for path in sorted((root / source).rglob("*.py"))}
+
+
+def layer_of(module: str) -> int | None:
+    """The level of the most specific prefix in LAYERS naming ``module`` (None: unplaced)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LEVEL:
+            return LEVEL[".".join(parts[:n])]
+    return None
+
+
+def imported_names(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The names every import statement of the file imports, at any depth (``from p import m``: ``p.m`` when a module)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module
+            if node.level:  # relative: from the module's own package, then up level - 1 packages
+                package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names)
+    return names
+
+
+def internal_imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """``{module: the modules of the tree it imports}``; a name that is not a module counts as its closest module."""
+    edges = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(module, path, modules):
+            parts = name.split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            if parts and ".".join(parts) != module:
+                targets.add(".".join(parts))
+        edges[module] = targets
+    return edges
+
+
+MODULES = source_modules(ROOT, SOURCES)
+EDGES = internal_imports(MODULES)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan), each sorted."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def package_of(module: str) -> str:
+    """The package of vlm_envs a module belongs to: ``vlm_envs.<first name>`` (a top-level module is its own)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if layer_of(m) is None] == []
+
+
+def test_imports_point_down_the_layers():
+    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+              for module, targets in sorted(EDGES.items()) for target in sorted(targets)
+              if layer_of(target) > layer_of(module)]
+    assert upward == []
+
+
+def test_vlm_envs_never_imports_baselines():
+    # any import naming baselines, whether or not the module exists (a stale or misspelt one too)
+    offending = [module for module, path in MODULES.items() if module.split(".")[0] == "vlm_envs"
+                 and any(name.split(".")[0] == "baselines" for name in imported_names(module, path, MODULES))]
+    assert offending == []
+
+
+def test_no_import_cycle_between_modules():
+    assert cycles({m: t for m, t in EDGES.items() if m.startswith("vlm_envs")}) == []
+
+
+def test_no_import_cycle_between_packages():
+    graph = defaultdict(set)
+    for module, targets in EDGES.items():
+        if module.startswith("vlm_envs.") and module != "vlm_envs":
+            graph[package_of(module)].update(package_of(t) for t in targets
+                                             if t.startswith("vlm_envs.") and package_of(t) != package_of(module))
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"pkg/__init__.py": "", "pkg/a.py": "import pkg.b\n", "pkg/b.py": "def f():\n    from pkg import a\n"},
+     [["pkg.a", "pkg.b"]]),  # an import inside a function counts
+    ({"pkg/__init__.py": "", "pkg/a.py": "from . import b\n", "pkg/b.py": "from .a import x\n"},
+     [["pkg.a", "pkg.b"]]),  # relative imports resolve
+    ({"pkg/__init__.py": "", "pkg/a.py": "from pkg import b\n", "pkg/b.py": "X = 1\n"}, []),
+])
+def test_the_checks_see_function_level_and_relative_imports(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cycles(internal_imports(source_modules(tmp_path, ["pkg"]))) == expected
+
+
+@pytest.mark.parametrize("old, new, name", [
+    ("vlm_envs.wrappers", "vlm_envs.running.wrappers", "TextActions"),
+    ("vlm_envs.agent_loop", "vlm_envs.running.agent_loop", "run_agent"),
+    ("vlm_envs.ray_pool", "vlm_envs.running.ray_pool", "make_ray_vec"),
+])
+def test_old_module_paths_warn_and_forward(old, new, name):
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=re.escape(f"{old} moved to {new}")):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), name)
+
+
+def test_importing_vlm_envs_imports_no_trainer_and_no_heavy_library():
+    code = "import sys, vlm_envs, vlm_envs.evaluation; print(sorted(m for m in ('baselines', 'torch', 'ray', 'openenv') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
