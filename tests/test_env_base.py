@@ -14,7 +14,7 @@ from gymnasium.utils.env_checker import check_env
 
 from tests.utils import ALL_SPECS
 from vlm_envs.core import Transition, VLMEnv
-from vlm_envs.labels import StateLabels
+from vlm_envs.core.labels import StateLabels
 
 
 class Countdown(VLMEnv):

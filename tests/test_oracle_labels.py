@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 
 from tests.utils import AVAILABLE_SPECS
 from vlm_envs import TextActions
-from vlm_envs.labels import LABEL_KEYS
+from vlm_envs.core.labels import LABEL_KEYS
 
 IDS = [spec.id for spec in AVAILABLE_SPECS]
 CARD_IDS = [i for i in IDS if i.startswith("gym_cards/")]

@@ -18,7 +18,7 @@ from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config
 from baselines.vlm_ppo.reading import READING_TASKS, read_fields
 from baselines.vlm_ppo.sft import ensure_sft_data, generate_sft_data, imitation_start
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core.registration import CARD_ENVS
 
 ALFWORLD = "alfworld/ALFWorld-v0"
 

@@ -5,7 +5,7 @@
 gymnasium, numpy and pillow.
 """
 
-from vlm_envs.registration import register_envs as _register_envs
+from vlm_envs.core.registration import register_envs as _register_envs
 from vlm_envs.text.prompts import build_prompt, chat_messages, conversation
 from vlm_envs.wrappers import TextActions
 

@@ -19,7 +19,7 @@ import sys
 import gymnasium as gym
 
 import vlm_envs  # noqa: F401  (registers the ids)
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core.registration import CARD_ENVS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,10 @@ from vlm_envs.alfworld_wrap.expert import expert_plan
 from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, problem_digest, resolve_games
 from vlm_envs.alfworld_wrap.schematic import Knowledge, draw
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, describe_task, goal_conditions
-from vlm_envs.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
+from vlm_envs.core.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
 from vlm_envs.core import Transition, VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.spaces import text_space
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.spaces import text_space
 from vlm_envs.text.parsing import MATCH_MODES, CommandMatch, match_command
 from vlm_envs.text.prompts import format_alfworld_text
 
@@ -140,7 +140,7 @@ class ALFWorldEnv(VLMEnv):
 
     ## Oracle Labels
 
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key                | after ``reset`` / ``step``                                                     |
     |--------------------|--------------------------------------------------------------------------------|
@@ -168,7 +168,7 @@ class ALFWorldEnv(VLMEnv):
       ``train``/``valid_seen``/``valid_unseen`` is used when present). Default: the shipped set.
     * ``game_files``: explicit ``game.tw-pddl`` paths (overrides ``split``/``game_dir``).
       ``game_dir`` and ``game_files`` name files of the machine the env runs on
-      (:data:`vlm_envs.arguments.ServerPath`): an env server takes them only from its own configuration.
+      (:data:`vlm_envs.core.arguments.ServerPath`): an env server takes them only from its own configuration.
     * ``max_steps=50`` (an int in 1..1000), ``reward_mode``, ``success_bonus=50.0``,
       ``illegal_penalty=1.0`` (finite numbers).
     * ``obs_text_format``: ``"plain"`` (default) or ``"list_repr"``.

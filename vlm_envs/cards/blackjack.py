@@ -7,13 +7,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.arguments import check_bool
+from vlm_envs.core.arguments import check_bool
 from vlm_envs.cards.card_env import CardEnv
 from vlm_envs.cards.deck import random_suit
 from vlm_envs.cards.drawing import felt_table, place_cards
 from vlm_envs.core import Transition
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import blit_white_text, to_frame
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import blit_white_text, to_frame
 
 
 class Card(NamedTuple):
@@ -136,7 +136,7 @@ class BlackjackEnv(CardEnv):
     ``usable_ace``, ``success``; with ``oracle_labels=True`` also the keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlm_envs.arguments import ServerPath, check_bool
+from vlm_envs.core.arguments import ServerPath, check_bool
 from vlm_envs.cards.drawing import check_card_art
 from vlm_envs.core import VLMEnv
 

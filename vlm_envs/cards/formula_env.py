@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.arguments import check_int
+from vlm_envs.core.arguments import check_int
 from vlm_envs.cards.card_env import CardEnv
 from vlm_envs.cards.deck import card_value
 from vlm_envs.cards.drawing import felt_table, place_cards
@@ -23,8 +23,8 @@ from vlm_envs.cards.formula import (
     solve,
 )
 from vlm_envs.core import Transition
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import blit_white_text, text_advance, to_frame
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import blit_white_text, text_advance, to_frame
 
 SOLVED_REWARD = 10.0
 FAIL_REWARD = -1.0

@@ -8,11 +8,11 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from vlm_envs.arguments import check_bool, check_int
-from vlm_envs.caching import byte_lru_cache
+from vlm_envs.core.arguments import check_bool, check_int
+from vlm_envs.core.caching import byte_lru_cache
 from vlm_envs.core import Transition, VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import font, to_frame
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import font, to_frame
 
 
 MAX_POSITION = 999  # "Current: 999" is the widest label that fits the 300-px frame
@@ -76,7 +76,7 @@ class NumberLineEnv(VLMEnv):
     keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|

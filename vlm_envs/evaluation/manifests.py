@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core.registration import CARD_ENVS
 
 # Evaluation seeds start far from the small seeds that training and examples use.
 EVAL_SEED_BASE = 1_000_000

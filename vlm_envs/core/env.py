@@ -12,7 +12,7 @@ environment subclasses it and implements the abstract hooks
 * ``_text() -> str``: what the step's prompt needs (``obs["text"]``), e.g. the current formula;
 * ``_describe() -> str``: the whole state in words, for text-only agents (``text_mode="full"``);
 * ``oracle_action()``: the expert's action in the current state;
-* for the oracle labels (:mod:`vlm_envs.labels`): ``_full_state() -> dict``, the state as the
+* for the oracle labels (:mod:`vlm_envs.core.labels`): ``_full_state() -> dict``, the state as the
   rules see it, and ``_action_optimal(action, before) -> bool``, the env's test of optimality.
 
 An env whose actions are not indices of a ``Discrete`` space (ALFWorld's text) overrides
@@ -29,10 +29,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import logger
 
-from vlm_envs.arguments import check_bool
-from vlm_envs.labels import StateLabels, state_key
-from vlm_envs.rendering import HumanWindow
-from vlm_envs.spaces import observation_space, validate_image_size
+from vlm_envs.core.arguments import check_bool
+from vlm_envs.core.labels import StateLabels, state_key
+from vlm_envs.core.rendering import HumanWindow
+from vlm_envs.core.spaces import observation_space, validate_image_size
 from vlm_envs.text.prompts import Wording, build_prompt, chat_messages
 
 TextMode = Literal["prompt", "full"]
@@ -111,7 +111,7 @@ class VLMEnv(gym.Env, abc.ABC):
     @abc.abstractmethod
     def _full_state(self) -> dict[str, Any]:
         """The state as the rules see it (JSON-serialisable), with the arguments that change the rules
-        (what ``state_key`` hashes; :mod:`vlm_envs.labels` says what is left out)."""
+        (what ``state_key`` hashes; :mod:`vlm_envs.core.labels` says what is left out)."""
 
     @abc.abstractmethod
     def _action_optimal(self, action: Any, before: StateLabels) -> bool:

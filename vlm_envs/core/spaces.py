@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils.shared_memory import read_from_shared_memory
 
-from vlm_envs.arguments import check_int
+from vlm_envs.core.arguments import check_int
 
 # gymnasium's default Text charset is letters and digits only; prompts and game feedback also
 # contain spaces, punctuation and newlines. Every character an env emits must be in here.

@@ -18,7 +18,7 @@ SERVER_PATH = "server path"
 ServerPath = Annotated[Union[str, os.PathLike], SERVER_PATH]
 """The annotation of an argument that names a file or folder of the machine the env runs on
 (``card_art``, ``game_dir``; ``Sequence[ServerPath]`` for ``game_files``). An env server lets only
-its own configuration set these: :func:`vlm_envs.registration.path_arguments` finds them."""
+its own configuration set these: :func:`vlm_envs.core.registration.path_arguments` finds them."""
 
 
 def names_server_path(annotation: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
-from vlm_envs.arguments import names_server_path
+from vlm_envs.core.arguments import names_server_path
 
 # id -> (entry point, reference constructor defaults); max_episode_steps=300 as the reference.
 CARD_ENVS: dict[str, tuple[str, dict]] = {
@@ -73,7 +73,7 @@ def constructor_arguments(env_id: str) -> tuple[str, ...]:
 
 def path_arguments(env_id: str) -> frozenset[str]:
     """The constructor arguments of a registered env that name files or folders of the machine it
-    runs on: those annotated :data:`vlm_envs.arguments.ServerPath` (also inside ``Sequence[...]``
+    runs on: those annotated :data:`vlm_envs.core.arguments.ServerPath` (also inside ``Sequence[...]``
     or ``... | None``), e.g. ``card_art``, ``game_dir``, ``game_files``.
 
     Read from the signature, so an argument added later with that annotation is found too. An env
