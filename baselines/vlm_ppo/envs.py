@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +26,9 @@ import vlm_envs
 from vlm_envs.agent_loop import info_item
 from vlm_envs.text import build_prompt
 
-VECTORIZATIONS = ("sync", "async", "ray", "remote")
+from baselines.vlm_ppo.config import Vectorization
+
+VECTORIZATIONS: tuple[Vectorization, ...] = get_args(Vectorization)
 TRAIN_SEED_BASE = 2**31
 """Training episode seeds are at least this; evaluation seeds are below it."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -14,15 +14,16 @@ from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, problem
 from vlm_envs.alfworld_wrap.schematic import Knowledge, draw
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, describe_task, goal_conditions
 from vlm_envs.core.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
-from vlm_envs.core import Transition, VLMEnv
+from vlm_envs.core import TextMode, Transition, VLMEnv
 from vlm_envs.core.labels import StateLabels
 from vlm_envs.core.spaces import text_space
-from vlm_envs.text.parsing import MATCH_MODES, CommandMatch, match_command
+from vlm_envs.text.parsing import MATCH_MODES, CommandMatch, MatchMode, match_command
 from vlm_envs.text.prompts import format_alfworld_text
 
 RewardMode = Literal["reference", "delta"]
-REWARD_MODES: tuple[str, ...] = ("reference", "delta")
-OBS_TEXT_FORMATS: tuple[str, ...] = ("plain", "list_repr")
+REWARD_MODES: tuple[RewardMode, ...] = get_args(RewardMode)
+ObsTextFormat = Literal["plain", "list_repr"]
+OBS_TEXT_FORMATS: tuple[ObsTextFormat, ...] = get_args(ObsTextFormat)
 MAX_ACTION_LENGTH = 4096
 MAX_STEPS = 1000  # 20x the reference's 50; the episode's history (replayed to copy an env) grows with it
 NOTHING_HAPPENS = "Nothing happens."
@@ -211,10 +212,10 @@ class ALFWorldEnv(VLMEnv):
         reward_mode: RewardMode = "delta",
         success_bonus: float = 50.0,
         illegal_penalty: float = 1.0,
-        obs_text_format: str = "plain",
-        match_mode: str = "fixed",
+        obs_text_format: ObsTextFormat = "plain",
+        match_mode: MatchMode = "fixed",
         image_size: tuple[int, int] = (300, 300),
-        text_mode: str = "prompt",
+        text_mode: TextMode = "prompt",
         skip_invalid_games: bool = False,
         oracle_labels: bool = False,
     ):

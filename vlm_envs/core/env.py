@@ -23,7 +23,7 @@ An env whose actions are not indices of a ``Discrete`` space (ALFWorld's text) o
 from __future__ import annotations
 
 import abc
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -36,7 +36,7 @@ from vlm_envs.core.spaces import observation_space, validate_image_size
 from vlm_envs.text.prompts import Wording, build_prompt, chat_messages
 
 TextMode = Literal["prompt", "full"]
-TEXT_MODES: tuple[str, ...] = ("prompt", "full")
+TEXT_MODES: tuple[TextMode, ...] = get_args(TextMode)
 
 
 class Transition(NamedTuple):
