@@ -17,7 +17,7 @@ from vlm_envs.core.rendering import blit_white_text, to_frame
 
 
 class Card(NamedTuple):
-    """A Blackjack card, e.g. ``Card(10, "K", "H")``; ``info`` shows it as the tuple ``(10, "K", "H")``."""
+    """A Blackjack card, e.g. ``Card(10, "K", "H")``; ``info`` shows it as the plain tuple ``(10, "K", "H")``."""
 
     value: int  # 1 for an ace (counted 11 where that does not bust), 10 for J, Q, K
     face: str  # "A", "2".."9", "J", "Q" or "K"
@@ -130,9 +130,8 @@ class BlackjackEnv(CardEnv):
     when the final reward is positive (the hand is won).
 
     ## Info
-    ``Player Card`` and ``Dealer Card`` (lists of :class:`Card` tuples ``(value, face, suit)``; ``Dealer
-    Card`` includes the hole card: for logging only, never for the agent), ``dealer_upcard`` (a
-    ``Card``), ``player_total``,
+    ``Player Card`` and ``Dealer Card`` (lists of ``(value, face, suit)``, a :class:`Card`'s fields;
+    ``Dealer Card`` includes the hole card: for logging only, never for the agent), ``dealer_upcard``, ``player_total``,
     ``usable_ace``, ``success``; with ``oracle_labels=True`` also the keys below.
 
     ## Oracle Labels
@@ -219,9 +218,10 @@ class BlackjackEnv(CardEnv):
 
     def _get_info(self, success: bool) -> dict[str, Any]:
         return {
-            "Dealer Card": list(self.dealer),
-            "Player Card": list(self.player),
-            "dealer_upcard": self.dealer[0],
+            # Plain tuples: info reads the same locally, from a vector env and from an env server.
+            "Dealer Card": [tuple(card) for card in self.dealer],
+            "Player Card": [tuple(card) for card in self.player],
+            "dealer_upcard": tuple(self.dealer[0]),
             "player_total": hand_total(self.player),
             "usable_ace": has_usable_ace(self.player),
             "success": success,
