@@ -39,8 +39,8 @@ from PIL import Image
 
 import vlm_envs  # noqa: F401  (registers the ids)
 from vlm_envs.optional import require
+from vlm_envs.core.registration import CARD_ENVS
 from vlm_envs.evaluation.seeds import HELD_OUT_SEED
-from vlm_envs.registration import CARD_ENVS
 
 PAPER_CNN_RL = {"NumberLine": 87.1, "EZPoints": 0.0, "Points24": 0.0, "Blackjack": 38.8}
 

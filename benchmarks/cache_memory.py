@@ -5,7 +5,7 @@
 An env server builds envs with whatever sizes and targets its clients send. Each size renders a
 NumberLine and a Blackjack frame; each Points24 target is reset and stepped with oracle labels
 on (the solver's and the completion search's caches). The table gives
-each named cache (vlm_envs.caching) and the process's resident memory before and after.
+each named cache (vlm_envs.core.caching) and the process's resident memory before and after.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from vlm_envs.caching import cache_budgets, cache_bytes
+from vlm_envs.core.caching import cache_budgets, cache_bytes
 from vlm_envs.cards import BlackjackEnv, NumberLineEnv, Points24Env
 from vlm_envs.evaluation.card import format_table
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import vlm_envs
 from vlm_envs.evaluation.card import format_table
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core.registration import CARD_ENVS
 
 REFERENCE_STEPS_PER_S = {
     "gym_cards/NumberLine-v0": 1477,
@@ -72,12 +72,12 @@ def renders_identical(env_id: str, episodes: int = 20) -> bool:
 
 
 def _uncached_frame(env) -> np.ndarray:
-    from vlm_envs import rendering
+    from vlm_envs.core import rendering
     from vlm_envs.cards import drawing, number_line
 
     for cached in (drawing._procedural_card, rendering.font, rendering._glyph_mask, rendering.text_advance):
         cached.cache_clear()
-    for cached in (drawing.card_sprite, number_line._layout):  # bounded in bytes (vlm_envs.caching)
+    for cached in (drawing.card_sprite, number_line._layout):  # bounded in bytes (vlm_envs.core.caching)
         cached.cache.clear()
     for attr in ("_canvas", "_frame"):
         if hasattr(env, attr):

@@ -22,8 +22,8 @@ from gymnasium.utils.env_checker import data_equivalence
 
 import vlm_envs
 from vlm_envs.evaluation.card import format_table
-from vlm_envs.labels import LABEL_KEYS
-from vlm_envs.registration import registered_ids
+from vlm_envs.core.labels import LABEL_KEYS
+from vlm_envs.core.registration import registered_ids
 
 
 def play(env_id: str, steps: int, labels: bool, seed: int = 0, record: bool = False) -> tuple[float, list]:

@@ -18,7 +18,7 @@ from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule,
 from baselines.vlm_ppo.config import Config  # noqa: E402
 from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
 from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
-from vlm_envs.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
+from vlm_envs.core.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
 from tests.utils import checkpoint_copy  # noqa: E402
 from vlm_envs.text import build_prompt, conversation  # noqa: E402
 

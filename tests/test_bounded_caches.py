@@ -11,12 +11,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from vlm_envs.caching import ByteLRU, byte_lru_cache, cache_budgets, cache_bytes
+from vlm_envs.core.caching import ByteLRU, byte_lru_cache, cache_budgets, cache_bytes
 from vlm_envs.cards import BlackjackEnv, EZPointsEnv, NumberLineEnv, Points24Env
 from vlm_envs.cards import formula, number_line
 
 MiB = 2**20
-# What the process's caches may hold in all: the sum of their budgets (vlm_envs.caching.cache_budgets).
+# What the process's caches may hold in all: the sum of their budgets (vlm_envs.core.caching.cache_budgets).
 TOTAL_BUDGET = 160 * MiB
 # How much the process may grow while 1,000 sizes and targets go through it (~35 MiB measured);
 # before the caches were bounded, 1,000 NumberLine sizes up to 1,024 px alone added ~880 MiB.

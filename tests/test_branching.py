@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import data_equivalence
 import vlm_envs
 from tests.utils import AVAILABLE_SPECS, scripted_actions
 from vlm_envs import EpisodeRecord
-from vlm_envs.agent_loop import info_item
+from vlm_envs.running.agent_loop import info_item
 
 IDS = [spec.id for spec in AVAILABLE_SPECS]
 NUMBER_LINE, POINTS24 = "gym_cards/NumberLine-v0", "gym_cards/Points24-v0"

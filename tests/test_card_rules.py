@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vlm_envs  # noqa: F401
-from vlm_envs.cards.blackjack import basic_strategy, hand_total, is_natural, player_card_positions
+from vlm_envs.cards.blackjack import Card, basic_strategy, hand_total, is_natural, player_card_positions
 
 
 def make(env_id: str, **kwargs):
@@ -180,22 +180,22 @@ def test_points24_face_cards_as_values_is_rejected_clearly():
 def test_blackjack_natural_payout_fixed_and_compat():
     for compat, expected in ((False, 1.5), (True, 1.0)):
         env = make("gym_cards/Blackjack-v0", natural=True, compat=compat)
-        env.player = [(1, "A", "H"), (10, "K", "S")]
-        env.dealer = [(10, "Q", "D"), (8, "8", "C")]
+        env.player = [Card(1, "A", "H"), Card(10, "K", "S")]
+        env.dealer = [Card(10, "Q", "D"), Card(8, "8", "C")]
         _, reward, terminated, _, info = env.step(0)
         assert (reward, terminated, info["success"]) == (expected, True, True)
 
 
 def test_blackjack_sab_natural_wins():
     env = make("gym_cards/Blackjack-v0", sab=True)
-    env.player = [(1, "A", "H"), (10, "K", "S")]
-    env.dealer = [(10, "Q", "D"), (1, "A", "C")]  # dealer natural too: a push
+    env.player = [Card(1, "A", "H"), Card(10, "K", "S")]
+    env.dealer = [Card(10, "Q", "D"), Card(1, "A", "C")]  # dealer natural too: a push
     assert env.step(0)[1] == 0.0
 
 
 def test_blackjack_bust_and_dealer_play():
     env = make("gym_cards/Blackjack-v0")
-    env.player = [(10, "K", "H"), (10, "Q", "S")]
+    env.player = [Card(10, "K", "H"), Card(10, "Q", "S")]
     env.np_random = np.random.default_rng(0)
     _, reward, terminated, _, info = env.step(1)
     assert hand_total(env.player) > 21 and (reward, terminated, info["success"]) == (-1.0, True, False)
@@ -205,9 +205,9 @@ def test_blackjack_bust_and_dealer_play():
 
 
 def test_blackjack_helpers():
-    assert hand_total([(1, "A", "H"), (6, "6", "S")]) == 17
-    assert hand_total([(1, "A", "H"), (6, "6", "S"), (10, "K", "S")]) == 17
-    assert is_natural([(10, "K", "S"), (1, "A", "H")]) and not is_natural([(10, "K", "S"), (9, "9", "H")])
+    assert hand_total([Card(1, "A", "H"), Card(6, "6", "S")]) == 17
+    assert hand_total([Card(1, "A", "H"), Card(6, "6", "S"), Card(10, "K", "S")]) == 17
+    assert is_natural([Card(10, "K", "S"), Card(1, "A", "H")]) and not is_natural([Card(10, "K", "S"), Card(9, "9", "H")])
     assert basic_strategy(16, False, 10) == 1 and basic_strategy(16, False, 6) == 0 and basic_strategy(18, True, 9) == 1
     positions = player_card_positions(7)
     assert positions[0] == (5, 150) and positions[-1][0] + 70 <= 300 - 5 + 1
@@ -216,9 +216,9 @@ def test_blackjack_helpers():
 def test_blackjack_info_keeps_hole_card_out_of_text_and_image():
     env = make("gym_cards/Blackjack-v0", text_mode="full")
     obs = env._get_obs()
-    hole_face = env.dealer[1][1]
-    assert obs["text"].startswith(f"Dealer's card: {env.dealer[0][1]}.")
-    env.dealer[1] = (env.dealer[1][0], "K" if hole_face != "K" else "Q", env.dealer[1][2])
+    hole_face = env.dealer[1].face
+    assert obs["text"].startswith(f"Dealer's card: {env.dealer[0].face}.")
+    env.dealer[1] = env.dealer[1]._replace(face="K" if hole_face != "K" else "Q")
     env._frame = None
     assert np.array_equal(env._render_frame(), obs["image"])  # the hole card never shows
 

@@ -26,3 +26,30 @@ def test_evaluate_all_random(capsys):
 def test_unknown_env_is_a_clear_error():
     result = subprocess.run([sys.executable, "-m", "vlm_envs", "evaluate", "--env", "nope/Nope-v0"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown env id" in result.stderr
+
+
+def test_choice_sets_are_the_modules_own(capsys):
+    """Each flag offers exactly its owner's choices (a Literal and typing.get_args), in both commands and in the trainer's config."""
+    import typing
+
+    import pytest
+
+    from vlm_envs.core import TEXT_MODES, TextMode
+    from vlm_envs.evaluation.runner import VECTORIZATIONS, Vectorization
+    from vlm_envs.text.parsing import PARSE_MODES, ParseMode
+    from vlm_envs.text.prompts import WORDINGS, Wording
+    from vlm_envs.running.wrappers import ON_PARSE_FAILURE, OnParseFailure
+
+    owned = {"--vectorization": (VECTORIZATIONS, Vectorization), "--text-mode": (TEXT_MODES, TextMode),
+             "--wording": (WORDINGS, Wording), "--parse-mode": (PARSE_MODES, ParseMode),
+             "--on-parse-failure": (ON_PARSE_FAILURE, OnParseFailure)}
+    for command, flags in (("evaluate", owned), ("play", ("--wording", "--on-parse-failure"))):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        usage = capsys.readouterr().out
+        for flag in flags:
+            choices, literal = owned[flag]
+            assert choices == typing.get_args(literal) and f"{flag} {{{','.join(choices)}}}" in usage
+    config = pytest.importorskip("baselines.vlm_ppo.config")
+    hints = typing.get_type_hints(config.Config)
+    assert (hints["parse_mode"], hints["prompt_wording"], hints["on_parse_failure"]) == (ParseMode, Wording, OnParseFailure)

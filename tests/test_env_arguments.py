@@ -22,9 +22,9 @@ from vlm_envs.cards import EZPointsEnv, NumberLineEnv, Points24Env
 from vlm_envs.cards.deck import CARD_VALUES, FULL_DECK, hand_probability
 from vlm_envs.cards.formula import reachable_integers, solve
 from vlm_envs.cards.number_line import MAX_POSITION
-from vlm_envs.arguments import ServerPath, names_server_path
-from vlm_envs.registration import _constructor_annotations, constructor_arguments, path_arguments
-from vlm_envs.rendering import font
+from vlm_envs.core.arguments import ServerPath, names_server_path
+from vlm_envs.core.registration import _constructor_annotations, constructor_arguments, path_arguments
+from vlm_envs.core.rendering import font
 
 # A call must answer within this: a correctness bound against hangs (a deal that never ends, a
 # frame of a billion pixels), not a speed target.

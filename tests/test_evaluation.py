@@ -29,8 +29,8 @@ from vlm_envs.evaluation.card import summarize
 from vlm_envs.evaluation.evaluate import journal_path
 from vlm_envs.evaluation.manifests import BUILDERS, manifests_dir, numberline_start_states
 from vlm_envs.evaluation.policies import RandomPolicy, action_text
-from vlm_envs.labels import LABEL_KEYS
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core.labels import LABEL_KEYS
+from vlm_envs.core.registration import CARD_ENVS
 
 
 def test_shipped_manifests_are_what_the_builders_make():

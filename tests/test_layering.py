@@ -23,17 +23,17 @@ SOURCES = ("vlm_envs", "baselines")
 
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("vlm_envs._version", "vlm_envs._moved", "vlm_envs.optional", "vlm_envs.arguments")),
+    ("base", ("vlm_envs._version", "vlm_envs._moved", "vlm_envs.optional")),
     ("text", ("vlm_envs.text",)),
-    ("envs", ("vlm_envs.core", "vlm_envs.spaces", "vlm_envs.rendering", "vlm_envs.labels", "vlm_envs.caching",
-              "vlm_envs.registration", "vlm_envs.cards", "vlm_envs.alfworld_wrap")),
+    ("envs", ("vlm_envs.core", "vlm_envs.cards", "vlm_envs.alfworld_wrap")),
     ("running", ("vlm_envs.running",)),
     ("evaluation", ("vlm_envs.evaluation",)),
     ("serving", ("vlm_envs.remote",)),
     # the package's face: `import vlm_envs`, the command line, human play, the gallery, and the
     # old module paths kept for one version
-    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.play", "vlm_envs.gallery", "vlm_envs.wrappers",
-               "vlm_envs.agent_loop", "vlm_envs.ray_pool")),
+    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.play", "vlm_envs.gallery",
+               *(f"vlm_envs.{old}" for old in ("spaces", "rendering", "labels", "caching", "registration", "arguments",
+                                               "wrappers", "agent_loop", "ray_pool")))),
     ("trainer", ("baselines",)),
 ]
 LEVEL = {prefix: level for level, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
@@ -170,18 +170,6 @@ def test_the_checks_see_function_level_and_relative_imports(tmp_path, files, exp
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cycles(internal_imports(source_modules(tmp_path, ["pkg"]))) == expected
-
-
-@pytest.mark.parametrize("old, new, name", [
-    ("vlm_envs.wrappers", "vlm_envs.running.wrappers", "TextActions"),
-    ("vlm_envs.agent_loop", "vlm_envs.running.agent_loop", "run_agent"),
-    ("vlm_envs.ray_pool", "vlm_envs.running.ray_pool", "make_ray_vec"),
-])
-def test_old_module_paths_warn_and_forward(old, new, name):
-    module = importlib.import_module(old)
-    with pytest.warns(DeprecationWarning, match=re.escape(f"{old} moved to {new}")):
-        value = getattr(module, name)
-    assert value is getattr(importlib.import_module(new), name)
 
 
 def test_importing_vlm_envs_imports_no_trainer_and_no_heavy_library():

@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env, data_equivalence
 
 from tests.utils import AVAILABLE_SPECS
 from vlm_envs import TextActions
-from vlm_envs.labels import LABEL_KEYS
+from vlm_envs.core.labels import LABEL_KEYS
 
 IDS = [spec.id for spec in AVAILABLE_SPECS]
 CARD_IDS = [i for i in IDS if i.startswith("gym_cards/")]
@@ -180,7 +180,7 @@ def test_numberline_key_is_target_and_current_and_optimal_means_closer():
 
 def test_blackjack_key_ignores_card_order_and_suits_and_optimal_means_basic_strategy():
     env = labelled("gym_cards/Blackjack-v0")
-    cards = keys_at_reset(env, range(3000), lambda e: (tuple(sorted(c[0] for c in e.player)), tuple(c[0] for c in e.dealer)),
+    cards = keys_at_reset(env, range(3000), lambda e: (tuple(sorted(c.value for c in e.player)), tuple(c.value for c in e.dealer)),
                           lambda e: (tuple(e.player), tuple(e.dealer)))
     assert sum(len(c) > 1 for c in cards.values()) > 100  # equal keys with other suits, faces or card order
 

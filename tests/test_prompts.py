@@ -131,3 +131,16 @@ def test_cot_answers_follow_the_envs_target():
     _, info = env.reset(seed=0)
     assert "equals 10" in cot.answer("ezpoints", info, "=") and "12" not in cot.answer("ezpoints", info, "=")
     assert "equals 12" in cot.answer("ezpoints", {"Numbers": [6, 6], "Formula": [6, "+", 6]}, "=")  # no target: the default
+
+
+def test_cot_blackjack_answer_takes_the_envs_own_count():
+    """The player's total is the env's ``player_total`` and the up-card counts by the env's rules
+    (an ace shows 11): the CoT keeps no card arithmetic of its own."""
+    from baselines.vlm_ppo import cot
+
+    answer = cot.answer("blackjack", {"player_total": 17, "dealer_upcard": (1, "A", "S")}, "stand")
+    assert "I have 17 points and the dealer has 11 points" in answer
+    env = gym.make("gym_cards/Blackjack-v0")
+    for seed in range(20):
+        _, info = env.reset(seed=seed)
+        assert f"I have {info['player_total']} points" in cot.answer("blackjack", info, "hit")

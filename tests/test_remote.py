@@ -551,3 +551,30 @@ def test_any_openenv_client_can_play(points24_url):
         obs, reward, terminated, truncated, info = local.step('{"action": "8"}')
         assert np.array_equal(decode_image(result.observation["image"]), obs["image"])
         assert (result.reward, result.done, decode_value(result.observation["info"])) == (reward, terminated or truncated, info)
+
+
+def test_client_and_server_share_one_typed_wire_model():
+    """The server's ``/schema`` and the client's steps and answers are the models of vlm_envs.remote.wire,
+    and what a session's env writes (plain JSON) holds to them."""
+    from pydantic import ValidationError
+
+    from vlm_envs.remote import client, server, wire
+
+    assert (server.StepAction, server.StepObservation) == (wire.StepAction, wire.StepObservation)
+    served = ServedEnv(POINTS24, {})
+    try:
+        answers = [json.loads(served.reset({"seed": 3}))["data"], json.loads(served.step({"text": '{"action": "="}'}))["data"]]
+    finally:
+        served.close()
+    local = local_env(POINTS24)
+    expected = [local.reset(seed=3), local.step('{"action": "="}')]
+    for data, (obs, *rest) in zip(answers, expected):
+        result = client._SessionClient._parse_result(None, data)
+        assert isinstance(result.observation, wire.StepObservation)
+        remote_obs, *remote_rest = RemoteEnv._unpack(result)
+        assert np.array_equal(remote_obs["image"], obs["image"]) and remote_obs["text"] == obs["text"]
+        assert remote_rest[-1] == rest[-1]  # the info
+    assert client._SessionClient._step_payload(None, wire.StepAction(index=3)) == {"index": 3}
+    broken = {**answers[1], "observation": {k: v for k, v in answers[1]["observation"].items() if k != "text"}}
+    with pytest.raises(ValidationError, match="text"):
+        client._SessionClient._parse_result(None, broken)

@@ -32,12 +32,12 @@ pytest.importorskip("openenv.core")
 from vlm_envs.cards.number_line import NumberLineEnv  # noqa: E402
 from vlm_envs.cards.points24 import Points24Env  # noqa: E402
 from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, TokenRefused  # noqa: E402
-from vlm_envs.registration import constructor_arguments, path_arguments  # noqa: E402
+from vlm_envs.core.registration import constructor_arguments, path_arguments  # noqa: E402
 from vlm_envs.remote import served_env  # noqa: E402
 from vlm_envs.remote.served_env import PathMask  # noqa: E402
 from vlm_envs.remote.server import (MAX_TEXT_CHARS, ServedEnv, check_env_kwargs, create_app, exposure_warning,  # noqa: E402
                                      serve_in_process, serve_in_thread)
-from vlm_envs.spaces import MAX_IMAGE_SIDE  # noqa: E402
+from vlm_envs.core.spaces import MAX_IMAGE_SIDE  # noqa: E402
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 

@@ -18,7 +18,8 @@ from baselines.vlm_ppo import cot
 from baselines.vlm_ppo.config import Config
 from baselines.vlm_ppo.reading import READING_TASKS, read_fields
 from baselines.vlm_ppo.sft import ensure_sft_data, generate_sft_data, imitation_start
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.cards.blackjack import Card, hand_total
+from vlm_envs.core.registration import CARD_ENVS
 
 ALFWORLD = "alfworld/ALFWorld-v0"
 
@@ -189,7 +190,7 @@ def test_reading_fields_are_the_true_card_numbers():
     for seed in range(20):
         _, info = env.reset(seed=seed)
         answer = cot.answer("blackjack", info, "stand")
-        assert read_fields(answer, "blackjack") == [info["player_total"], cot.blackjack_total(info["dealer_upcard"])]
+        assert read_fields(answer, "blackjack") == [info["player_total"], hand_total([Card(*info["dealer_upcard"])])]
     for env_id, task in (("gym_cards/EZPoints-v0", "ezpoints"), ("gym_cards/Points24-v0", "points24")):
         env = gym.make(env_id)
         for seed in range(10):

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 import vlm_envs  # noqa: F401  (registers the ids)
-from vlm_envs.registration import registered_ids
+from vlm_envs.core.registration import registered_ids
 
 
 def _needs(spec) -> str | None:

@@ -19,7 +19,12 @@ import sys
 import gymnasium as gym
 
 import vlm_envs  # noqa: F401  (registers the ids)
-from vlm_envs.registration import CARD_ENVS
+from vlm_envs.core import TEXT_MODES
+from vlm_envs.core.registration import CARD_ENVS
+from vlm_envs.evaluation.runner import VECTORIZATIONS
+from vlm_envs.text.parsing import PARSE_MODES
+from vlm_envs.text.prompts import WORDINGS
+from vlm_envs.running.wrappers import ON_PARSE_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +37,15 @@ def main(argv: list[str] | None = None) -> int:
                                        "alfworld-out-of-distribution-v0) or a manifest file")
     ev.add_argument("--policy", default="oracle", help="oracle, random, hf:PATH_OR_ID or openai:URL (default: oracle)")
     ev.add_argument("--num-envs", type=int, default=1, help="episodes played at once; results do not depend on it (default: 1)")
-    ev.add_argument("--vectorization", choices=("sync", "async"), default="sync", help="envs in this process or one process each")
+    ev.add_argument("--vectorization", choices=VECTORIZATIONS, default="sync", help="envs in this process or one process each")
     ev.add_argument("--out", help="write the result card (JSON) here")
     ev.add_argument("--resume", metavar="RESULTS", help="continue the killed run whose --out was RESULTS")
-    ev.add_argument("--text-mode", choices=("prompt", "full"), default="prompt",
+    ev.add_argument("--text-mode", choices=TEXT_MODES, default="prompt",
                     help="full: the state in words in the prompt, for text-only models (default: prompt)")
     ev.add_argument("--no-cot", dest="cot", action="store_false", help="the action-only prompt")
-    ev.add_argument("--wording", choices=("reference", "clean"), default="reference", help="prompt wording (default: reference)")
-    ev.add_argument("--parse-mode", choices=("strict", "lenient", "compat"), default="lenient", help="(default: lenient)")
-    ev.add_argument("--on-parse-failure", choices=("random", "penalty", "noop"), default="random",
+    ev.add_argument("--wording", choices=WORDINGS, default="reference", help="prompt wording (default: reference)")
+    ev.add_argument("--parse-mode", choices=PARSE_MODES, default="lenient", help="(default: lenient)")
+    ev.add_argument("--on-parse-failure", choices=ON_PARSE_FAILURE, default="random",
                     help="what an unparseable answer does in the card games (default: random, the paper)")
     ev.add_argument("--skip-invalid-games", action="store_true",
                     help="skip (and list on the card) manifest games that are missing or fail their sha256, "
@@ -66,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--env", default="gym_cards/Blackjack-v0", help="an environment id (default: gym_cards/Blackjack-v0)")
     pl.add_argument("--seed", type=int, default=0, help="episode k is reset with seed + k (default: 0)")
     pl.add_argument("--no-cot", dest="cot", action="store_false", help="show the action-only prompt")
-    pl.add_argument("--wording", choices=("reference", "clean"), default="reference", help="prompt wording (default: reference)")
+    pl.add_argument("--wording", choices=WORDINGS, default="reference", help="prompt wording (default: reference)")
     pl.add_argument("--raw", action="store_true", help='send lines as typed (default: wrap a bare word as {"action": ...})')
-    pl.add_argument("--on-parse-failure", choices=("random", "penalty", "noop"), default="random",
+    pl.add_argument("--on-parse-failure", choices=ON_PARSE_FAILURE, default="random",
                     help="card games: what an unparseable line does, as vlm_envs.TextActions (default: random, "
                          "the paper); ALFWorld applies its own rule to inadmissible commands")
     pl.add_argument("--type", dest="script", action="append", default=[], metavar="LINE",

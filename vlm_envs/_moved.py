@@ -1,19 +1,15 @@
-"""Old module paths that keep working for one version, each access warning with the new path."""
+"""Old module paths that keep working for one version after a move, with a DeprecationWarning."""
 
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
-from typing import Any, Callable
 
 
-def moved_module(old: str, new: str) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``old``, whose names now live in ``new``: it warns, then forwards."""
-
-    def __getattr__(name: str) -> Any:
-        value = getattr(importlib.import_module(new), name)
-        warnings.warn(f"{old} moved to {new}: import {name} from {new} ({old} goes in the next version)",
-                      DeprecationWarning, stacklevel=2)
-        return value
-
-    return __getattr__
+def moved_module(old: str, new: str) -> None:
+    """Serve the module being imported as ``old`` by the module ``new`` (the same object, so private
+    names, monkeypatching and pickles made before the move keep working), and warn the importer."""
+    warnings.warn(f"{old} has moved to {new}: import it from there ({old} goes in the next version)",
+                  DeprecationWarning, stacklevel=3)  # 3: the line that imports the old path
+    sys.modules[old] = importlib.import_module(new)

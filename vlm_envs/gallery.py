@@ -14,7 +14,7 @@ import gymnasium as gym
 from PIL import Image
 
 import vlm_envs  # noqa: F401  (registers the ids)
-from vlm_envs.registration import registered_ids
+from vlm_envs.core.registration import registered_ids
 
 
 def file_name(env_id: str) -> str:

@@ -22,12 +22,15 @@ import tyro
 
 from baselines.cli import parse_config
 from vlm_envs.evaluation.seeds import HELD_OUT_SEED
-
+from vlm_envs.running.wrappers import OnParseFailure
+from vlm_envs.text.parsing import ParseMode
+from vlm_envs.text.prompts import Wording
 
 Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
 ALGOS: tuple[str, ...] = get_args(Algo)
 CRITIC_FREE: tuple[str, ...] = tuple(a for a in ALGOS if a != "ppo")
 """The algorithms with no value head: they compare episodes of a group instead (docs/training.md, Algorithms)."""
+Vectorization = Literal["sync", "async", "ray", "remote"]
 
 @dataclass
 class Config:
@@ -50,15 +53,15 @@ class Config:
     """JSON dict laid over ``env_kwargs`` for the held-out evaluation only, e.g. ALFWorld's ``'{"split": "eval_in_distribution"}'``: unseen games, where held-out seeds of the train split would replay the training games."""
     cot: bool = True
     """Use the chain-of-thought prompt (False: the action-only prompt of the no-CoT ablation)."""
-    prompt_wording: Literal["reference", "clean"] = "reference"
+    prompt_wording: Wording = "reference"
     """``reference`` (the RL4VLM templates byte for byte) or ``clean`` (typos and stray backslashes fixed)."""
     conv_template: Literal["llava_v1", "vicuna_v1", "chat_template"] = "llava_v1"
     """How the task prompt is wrapped: a LLaVA conversation (``llava_v1``, ``vicuna_v1``; LLaVA models only) or ``chat_template`` (the processor's own; Qwen-VL, Gemma 3, SmolVLM, ...). A wrong choice fails at start and names the right one."""
     image_mode: Literal["native", "reference"] = "native"
     """``native``: the checkpoint's own processor (AnyRes for LLaVA-NeXT, dynamic resolution for Qwen-VL); ``reference``: RL4VLM's resize + centre-crop to the tower's size and its plain image tokens, no tiles (LLaVA models; 576 tokens at 336 px)."""
-    parse_mode: Literal["strict", "lenient", "compat"] = "lenient"
+    parse_mode: ParseMode = "lenient"
     """Text-to-action parser mode of ``vlm_envs.TextActions``: ``strict``, ``lenient`` or ``compat``."""
-    on_parse_failure: Literal["random", "penalty", "noop"] = "random"
+    on_parse_failure: OnParseFailure = "random"
     """What an unparsable answer does: ``random`` action (paper), ``penalty`` or ``noop``."""
     format_penalty: float = -1.0
     """Reward of an unparsable answer when ``on_parse_failure=penalty``."""
@@ -104,7 +107,7 @@ class Config:
     # --- PPO ---
     num_envs: int = 1
     """Parallel environments per process, each with its own per-step prompt."""
-    vectorization: Literal["sync", "async", "ray", "remote"] = "sync"
+    vectorization: Vectorization = "sync"
     """How the training envs run: ``sync`` (in this process), ``async`` (a subprocess each), ``ray`` (Ray actors; ``pip install "vlm-envs[ray]"``) or ``remote`` (sessions on ``--env-url``; ``pip install "vlm-envs[serve]"``). Held-out evaluation always runs its envs in this process."""
     env_url: str = ""
     """The env server of ``--vectorization remote``: ``http://host:port`` of ``python -m vlm_envs serve --env ID`` (docs/serving.md)."""

@@ -8,32 +8,10 @@ action was deliberately corrupted still reads as one consistent (wrong) decision
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
+from vlm_envs.cards.blackjack import Card, hand_total
 from vlm_envs.text.prompts import DEFAULT_TARGETS
-
-_FACE_VALUES = {"A": 1, "J": 10, "Q": 10, "K": 10, "T": 10}
-
-
-def _card_value(code: Any) -> int:
-    """Value of a card given as a code ("HQ"), a rank letter, a number or a (value, face, suit) tuple."""
-    if isinstance(code, (tuple, list)):
-        code = code[0]
-    if isinstance(code, (int, float)):
-        return min(int(code), 10)
-    rank = str(code)[-1] if len(str(code)) >= 2 and str(code)[0] in "HSDC" else str(code)
-    if rank in _FACE_VALUES:
-        return _FACE_VALUES[rank]
-    return min(int(rank), 10)
-
-
-def blackjack_total(cards: Any) -> int:
-    """Blackjack hand total with the soft-ace rule."""
-    if not isinstance(cards, (list, tuple)) or (cards and not isinstance(cards[0], (list, tuple, str))):
-        cards = [cards]
-    values = [_card_value(c) for c in cards]
-    total = sum(values)
-    return total + 10 if 1 in values and total + 10 <= 21 else total
 
 
 def numberline(info: dict, action: str) -> str:
@@ -47,8 +25,10 @@ def numberline(info: dict, action: str) -> str:
 
 
 def blackjack(info: dict, action: str) -> str:
-    player = blackjack_total(info.get("Player Card", []))
-    dealer = blackjack_total(info.get("dealer_upcard", info.get("Dealer Card", 0)))
+    """The player's total as the env reports it (``info["player_total"]``) and the dealer's face-up
+    card (``info["dealer_upcard"]``) counted by the env's rules: an ace shows 11 points."""
+    player = int(info["player_total"])
+    dealer = hand_total([Card(*info["dealer_upcard"])])
     return (
         f'{{"thoughts": "I have {player} points and the dealer has {dealer} points. '
         f'I should {action}.", "action": "{action}"}}'

@@ -18,17 +18,18 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import gymnasium as gym
 import numpy as np
 
 import vlm_envs
+from baselines.vlm_ppo.config import Vectorization
 from vlm_envs.evaluation.seeds import train_seed
 from vlm_envs.running.agent_loop import info_item, step_infos
 from vlm_envs.text import build_prompt
 
-VECTORIZATIONS = ("sync", "async", "ray", "remote")
+VECTORIZATIONS: tuple[Vectorization, ...] = get_args(Vectorization)
 
 
 def episode_seed(run_seed: int, process: int, group: int, episode: int) -> int:
@@ -44,7 +45,7 @@ def held_out(cfg):
 
 
 def with_oracle_labels(cfg):
-    """The config whose envs add ``info["state_key"]`` (:mod:`vlm_envs.labels`): GiGPO groups steps by it."""
+    """The config whose envs add ``info["state_key"]`` (:mod:`vlm_envs.core.labels`): GiGPO groups steps by it."""
     return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), "oracle_labels": True}))
 
 

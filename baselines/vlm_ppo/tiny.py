@@ -63,6 +63,7 @@ tokenizer, whose merges never saw a room description (docs/training.md, "ALFWorl
 
 def training_corpus() -> list[str]:
     """Every prompt template (both wordings, CoT and action-only) and many templated answers."""
+    from vlm_envs.cards.blackjack import Card
     from vlm_envs.text import build_prompt, conversation
     from vlm_envs.text.prompts import CONVERSATION_TEMPLATES, TASKS
 
@@ -79,9 +80,11 @@ def training_corpus() -> list[str]:
     for current, target in itertools.product(range(11), range(11)):
         for action in "+-":
             texts.append(cot.numberline({"Current": current, "Target": target}, action))
-    for player, dealer in itertools.product(range(2, 12), range(1, 11)):
+    # Totals 2..10 (10 twice: the tokenizers were trained on this list) against every up-card value.
+    for player, dealer in itertools.product((*range(2, 11), 10), range(1, 11)):
+        upcard = Card(dealer, {1: "A", 10: "K"}.get(dealer, str(dealer)), "H")
         for action in ("stand", "hit"):
-            texts.append(cot.blackjack({"Player Card": [player], "dealer_upcard": dealer}, action))
+            texts.append(cot.blackjack({"player_total": player, "dealer_upcard": upcard}, action))
     for numbers in ([2, 10], [6, 2], [4, 3], [1, 5, 10, 7], [3, 3, 8, 8]):
         for formula in (["" ], [numbers[0]], [numbers[0], "+"], [numbers[0], "*", numbers[1]]):
             for action in [*map(str, range(1, 11)), "+", "-", "*", "/", "(", ")", "="]:

@@ -364,7 +364,7 @@ def critic_free_advantages(cfg: Config, rollout: Rollout) -> torch.Tensor:
     if cfg.algo == "gigpo":
         if None in rollout.state_keys:
             raise ValueError(f"algo=gigpo groups steps by info['state_key'], which {cfg.env_id} did not give "
-                             f"(the trainer makes its envs with oracle_labels=True; vlm_envs.labels)")
+                             f"(the trainer makes its envs with oracle_labels=True; vlm_envs.core.labels)")
         ids = {key: n for n, key in enumerate(dict.fromkeys(rollout.state_keys))}
         anchor = torch.tensor([ids[key] for key in rollout.state_keys])
     ends = (rollout.terminated | rollout.truncated)[:, 0]

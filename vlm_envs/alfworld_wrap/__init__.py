@@ -70,13 +70,10 @@ def register_envs() -> None:
     The env enforces its own step limit (``max_steps=50``, ``truncated=True``), so no
     ``TimeLimit`` is added.
     """
-    import gymnasium as gym
+    from vlm_envs.core.registration import register
 
     for env_id, kwargs in ENV_IDS.items():
-        existing = gym.registry.get(env_id)
-        if existing is not None and existing.entry_point == ENTRY_POINT:
-            continue
-        gym.register(id=env_id, entry_point=ENTRY_POINT, kwargs=dict(kwargs), max_episode_steps=None)
+        register(env_id, ENTRY_POINT, dict(kwargs), max_episode_steps=None)
 
 
 __all__ = ["ENV_IDS", "SPLITS", "TASK_SHORT_NAMES", "TASK_TYPES", "cache_root", "official_games_dir", "register_envs",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -13,16 +13,17 @@ from vlm_envs.alfworld_wrap.expert import expert_plan
 from vlm_envs.alfworld_wrap.games import GameInfo, normalize_task_types, problem_digest, resolve_games
 from vlm_envs.alfworld_wrap.schematic import Knowledge, draw
 from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, describe_task, goal_conditions
-from vlm_envs.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
-from vlm_envs.core import VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.spaces import text_space
-from vlm_envs.text.parsing import MATCH_MODES, match_command
+from vlm_envs.core.arguments import ServerPath, check_bool, check_finite, check_int, check_path, check_paths
+from vlm_envs.core import TextMode, Transition, VLMEnv
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.spaces import text_space
+from vlm_envs.text.parsing import MATCH_MODES, CommandMatch, MatchMode, match_command
 from vlm_envs.text.prompts import format_alfworld_text
 
 RewardMode = Literal["reference", "delta"]
-REWARD_MODES: tuple[str, ...] = ("reference", "delta")
-OBS_TEXT_FORMATS: tuple[str, ...] = ("plain", "list_repr")
+REWARD_MODES: tuple[RewardMode, ...] = get_args(RewardMode)
+ObsTextFormat = Literal["plain", "list_repr"]
+OBS_TEXT_FORMATS: tuple[ObsTextFormat, ...] = get_args(ObsTextFormat)
 MAX_ACTION_LENGTH = 4096
 MAX_STEPS = 1000  # 20x the reference's 50; the episode's history (replayed to copy an env) grows with it
 NOTHING_HAPPENS = "Nothing happens."
@@ -140,7 +141,7 @@ class ALFWorldEnv(VLMEnv):
 
     ## Oracle Labels
 
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key                | after ``reset`` / ``step``                                                     |
     |--------------------|--------------------------------------------------------------------------------|
@@ -168,7 +169,7 @@ class ALFWorldEnv(VLMEnv):
       ``train``/``valid_seen``/``valid_unseen`` is used when present). Default: the shipped set.
     * ``game_files``: explicit ``game.tw-pddl`` paths (overrides ``split``/``game_dir``).
       ``game_dir`` and ``game_files`` name files of the machine the env runs on
-      (:data:`vlm_envs.arguments.ServerPath`): an env server takes them only from its own configuration.
+      (:data:`vlm_envs.core.arguments.ServerPath`): an env server takes them only from its own configuration.
     * ``max_steps=50`` (an int in 1..1000), ``reward_mode``, ``success_bonus=50.0``,
       ``illegal_penalty=1.0`` (finite numbers).
     * ``obs_text_format``: ``"plain"`` (default) or ``"list_repr"``.
@@ -211,10 +212,10 @@ class ALFWorldEnv(VLMEnv):
         reward_mode: RewardMode = "delta",
         success_bonus: float = 50.0,
         illegal_penalty: float = 1.0,
-        obs_text_format: str = "plain",
-        match_mode: str = "fixed",
+        obs_text_format: ObsTextFormat = "plain",
+        match_mode: MatchMode = "fixed",
         image_size: tuple[int, int] = (300, 300),
-        text_mode: str = "prompt",
+        text_mode: TextMode = "prompt",
         skip_invalid_games: bool = False,
         oracle_labels: bool = False,
     ):
@@ -264,10 +265,8 @@ class ALFWorldEnv(VLMEnv):
         self._plan: list[str] = []  # the oracle's remaining plan
         self._frame: tuple[tuple, np.ndarray] | None = None
 
-    # -- gymnasium API ----------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        options = options or {}
+    # -- VLMEnv hooks ------------------------------------------------------------------------
+    def _start_episode(self, options: dict[str, Any]) -> dict[str, Any]:
         unknown = set(options) - {"game_index", "game_file"}
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; known: game_index, game_file")
@@ -287,15 +286,16 @@ class ALFWorldEnv(VLMEnv):
         self._task = describe_task(game.task_type, game.pddl_params, int(self.np_random.integers(len(TEMPLATES[game.task_type]))))
         self._start(game)
         self._plan = list(self._game_data(game).get("walkthrough") or [])
-        self._after_transition()
-        return self._get_obs(), self._label_reset(self._info(matched=None, legal=True, parse_error=""))
+        return self._info(matched=None, legal=True, parse_error="")
 
-    def step(self, action: Any):
-        if self._game is None:
-            raise RuntimeError("call reset() before step()")
+    def _read_action(self, action: Any) -> CommandMatch:
+        """Any model output is a move: the admissible command it names, or an illegal step when it
+        names none (not a ``str``, empty, too long...). Only a finished episode refuses a step."""
         if self._won or self._steps >= self.max_steps:
             raise RuntimeError("the episode is over (terminated or truncated); call reset()")
-        match = match_command(action, self._admissible, mode=self.match_mode)
+        return match_command(action, self._admissible, mode=self.match_mode)
+
+    def _apply_action(self, match: CommandMatch) -> Transition:
         self._steps += 1
         previous = self._gcsr
         self._facts_before = self._facts  # for the oracle labels: the same facts as the previous state key, indexed
@@ -307,9 +307,7 @@ class ALFWorldEnv(VLMEnv):
         reward = self.success_bonus * self._won + progress - self.illegal_penalty * (not match.ok)
         terminated = self._won
         truncated = not terminated and self._steps >= self.max_steps
-        self._after_transition()
-        info = self._label_step(self._info(match.command, match.ok, match.reason), match.command, terminated)
-        return self._get_obs(), float(reward), terminated, truncated, info
+        return Transition(reward, terminated, truncated, self._info(match.command, match.ok, match.reason))
 
     # -- oracle ------------------------------------------------------------------------------
     def oracle_action(self) -> str:
@@ -335,9 +333,10 @@ class ALFWorldEnv(VLMEnv):
                 "facts": [fact for fact in self._facts.facts()
                           if fact[0] not in _HISTORY_PREDICATES and not fact[0].startswith(_HISTORY_PREFIX)]}
 
-    def _action_optimal(self, command: str | None, before: StateLabels) -> bool:
+    def _action_optimal(self, match: CommandMatch, before: StateLabels) -> bool:
         """The command is the oracle's, or it makes progress: the expert's plan from the new state
         is shorter than from the old one."""
+        command = match.command
         if command is None:
             return False  # unmatched text never reaches the game
         if command == before.oracle_action and command != "look":  # "look" is the oracle's no-plan fallback
@@ -350,7 +349,6 @@ class ALFWorldEnv(VLMEnv):
         """How many commands the hand-coded expert needs from ``facts`` (not won); ``None`` when it has no plan."""
         return len(expert_plan(self._game.task_type, self._game.pddl_params, facts)) or None
 
-    # -- VLMEnv hooks ------------------------------------------------------------------------
     def _text(self) -> str:
         feedback = repr([self._feedback]) if self.obs_text_format == "list_repr" else self._feedback
         return format_alfworld_text(feedback, self._task, self._admissible)

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 
 from vlm_envs.alfworld_wrap.tasks import FactIndex
 from vlm_envs.alfworld_wrap.tasks import natural_key as _natural_key
-from vlm_envs.caching import ByteLRU, byte_lru_cache, deep_sizeof
-from vlm_envs.rendering import font
+from vlm_envs.core.caching import ByteLRU, byte_lru_cache, deep_sizeof
+from vlm_envs.core.rendering import font
 
 _FLAG_WORDS = (("ishot", "hot"), ("iscool", "cold"), ("isclean", "clean"), ("issliced", "sliced"), ("istoggled", "on"))
 _REVEALING = re.compile(r"^(?:examine|heat|cool|clean|slice|use) (.+?)(?: with .+)?$")

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.arguments import ServerPath, check_bool
+from vlm_envs.core.arguments import check_bool
+from vlm_envs.cards.card_env import CardEnv
 from vlm_envs.cards.deck import random_suit
-from vlm_envs.cards.drawing import check_card_art, felt_table, place_cards
-from vlm_envs.core import VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import blit_white_text, to_frame
+from vlm_envs.cards.drawing import felt_table, place_cards
+from vlm_envs.core import Transition
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import blit_white_text, to_frame
 
-Card = tuple[int, str, str]  # (value, face, suit), e.g. (10, "K", "H")
+
+class Card(NamedTuple):
+    """A Blackjack card, e.g. ``Card(10, "K", "H")``; ``info`` shows it as the plain tuple ``(10, "K", "H")``."""
+
+    value: int  # 1 for an ace (counted 11 where that does not bust), 10 for J, Q, K
+    face: str  # "A", "2".."9", "J", "Q" or "K"
+    suit: str  # "H", "S", "D" or "C"
+
+    @property
+    def code(self) -> str:
+        """The card's sprite name (:mod:`vlm_envs.cards.drawing`), e.g. ``"HK"``."""
+        return self.suit + self.face
+
+
 DECK_VALUES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10)
 _CARD_SIZE = (70, 98)
 _CANVAS_WIDTH = 300
@@ -30,23 +44,23 @@ def draw_card(np_random: np.random.Generator) -> Card:
         face = "JQK"[int(np_random.integers(3))]
     else:
         face = str(value)
-    return value, face, suit
+    return Card(value, face, suit)
 
 
 def hand_total(hand: list[Card]) -> int:
     """Sum of values, counting one ace as 11 when that does not bust the hand."""
-    total = sum(card[0] for card in hand)
+    total = sum(card.value for card in hand)
     return total + 10 if has_usable_ace(hand) else total
 
 
 def has_usable_ace(hand: list[Card]) -> bool:
-    total = sum(card[0] for card in hand)
-    return any(card[0] == 1 for card in hand) and total + 10 <= 21
+    total = sum(card.value for card in hand)
+    return any(card.value == 1 for card in hand) and total + 10 <= 21
 
 
 def is_natural(hand: list[Card]) -> bool:
     """An ace and a ten-valued card as the first two cards (compares values: docs/reference_differences.md, "Blackjack naturals")."""
-    return sorted(card[0] for card in hand) == [1, 10]
+    return sorted(card.value for card in hand) == [1, 10]
 
 
 def score(hand: list[Card]) -> int:
@@ -69,10 +83,6 @@ def basic_strategy(player_total: int, usable_ace: bool, dealer_upcard: int) -> i
     return 1
 
 
-def _card_code(card: Card) -> str:
-    return card[2] + card[1]
-
-
 def player_card_positions(n: int) -> list[tuple[int, int]]:
     """Up to four cards side by side; more overlap on one row so every card stays visible ("Blackjack layout" in docs/reference_differences.md)."""
     if n <= 4:
@@ -81,7 +91,7 @@ def player_card_positions(n: int) -> list[tuple[int, int]]:
     return [(5 + round(step * i), 150) for i in range(n)]
 
 
-class BlackjackEnv(VLMEnv):
+class BlackjackEnv(CardEnv):
     """Blackjack played from an image of the table.
 
     ## Description
@@ -120,12 +130,12 @@ class BlackjackEnv(VLMEnv):
     when the final reward is positive (the hand is won).
 
     ## Info
-    ``Player Card`` and ``Dealer Card`` (lists of ``(value, face, suit)``; ``Dealer Card`` includes the
-    hole card: for logging only, never for the agent), ``dealer_upcard``, ``player_total``,
+    ``Player Card`` and ``Dealer Card`` (lists of ``(value, face, suit)``, a :class:`Card`'s fields;
+    ``Dealer Card`` includes the hole card: for logging only, never for the agent), ``dealer_upcard``, ``player_total``,
     ``usable_ace``, ``success``; with ``oracle_labels=True`` also the keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|
@@ -157,28 +167,21 @@ class BlackjackEnv(VLMEnv):
     prompt_task = "blackjack"
     action_names = ("stand", "hit")
 
-    def __init__(self, natural: bool = False, sab: bool = False, compat: bool = False,
-                 card_art: ServerPath | None = None, **kwargs):
+    def __init__(self, natural: bool = False, sab: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.natural, self.sab = check_bool("natural", natural), check_bool("sab", sab)
-        self.compat = check_bool("compat", compat)
-        self.card_art = check_card_art(card_art)
         self.action_space = spaces.Discrete(2)
         self.dealer: list[Card] = []
         self.player: list[Card] = []
         self._frame: np.ndarray | None = None
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+    def _start_episode(self, options: dict[str, Any]) -> dict[str, Any]:
         self.dealer = [draw_card(self.np_random), draw_card(self.np_random)]
         self.player = [draw_card(self.np_random), draw_card(self.np_random)]
         self._frame = None
-        obs, info = self._get_obs(), self._label_reset(self._get_info(success=False))
-        self._after_transition()
-        return obs, info
+        return self._get_info(success=False)
 
-    def step(self, action: int):
-        action = self._validate_action(action)
+    def _apply_action(self, action: int) -> Transition:
         if action == 1:
             self.player.append(draw_card(self.np_random))
             self._frame = None
@@ -190,10 +193,7 @@ class BlackjackEnv(VLMEnv):
                 self.dealer.append(draw_card(self.np_random))
             reward = float(np.sign(score(self.player) - score(self.dealer)))
             reward = self._natural_bonus(reward)
-        obs = self._get_obs()
-        info = self._label_step(self._get_info(success=terminated and reward > 0), action, terminated)
-        self._after_transition()
-        return obs, reward, terminated, False, info
+        return Transition(reward, terminated, False, self._get_info(success=terminated and reward > 0))
 
     def _natural_bonus(self, reward: float) -> float:
         if self.compat:
@@ -206,11 +206,11 @@ class BlackjackEnv(VLMEnv):
 
     def oracle_action(self) -> int:
         """Basic strategy for this rule set (hit/stand only, dealer stands on soft 17)."""
-        return basic_strategy(hand_total(self.player), has_usable_ace(self.player), self.dealer[0][0])
+        return basic_strategy(hand_total(self.player), has_usable_ace(self.player), self.dealer[0].value)
 
     def _full_state(self) -> dict[str, Any]:
         return {"natural": self.natural, "sab": self.sab, "compat": self.compat,
-                "player": sorted(card[0] for card in self.player), "dealer": [card[0] for card in self.dealer]}
+                "player": sorted(card.value for card in self.player), "dealer": [card.value for card in self.dealer]}
 
     def _action_optimal(self, action: int, before: StateLabels) -> bool:
         """The action is basic strategy's in the state it was taken in."""
@@ -218,9 +218,10 @@ class BlackjackEnv(VLMEnv):
 
     def _get_info(self, success: bool) -> dict[str, Any]:
         return {
-            "Dealer Card": list(self.dealer),
-            "Player Card": list(self.player),
-            "dealer_upcard": self.dealer[0],
+            # Plain tuples: info reads the same locally, from a vector env and from an env server.
+            "Dealer Card": [tuple(card) for card in self.dealer],
+            "Player Card": [tuple(card) for card in self.player],
+            "dealer_upcard": tuple(self.dealer[0]),
             "player_total": hand_total(self.player),
             "usable_ace": has_usable_ace(self.player),
             "success": success,
@@ -230,16 +231,16 @@ class BlackjackEnv(VLMEnv):
         return ""
 
     def _describe(self) -> str:
-        faces = ", ".join(card[1] for card in self.player)
-        return f"Dealer's card: {self.dealer[0][1]}. Player's cards: {faces}."
+        faces = ", ".join(card.face for card in self.player)
+        return f"Dealer's card: {self.dealer[0].face}. Player's cards: {faces}."
 
     def _render_frame(self) -> np.ndarray:
         if self._frame is None:  # the picture changes only when the player's hand does
             table = felt_table()
             blit_white_text(table, "Dealer", 5, 5, 16, bold=True)
-            place_cards(table, [_card_code(self.dealer[0]), "back"], [(5, 25), (78, 25)], _CARD_SIZE, self.card_art)
+            place_cards(table, [self.dealer[0].code, "back"], [(5, 25), (78, 25)], _CARD_SIZE, self.card_art)
             blit_white_text(table, "Player", 5, 130, 16, bold=True)
-            codes = [_card_code(card) for card in self.player]
+            codes = [card.code for card in self.player]
             place_cards(table, codes, player_card_positions(len(codes)), _CARD_SIZE, self.card_art)
             self._frame = to_frame(table, self.image_size)
         return self._frame.copy()

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlm_envs.arguments import check_path
-from vlm_envs.caching import byte_lru_cache
+from vlm_envs.core.arguments import check_path
+from vlm_envs.core.caching import byte_lru_cache
 from vlm_envs.cards.deck import FULL_DECK
-from vlm_envs.rendering import font
+from vlm_envs.core.rendering import font
 
 FELT_GREEN = (0x35, 0x65, 0x4D)
 WHITE = (255, 255, 255)

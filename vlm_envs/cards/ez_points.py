@@ -6,7 +6,7 @@ import operator
 
 from vlm_envs.cards.deck import CARD_VALUES, RANKS, card_code, random_suit, rank_value
 from vlm_envs.cards.formula_env import FormulaCardEnv
-from vlm_envs.rendering import text_advance
+from vlm_envs.core.rendering import text_advance
 
 
 class EZPointsEnv(FormulaCardEnv):
@@ -57,7 +57,7 @@ class EZPointsEnv(FormulaCardEnv):
     ``solvable``, ``target_points``, ``success``; with ``oracle_labels=True`` also the keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from vlm_envs.caching import ByteLRU, byte_lru_cache, deep_sizeof
+from vlm_envs.core.caching import ByteLRU, byte_lru_cache, deep_sizeof
 
 Token = Union[int, str]
 PLACEHOLDER = " "

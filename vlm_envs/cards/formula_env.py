@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.arguments import ServerPath, check_bool, check_int
+from vlm_envs.core.arguments import check_int
+from vlm_envs.cards.card_env import CardEnv
 from vlm_envs.cards.deck import card_value
-from vlm_envs.cards.drawing import check_card_art, felt_table, place_cards
+from vlm_envs.cards.drawing import felt_table, place_cards
 from vlm_envs.cards.formula import (
     PLACEHOLDER,
     FormulaError,
@@ -20,16 +22,16 @@ from vlm_envs.cards.formula import (
     format_formula,
     solve,
 )
-from vlm_envs.core import VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import blit_white_text, text_advance, to_frame
+from vlm_envs.core import Transition
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import blit_white_text, text_advance, to_frame
 
 SOLVED_REWARD = 10.0
 FAIL_REWARD = -1.0
 NUMBER_NAMES = tuple(str(v) for v in range(1, 11))
 
 
-class FormulaCardEnv(VLMEnv):
+class FormulaCardEnv(CardEnv):
     """Shared rules of the point games; subclasses set the class attributes and ``_deal``.
 
     Step semantics (the RL4VLM code's): a number is valid while it has been used fewer
@@ -49,20 +51,8 @@ class FormulaCardEnv(VLMEnv):
     formula_origin: tuple[float, int] = (0.0, 0)  # where the first token goes
     font_size: int = 16
 
-    def __init__(
-        self,
-        target_points: int,
-        render_mode: str | None = None,
-        image_size: tuple[int, int] = (300, 300),
-        text_mode: str = "prompt",
-        compat: bool = False,
-        card_art: ServerPath | None = None,
-        oracle_labels: bool = False,
-    ):
-        super().__init__(render_mode=render_mode, image_size=image_size, text_mode=text_mode,
-                         oracle_labels=oracle_labels)
-        self.compat = check_bool("compat", compat)
-        self.card_art = check_card_art(card_art)
+    def __init__(self, target_points: int, **kwargs):
+        super().__init__(**kwargs)
         self.target_points = self._check_target(target_points)
         self.prompt_params = {"target": self.target_points}
         self.action_names = NUMBER_NAMES + tuple(self.operators) + ("=",)
@@ -77,13 +67,14 @@ class FormulaCardEnv(VLMEnv):
         self._pen_x = 0.0
 
     # -- to implement -------------------------------------------------------------------------
+    @abc.abstractmethod
     def _deal(self) -> list[str]:
-        raise NotImplementedError
+        """The codes of the cards of a new episode, drawn from ``self.np_random``."""
 
     @classmethod
+    @abc.abstractmethod
     def reachable_targets(cls) -> frozenset[int]:
         """Every target that some hand this game deals can reach under the exact rules."""
-        raise NotImplementedError
 
     def _check_target(self, target_points: object) -> int:
         target = check_int("target_points", target_points)
@@ -96,20 +87,16 @@ class FormulaCardEnv(VLMEnv):
                              f"with {ops}; the reachable targets are {listed}")
         return target
 
-    # -- gymnasium API ------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+    # -- VLMEnv hooks ------------------------------------------------------------------------
+    def _start_episode(self, options: dict[str, Any]) -> dict[str, Any]:
         self.cards = self._deal()
         self.numbers = [card_value(code) for code in self.cards]
         self.formula, self.used = [], []
         self.episode_return = 0.0
         self._canvas = None
-        obs, info = self._get_obs(), self._label_reset(self._get_info(success=False))
-        self._after_transition()
-        return obs, info
+        return self._get_info(success=False)
 
-    def step(self, action: int):
-        action = self._validate_action(action)
+    def _apply_action(self, action: int) -> Transition:
         symbol = self.action_names[action]
         reward, terminated, truncated, success = 0.0, False, False, False
         if len(self.formula) > self.max_formula_length:
@@ -129,9 +116,7 @@ class FormulaCardEnv(VLMEnv):
         else:
             self.formula.append(symbol)
         self.episode_return += reward
-        obs, info = self._get_obs(), self._label_step(self._get_info(success=success), action, terminated)
-        self._after_transition()
-        return obs, reward, terminated, truncated, info
+        return Transition(reward, terminated, truncated, self._get_info(success=success))
 
     # -- rules --------------------------------------------------------------------------------
     def _score(self) -> float:

@@ -8,11 +8,11 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from vlm_envs.arguments import check_bool, check_int
-from vlm_envs.caching import byte_lru_cache
-from vlm_envs.core import VLMEnv
-from vlm_envs.labels import StateLabels
-from vlm_envs.rendering import font, to_frame
+from vlm_envs.core.arguments import check_bool, check_int
+from vlm_envs.core.caching import byte_lru_cache
+from vlm_envs.core import Transition, VLMEnv
+from vlm_envs.core.labels import StateLabels
+from vlm_envs.core.rendering import font, to_frame
 
 
 MAX_POSITION = 999  # "Current: 999" is the widest label that fits the 300-px frame
@@ -76,7 +76,7 @@ class NumberLineEnv(VLMEnv):
     keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|
@@ -108,8 +108,7 @@ class NumberLineEnv(VLMEnv):
         self.action_space = spaces.Discrete(2)
         self.current = self.target = self.steps = self.wasted_moves = 0
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+    def _start_episode(self, options: dict[str, Any]) -> dict[str, Any]:
         m = self.max_position
         self.current = int(self.np_random.integers(m + 1))
         if self.compat:
@@ -120,12 +119,9 @@ class NumberLineEnv(VLMEnv):
             self.target = int(self.np_random.integers(m))
             self.target += self.target >= self.current  # uniform over the positions != current
         self.steps = self.wasted_moves = 0
-        obs, info = self._get_obs(), self._label_reset(self._get_info())
-        self._after_transition()
-        return obs, info
+        return self._get_info()
 
-    def step(self, action: int):
-        action = self._validate_action(action)
+    def _apply_action(self, action: int) -> Transition:
         before = abs(self.current - self.target)
         move = 1 if action == 1 else -1
         self.current = min(max(self.current + move, 0), self.max_position)
@@ -135,9 +131,7 @@ class NumberLineEnv(VLMEnv):
         reward = 1.0 if terminated else (-1.0 if after >= before else 0.0)
         self.wasted_moves += reward < 0
         truncated = not terminated and self.steps >= 2 * self.max_position
-        obs, info = self._get_obs(), self._label_step(self._get_info(), action, terminated)
-        self._after_transition()
-        return obs, reward, terminated, truncated, info
+        return Transition(reward, terminated, truncated, self._get_info())
 
     def oracle_action(self) -> int:
         """The shortest path: ``+`` below the target, ``-`` above it."""

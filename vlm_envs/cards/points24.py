@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vlm_envs.arguments import check_bool
+from vlm_envs.core.arguments import check_bool
 from vlm_envs.cards.deck import CARD_VALUES, deal_distinct, deal_values, deal_with_replacement, hand_probability
 from vlm_envs.cards.formula import reachable_integers
 from vlm_envs.cards.formula_env import FormulaCardEnv
@@ -59,7 +59,7 @@ class Points24Env(FormulaCardEnv):
     with ``oracle_labels=True`` also the keys below.
 
     ## Oracle Labels
-    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.labels`):
+    ``oracle_labels=True`` adds (pairing and hashing: :mod:`vlm_envs.core.labels`):
 
     | key | after ``reset`` / ``step`` |
     |---|---|

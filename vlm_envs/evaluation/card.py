@@ -11,7 +11,7 @@ Top-level keys:
 * ``skipped_games``: unreadable games an ALFWorld env skipped in its folder (``skip_invalid_games``);
 * ``episodes``: one record per played episode, in manifest order: ``index``, ``env_id``, ``seed``,
   ``return``, ``length``, ``optimal_actions`` (how many of its ``length`` steps the env's oracle
-  labels called optimal, :mod:`vlm_envs.labels`), ``success``, ``terminated``, ``truncated``,
+  labels called optimal, :mod:`vlm_envs.core.labels`), ``success``, ``terminated``, ``truncated``,
   ``parse_failures``, ``parse_failure_reasons`` (reason -> count), ``final_info``; ALFWorld adds
   ``game`` and ``task_type``;
 * ``summary``: ``per_env`` and ``per_task_type`` (ALFWorld), each with ``episodes``, ``successes``,

@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm_envs.core.registration import CARD_ENVS
 from vlm_envs.evaluation.seeds import EVAL_SEED_BASE
-from vlm_envs.registration import CARD_ENVS
 
 CARD_EPISODES = 500
 NUMBERLINE_EPISODES_PER_START = 17  # 30 start states x 17 = 510 >= CARD_EPISODES

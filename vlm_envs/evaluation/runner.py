@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -35,7 +35,7 @@ from vlm_envs.text.prompts import Wording, build_prompt, text_only_prompt
 from vlm_envs.running.wrappers import OnParseFailure, TextActions
 
 Vectorization = Literal["sync", "async"]
-VECTORIZATIONS: tuple[str, ...] = ("sync", "async")
+VECTORIZATIONS: tuple[Vectorization, ...] = get_args(Vectorization)
 # Keys of the final info left off the card: long and already summarised elsewhere.
 _BULKY_INFO_KEYS = ("admissible_commands", "feedback")
 

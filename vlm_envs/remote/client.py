@@ -45,6 +45,8 @@ from openenv.core.client_types import StepResult  # noqa: E402
 from openenv.core.env_client import EnvClient  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 
+from vlm_envs.remote.wire import StepAction, StepAnswer, StepObservation  # noqa: E402
+
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RECONNECT_FIRST_WAIT_S, _RECONNECT_MAX_WAIT_S = 0.1, 2.0
 
@@ -143,11 +145,12 @@ class _SessionClient(EnvClient[dict, dict, dict]):
             return None
         return message if isinstance(message, dict) and message.get("type") == "error" else None
 
-    def _step_payload(self, action: dict) -> dict:
-        return action
+    def _step_payload(self, action: StepAction) -> dict:
+        return action.model_dump(exclude_none=True)
 
-    def _parse_result(self, payload: dict) -> StepResult[dict]:
-        return StepResult(observation=payload.get("observation", {}), reward=payload.get("reward"), done=payload.get("done", False))
+    def _parse_result(self, payload: dict) -> StepResult[StepObservation]:
+        answer = StepAnswer.model_validate(payload)
+        return StepResult(observation=answer.observation, reward=answer.reward, done=answer.done)
 
     def _parse_state(self, payload: dict) -> dict:
         return payload
@@ -330,11 +333,13 @@ class RemoteEnv(gym.Env):
         if self._text_session:
             if not isinstance(action, str):
                 raise TypeError(f"this env takes text actions (str), got {type(action).__name__}: {action!r}")
-            payload = {"text": action}
+            # Built unchecked: pydantic refuses a lone surrogate, which is a str the local env takes;
+            # the server checks every step.
+            payload = StepAction.model_construct(text=action)
         else:
             if not isinstance(action, (int, np.integer)) or isinstance(action, bool):
                 raise TypeError(f"this env takes action indices (int), got {type(action).__name__}: {action!r}")
-            payload = {"index": int(action)}
+            payload = StepAction.model_construct(index=int(action))
         result = self._call("step", payload)
         self._log.step(action)
         return result
@@ -347,16 +352,16 @@ class RemoteEnv(gym.Env):
     @staticmethod
     def _unpack(result: StepResult):
         answer = result.observation
-        obs = {"image": decode_image(answer["image"]), "text": answer["text"]}
+        obs = {"image": decode_image(answer.image), "text": answer.text}
         reward = result.reward if result.reward is not None else 0.0
-        return obs, reward, bool(answer["terminated"]), bool(answer["truncated"]), decode_value(answer["info"])
+        return obs, reward, answer.terminated, answer.truncated, decode_value(answer.info)
 
 
 def _digest(result: StepResult, image: np.ndarray) -> str:
     """A fingerprint of one answer, to check a replay (its decoded image's pixels, not their encoding)."""
     answer = result.observation
     pixels = image.tobytes()
-    rest = json.dumps([result.reward, answer["text"], answer["info"], answer["terminated"], answer["truncated"]], sort_keys=True)
+    rest = json.dumps([result.reward, answer.text, answer.info, answer.terminated, answer.truncated], sort_keys=True)
     return hashlib.sha256(pixels + rest.encode()).hexdigest()
 
 

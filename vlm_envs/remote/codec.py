@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.spaces import EnvText
+from vlm_envs.core.spaces import EnvText
 
 IMAGE_ENCODINGS: tuple[str, ...] = ("png", "raw")
 # The largest answer a client accepts (OpenEnv's client default). The largest frame an env draws
-# (2048x2048, vlm_envs.spaces.MAX_IMAGE_SIDE) is 16 MiB of base64 sent raw, so every frame fits;
+# (2048x2048, vlm_envs.core.spaces.MAX_IMAGE_SIDE) is 16 MiB of base64 sent raw, so every frame fits;
 # the server refuses a larger answer.
 MAX_ANSWER_BYTES = 100 * 1024 * 1024
 # Level 1 is several times faster than zlib's default 6 and the card frames stay a few KB.

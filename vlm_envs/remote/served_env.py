@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
-from vlm_envs.arguments import check_int
-from vlm_envs.registration import constructor_arguments, path_arguments, registered_ids
+from vlm_envs.core.arguments import check_int
+from vlm_envs.core.registration import constructor_arguments, path_arguments, registered_ids
 from vlm_envs.remote.codec import IMAGE_ENCODINGS, MAX_ANSWER_BYTES, encode_image, encode_value, space_to_json
 from vlm_envs.running.wrappers import TextActions
 
@@ -29,7 +29,7 @@ DEFAULT_IMAGE_ENCODING = "png"
 _MAKE_ARGUMENTS = ("max_episode_steps",)
 MAX_CLIENT_EPISODE_STEPS = 100_000
 """The largest ``max_episode_steps`` a client may ask for (the registered default is
-:data:`vlm_envs.registration.MAX_EPISODE_STEPS`)."""
+:data:`vlm_envs.core.registration.MAX_EPISODE_STEPS`)."""
 # An absolute path of two or more parts (``/etc/S2.png``, ``~/games/x``) in an error message; one
 # part is too often not a path (``+/-``): the server's own one-part paths are masked by value.
 _ANY_SERVER_PATH = re.compile(r"(?<![\w/.~-])~?/[\w.-]+(?:/[\w.-]*)+")

@@ -55,9 +55,10 @@ import_openenv("the env server")  # before any of its dependencies, so a missing
 uvicorn = require("uvicorn", "serve", "the env server")
 from fastapi import FastAPI, WebSocket  # noqa: E402
 from openenv.core.env_server.types import EnvironmentMetadata, HealthResponse, SchemaResponse, State  # noqa: E402
-from pydantic import BaseModel, Field, StrictInt, StrictStr  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol  # noqa: E402
+
+from vlm_envs.remote.wire import StepAction, StepObservation  # noqa: E402
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a WebSocket frame from a client; larger closes that session's connection (1009)
 DEFAULT_IDLE_TIMEOUT_S = 600.0
@@ -75,23 +76,6 @@ _ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
 MESSAGE_TYPES = ("reset", "step", "state", "close")
 
 log = logging.getLogger(__name__)
-
-
-class StepAction(BaseModel):
-    """A step: the model's raw text (parsed by ``TextActions``) or an action index, exactly one (``/schema``)."""
-
-    text: StrictStr | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="the model's output text")
-    index: StrictInt | None = Field(default=None, ge=0, description="an action index (sessions reset with text_actions=false)")
-
-
-class StepObservation(BaseModel):
-    """A reset or step answer's ``observation`` (``/schema``); ``reward`` and ``done`` sit beside it."""
-
-    image: dict[str, Any] = Field(description="{encoding: png|raw, shape: [H, W, 3], data: base64}")
-    text: str = Field(description='obs["text"]')
-    info: dict[str, Any] = Field(description="the step's info, tagged JSON (vlm_envs.remote.codec)")
-    terminated: bool = False
-    truncated: bool = False
 
 
 # -- messages -------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vlm_envs.arguments import check_finite
+from vlm_envs.core.arguments import check_finite
 from vlm_envs.running.branching import EpisodeLog, EpisodeRecord
-from vlm_envs.spaces import text_space
+from vlm_envs.core.spaces import text_space
 from vlm_envs.text.parsing import PARSE_MODES, ParseMode, parse_action
 
 OnParseFailure = Literal["random", "penalty", "noop"]
@@ -46,7 +46,7 @@ class TextActions(gym.Wrapper):
     Environments whose action space is already text (ALFWorld) parse internally and report the
     same keys; this wrapper passes them through unchanged, so trainers can wrap every env alike.
 
-    With the env's ``oracle_labels=True`` (:mod:`vlm_envs.labels`), a turn whose text did not parse
+    With the env's ``oracle_labels=True`` (:mod:`vlm_envs.core.labels`), a turn whose text did not parse
     has ``info["action_optimal"] = False`` whatever was played: the model chose no action, and a
     ``random`` fallback move is the wrapper's. ``state_key`` and ``oracle_action`` stay those of the
     state the returned observation shows (the same state again under ``penalty`` and ``noop``).

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 ParseMode = Literal["strict", "lenient", "compat"]
 MatchMode = Literal["fixed", "compat"]
 
-PARSE_MODES: tuple[str, ...] = ("strict", "lenient", "compat")
-MATCH_MODES: tuple[str, ...] = ("fixed", "compat")
+PARSE_MODES: tuple[ParseMode, ...] = get_args(ParseMode)
+MATCH_MODES: tuple[MatchMode, ...] = get_args(MatchMode)
 
 # `"action"` then optional whitespace, a colon, optional whitespace. Case-insensitive on the
 # original text (not on ``text.lower()``) so that offsets stay valid for any unicode input.

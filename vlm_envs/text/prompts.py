@@ -19,12 +19,12 @@ target rather than state the wrong goal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 from vlm_envs.text import reference_templates as ref
 
 Wording = Literal["reference", "clean"]
-WORDINGS: tuple[str, ...] = ("reference", "clean")
+WORDINGS: tuple[Wording, ...] = get_args(Wording)
 
 _CLEAN_JSON_FOOTER = "Your response should be a valid JSON object in the following format:\n"
 

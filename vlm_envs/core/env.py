@@ -1,39 +1,56 @@
 """The base class of every vlm_envs environment: image + text observations and the text interface.
 
-An environment subclasses :class:`VLMEnv` and implements
+:class:`VLMEnv` owns ``reset`` and ``step``: it seeds, checks the action, and assembles the
+observation, the oracle labels and the human-mode frame in one order for every env. An
+environment subclasses it and implements the abstract hooks
 
+* ``_start_episode(options) -> dict``: draw a new episode from ``self.np_random``; the first
+  state's ``info``;
+* ``_apply_action(action) -> Transition``: play an action already checked by
+  ``_validate_action``; the reward, the end flags and the new state's ``info``;
 * ``_render_frame() -> np.ndarray``: the current image, ``(H, W, 3)`` uint8;
 * ``_text() -> str``: what the step's prompt needs (``obs["text"]``), e.g. the current formula;
 * ``_describe() -> str``: the whole state in words, for text-only agents (``text_mode="full"``);
 * ``oracle_action()``: the expert's action in the current state;
-* for the oracle labels (:mod:`vlm_envs.labels`): ``_full_state() -> dict``, the state as the
-  rules see it, and ``_action_optimal(action, before) -> bool``, the env's test of optimality;
+* for the oracle labels (:mod:`vlm_envs.core.labels`): ``_full_state() -> dict``, the state as the
+  rules see it, and ``_action_optimal(action, before) -> bool``, the env's test of optimality.
 
-and calls ``_label_reset(info)`` / ``_label_step(info, action, terminated)`` on the info it
-returns. It sets the class attributes ``prompt_task`` (the template family in :mod:`vlm_envs.text.prompts`)
-and, for a fixed action vocabulary, ``action_names``.
+An env whose actions are not indices of a ``Discrete`` space (ALFWorld's text) overrides
+``_read_action``. It sets the class attributes ``prompt_task`` (the template family in
+:mod:`vlm_envs.text.prompts`) and, for a fixed action vocabulary, ``action_names``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import abc
+from typing import Any, Literal, NamedTuple, get_args
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import logger
 
-from vlm_envs.arguments import check_bool
-from vlm_envs.labels import StateLabels, state_key
-from vlm_envs.rendering import HumanWindow
-from vlm_envs.spaces import observation_space, validate_image_size
+from vlm_envs.core.arguments import check_bool
+from vlm_envs.core.labels import StateLabels, state_key
+from vlm_envs.core.rendering import HumanWindow
+from vlm_envs.core.spaces import observation_space, validate_image_size
 from vlm_envs.text.prompts import Wording, build_prompt, chat_messages
 
 TextMode = Literal["prompt", "full"]
-TEXT_MODES: tuple[str, ...] = ("prompt", "full")
+TEXT_MODES: tuple[TextMode, ...] = get_args(TextMode)
 
 
-class VLMEnv(gym.Env):
-    """Common machinery: observation space, rendering modes, prompts. See the module docstring."""
+class Transition(NamedTuple):
+    """What an action did, as ``_apply_action`` reports it: the reward, the end flags and the
+    ``info`` of the state it led to (the oracle labels are added by :class:`VLMEnv`)."""
+
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+
+
+class VLMEnv(gym.Env, abc.ABC):
+    """Common machinery: ``reset``, ``step``, observation space, rendering modes, prompts. See the module docstring."""
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array", "human"], "render_fps": 4}
     prompt_task: str = ""
@@ -67,38 +84,66 @@ class VLMEnv(gym.Env):
         self._labels: StateLabels | None = None  # of the state the next action is taken in
 
     # -- to implement -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _start_episode(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Start a new episode, drawing only from ``self.np_random``; the ``info`` of its first state."""
+
+    @abc.abstractmethod
+    def _apply_action(self, action: Any) -> Transition:
+        """Play ``action`` (as ``_validate_action`` returned it) from the current state."""
+
+    @abc.abstractmethod
     def _render_frame(self) -> np.ndarray:
-        raise NotImplementedError
+        """The current image, ``(H, W, 3)`` uint8."""
 
+    @abc.abstractmethod
     def _text(self) -> str:
-        raise NotImplementedError
+        """What the step's prompt needs (``obs["text"]`` in ``text_mode="prompt"``)."""
 
+    @abc.abstractmethod
     def _describe(self) -> str:
-        raise NotImplementedError
+        """The whole state in words (``obs["text"]`` in ``text_mode="full"``)."""
 
+    @abc.abstractmethod
     def oracle_action(self) -> Any:
         """The expert's action in the current state."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _full_state(self) -> dict[str, Any]:
         """The state as the rules see it (JSON-serialisable), with the arguments that change the rules
-        (what ``state_key`` hashes; :mod:`vlm_envs.labels` says what is left out)."""
-        raise NotImplementedError
+        (what ``state_key`` hashes; :mod:`vlm_envs.core.labels` says what is left out)."""
 
+    @abc.abstractmethod
     def _action_optimal(self, action: Any, before: StateLabels) -> bool:
         """Whether ``action``, just taken in the state ``before``, was optimal (the env is now in
         the state it led to)."""
-        raise NotImplementedError
 
-    # -- shared -------------------------------------------------------------------------------
+    # -- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        self._has_reset = False  # until the episode has started: a failed reset leaves nothing to step in
+        info = self._start_episode(options or {})
         self._has_reset = True
+        obs, info = self._get_obs(), self._label_reset(info)
+        self._after_transition()
+        return obs, info
 
-    def _validate_action(self, action: Any) -> int:
-        """The action as an int, or a clear error for a step before reset or an out-of-range action."""
+    def step(self, action: Any):
+        action = self._validate_action(action)
+        reward, terminated, truncated, info = self._apply_action(action)
+        obs, info = self._get_obs(), self._label_step(info, action, terminated)
+        self._after_transition()
+        return obs, float(reward), terminated, truncated, info
+
+    # -- shared -------------------------------------------------------------------------------
+    def _validate_action(self, action: Any) -> Any:
+        """The action as the rules take it, or a clear error for a step before reset or a bad action."""
         if not self._has_reset:
             raise RuntimeError("call reset() before step()")
+        return self._read_action(action)
+
+    def _read_action(self, action: Any) -> Any:
+        """The action as an int, or a ``ValueError`` for one outside the ``Discrete`` action space."""
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in {self.action_space} (names: {self.action_names})")
         return int(action)
@@ -128,7 +173,7 @@ class VLMEnv(gym.Env):
         return {**info, **labels}
 
     def _after_transition(self) -> None:
-        """Call at the end of ``reset`` and ``step``: gymnasium's human mode renders every frame."""
+        """The end of ``reset`` and ``step``: gymnasium's human mode renders every frame."""
         if self.render_mode == "human":
             self.render()
 
