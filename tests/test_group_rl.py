@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -173,6 +174,9 @@ def test_group_settings_are_checked_at_start():
     with pytest.raises(ValueError, match="critic-free"):
         check_config(Config(algo="ppo", num_envs=2, group_size=2))
     check_config(Config(algo="gigpo", num_envs=4, group_size=2))
+    for weight in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="step_adv_weight must be a finite number >= 0"):
+            check_config(Config(algo="gigpo", num_envs=4, group_size=2, step_adv_weight=weight))
     with pytest.raises(SystemExit):
         parse_args(["ppo", "--algo", "a2c"])
 
@@ -181,7 +185,8 @@ def test_group_rollout_plays_whole_episodes_from_shared_seeds(tmp_path, family_p
     """4 envs in 2 groups of 2 on Blackjack: each group plays its episodes from one seed (the same
     first state for both members, different between groups and rounds), every episode in the
     column is whole, the rollout holds at least its budget, and every seed is a training seed."""
-    from baselines.vlm_ppo.envs import TRAIN_SEED_BASE, TrainingEnvs, check_eval_seeds
+    from baselines.vlm_ppo.envs import TrainingEnvs
+    from vlm_envs.evaluation.seeds import TRAIN_SEED_BASE, check_eval_seeds
     from baselines.vlm_ppo.rollout import EpisodeStats, collect_group_rollout
 
     cfg = _config(tmp_path, family_path("llava"), env_id="gym_cards/Blackjack-v0", algo="gigpo", num_envs=4,
@@ -202,6 +207,10 @@ def test_group_rollout_plays_whole_episodes_from_shared_seeds(tmp_path, family_p
     for t in starts:
         by_group.setdefault(rollout.groups[t], []).append(rollout.state_keys[t])
     assert len(by_group) >= 2 and all(len(keys) == 2 and keys[0] == keys[1] for keys in by_group.values())
+    # each step is keyed by the state it acted on: an episode's first step by its deal's state
+    fresh = gym.make("gym_cards/Blackjack-v0", oracle_labels=True)
+    first_deals = [fresh.reset(seed=seeds_before[m])[1]["state_key"] for m in (0, 2)]
+    assert rollout.state_keys[0] == first_deals[0] and set(first_deals) <= {rollout.state_keys[t] for t in starts}
     assert len({keys[0] for keys in by_group.values()}) == len(by_group)  # each group episode its own deal
     assert len(stats.finished) == 2 * len(by_group)
     assert seeds_before[0] == seeds_before[1] != seeds_before[2] == seeds_before[3]

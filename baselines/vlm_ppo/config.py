@@ -134,7 +134,7 @@ class Config:
     clip: float = 0.1
     """PPO clip range ε of the policy ratio (every algorithm)."""
     value_clip: float = 0.1
-    """Clip of the value update around the old value (0: unclipped). RL4VLM shares the policy's ε 0.1, on the raw return, so a state's value moves at most ~0.1 per update: too slow for returns of +10 or 50 Every preset keeps 0.1, the setting its committed experiments ran with; docs/training.md compares it with 0 (off)."""
+    """Clip of the value update around the old value (0: unclipped). RL4VLM shares the policy's ε 0.1, on the raw return, so a state's value moves at most ~0.1 per update: too slow for returns of +10 or 50. Every preset keeps 0.1, the setting its committed experiments ran with, until a run with 0 (off) compares (docs/training.md)."""
     ratio_guard: float = 10.0
     """If any ratio in a mini-batch exceeds this, use only the clipped term (reference guard); 0 turns it off."""
     vf_coef: float = 0.5

@@ -263,8 +263,9 @@ def minibatches(num_samples: int, minibatch_size: int, generator: torch.Generato
 def score_rollout(policy: ActorCritic, rollout: Rollout, batches: list[list[int]], with_reference: bool) -> None:
     """Behaviour log-probs and values of every transition, in the given mini-batches (epoch 0's).
 
-    Transitions that fall in no mini-batch (the dropped remainder) are scored in one extra batch,
-    since GAE needs every value. With ``with_reference``, also the initial policy's per-token
+    Transitions that fall in no mini-batch (the dropped remainder, or under several processes the
+    mini-batches cut so that every process takes as many) are scored too, in batches no larger than
+    the largest given one, since GAE needs every value. With ``with_reference``, also the initial policy's per-token
     log-probs (the LoRA adapter switched off: no second copy of the model). Runs in the same mode
     as the update passes (train mode, dropout off), so the first epoch's ratios start at exactly 1.
     """
@@ -274,7 +275,8 @@ def score_rollout(policy: ActorCritic, rollout: Rollout, batches: list[list[int]
     flat_lp, flat_v = rollout.logprobs.view(-1), rollout.values.view(-1)
     flat_th, flat_ac = rollout.thought_logprobs.view(-1), rollout.action_logprobs.view(-1)
     ref: dict[int, torch.Tensor] = {}
-    for batch in batches + ([rest] if rest else []):
+    size = max((len(b) for b in batches), default=len(rest)) or 1
+    for batch in batches + [rest[s:s + size] for s in range(0, len(rest), size)]:
         args = ([rollout.prompts[j] for j in batch], [rollout.answers[j] for j in batch],
                 [rollout.boundaries[j] for j in batch])
         out = policy(*args)

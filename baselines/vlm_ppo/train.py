@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import random
 import shutil
 import time
@@ -126,6 +127,9 @@ def check_groups(cfg: Config) -> None:
     if cfg.num_envs % cfg.group_size:
         raise ValueError(f"num_envs={cfg.num_envs} must be a multiple of group_size={cfg.group_size}: a group's "
                          f"envs stay in one process")
+    if not (math.isfinite(cfg.step_adv_weight) and cfg.step_adv_weight >= 0):
+        raise ValueError(f"step_adv_weight must be a finite number >= 0 (the weight of GiGPO's step-level "
+                         f"advantage), got {cfg.step_adv_weight}")
 
 
 def format_failures(cfg: Config) -> FormatFailures | None:
