@@ -29,11 +29,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("running", ("vlm_envs.running",)),
     ("evaluation", ("vlm_envs.evaluation",)),
     ("serving", ("vlm_envs.remote",)),
-    # the package's face: `import vlm_envs`, the command line, human play, the gallery, and the
-    # old module paths kept for one version
-    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.play", "vlm_envs.gallery",
+    # the package's face: `import vlm_envs`, the command line, the tools (human play, the gallery),
+    # and the old module paths kept for one version
+    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.tools",
                *(f"vlm_envs.{old}" for old in ("spaces", "rendering", "labels", "caching", "registration", "arguments",
-                                               "wrappers", "agent_loop", "ray_pool")))),
+                                               "wrappers", "agent_loop", "ray_pool", "play", "gallery")))),
     ("trainer", ("baselines",)),
 ]
 LEVEL = {prefix: level for level, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}

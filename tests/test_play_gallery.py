@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.utils import AVAILABLE_SPECS
 from vlm_envs.__main__ import main
-from vlm_envs.gallery import file_name
+from vlm_envs.tools.gallery import file_name
 from vlm_envs.core.registration import registered_ids
 
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "gallery"

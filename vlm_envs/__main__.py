@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "play":
         return _play(parser, args)
     if args.command == "gallery":
-        from vlm_envs.gallery import make_gallery
+        from vlm_envs.tools.gallery import make_gallery
 
         for path in make_gallery(args.out, args.env, args.seed, args.steps):
             print(path)
@@ -209,7 +209,7 @@ def _server_token(args: argparse.Namespace) -> str | None:
 
 
 def _play(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from vlm_envs.play import play
+    from vlm_envs.tools.play import play
 
     if args.env not in gym.registry:
         parser.error(f"unknown env id {args.env!r}")
