@@ -1,5 +1,8 @@
 """Tiny random checkpoints of every image-text-to-text family the trainer must support.
 
+Test support, not part of the installed trainer: the tests and the trainer benchmarks
+(``benchmarks/``, which put the repository root on ``sys.path``) import it as ``tests.tiny_families``.
+
 :func:`build_tiny` builds one family's model and processor from a config in code (nothing is
 downloaded), with the family's real structure at toy widths, and ``save_pretrained`` s both, so
 ``AutoProcessor.from_pretrained(path)`` and ``AutoModelForImageTextToText.from_pretrained(path)``
@@ -42,7 +45,7 @@ smolvlm     Idefics3ForConditionalGeneration    Idefics3Processor             in
 ==========  ==================================  ============================  =======================================  ======  ==========================================
 
 What transformers 5.24 does with them (fp32; the padding facts are pinned by
-``tests/test_tiny_families.py``, the rest were checked by hand):
+``tests/vlm_ppo/test_tiny_families.py``, the rest were checked by hand):
 
 * Sub-modules: ``model.get_decoder()`` is the language model in every family
   (``model.model.language_model``, except smolvlm: ``model.model.text_model``); ``model.lm_head``.
@@ -77,6 +80,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+
+from baselines.vlm_ppo.smollm2 import SMOLVLM_CHAT_TEMPLATE
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm")
 CONV_TEMPLATES = {family: "llava_v1" if family.startswith("llava") else "chat_template" for family in FAMILIES}
@@ -355,14 +360,6 @@ GEMMA3_CHAT_TEMPLATE = (
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
     "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-SMOLVLM_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% elif item['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
 

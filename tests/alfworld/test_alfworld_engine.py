@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("ALFWORLD_DATA", os.path.join(tempfile.gettempdir(), "vlm_envs_alfworld_data"))
-pytest.importorskip("textworld", reason='needs the "alfworld" extra')
-pytest.importorskip("alfworld", reason='needs the "alfworld" extra')
-
-from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir  # noqa: E402
-from vlm_envs.alfworld_wrap import generate as gen  # noqa: E402
-from vlm_envs.alfworld_wrap.engine import Engine, GameError, read_game_file  # noqa: E402
-from vlm_envs.alfworld_wrap.expert import expert_plan  # noqa: E402
-from vlm_envs.alfworld_wrap.games import find_games  # noqa: E402
-from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, goal_conditions  # noqa: E402
+from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir
+from vlm_envs.alfworld_wrap import generate as gen
+from vlm_envs.alfworld_wrap.engine import Engine, GameError, read_game_file
+from vlm_envs.alfworld_wrap.expert import expert_plan
+from vlm_envs.alfworld_wrap.games import find_games
+from vlm_envs.alfworld_wrap.tasks import TEMPLATES, FactIndex, goal_conditions
 
 SHIPPED = find_games(shipped_games_dir(), tuple(TASK_TYPES.values()))
 

@@ -8,12 +8,10 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-pytest.importorskip("alfworld")
-
-import vlm_envs  # noqa: E402,F401
-from vlm_envs.alfworld_wrap.games import InvalidGame  # noqa: E402
-from vlm_envs.evaluation import Episode, Manifest, evaluate  # noqa: E402
-from vlm_envs.evaluation.manifests import game_entry  # noqa: E402
+import vlm_envs  # noqa: F401
+from vlm_envs.alfworld_wrap.games import InvalidGame
+from vlm_envs.evaluation import Episode, Manifest, evaluate
+from vlm_envs.evaluation.manifests import game_entry
 
 SPLIT = "eval_out_of_distribution"
 

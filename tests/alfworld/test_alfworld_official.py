@@ -8,18 +8,11 @@ the first games of a full run are these.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
-os.environ.setdefault("ALFWORLD_DATA", os.path.join(tempfile.gettempdir(), "vlm_envs_alfworld_data"))
-pytest.importorskip("textworld", reason='needs the "alfworld" extra')
-pytest.importorskip("alfworld", reason='needs the "alfworld" extra')
-
-from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir  # noqa: E402
-from vlm_envs.alfworld_wrap import generate as gen  # noqa: E402
-from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER  # noqa: E402
+from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir
+from vlm_envs.alfworld_wrap import generate as gen
+from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER
 
 EVAL_SPLITS = ("eval_in_distribution", "eval_out_of_distribution")
 FIRST_OF_EACH_TYPE = {t: 1 for t in TASK_TYPES.values()}

@@ -8,14 +8,10 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from stable_baselines3.common.env_checker import check_env
 
+from baselines.cnn_ppo import ImageObservation, main, make_env
 from tests.utils import CARD_SPECS
-
-pytest.importorskip("stable_baselines3")
-
-from stable_baselines3.common.env_checker import check_env  # noqa: E402
-
-from baselines.cnn_ppo import ImageObservation, main, make_env  # noqa: E402
 
 
 @pytest.mark.parametrize("env_id", [s.id for s in CARD_SPECS])

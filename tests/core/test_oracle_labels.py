@@ -22,7 +22,7 @@ from vlm_envs.core.labels import LABEL_KEYS
 IDS = [spec.id for spec in AVAILABLE_SPECS]
 CARD_IDS = [i for i in IDS if i.startswith("gym_cards/")]
 ALFWORLD_IDS = [i for i in IDS if i.startswith("alfworld/")]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -112,7 +112,7 @@ def test_state_keys_are_the_same_in_another_process():
     """Keys of the oracle's first states for every id, in a fresh interpreter with another hash seed."""
     code = (
         "import json, sys; sys.path.insert(0, 'tests'); import vlm_envs; "
-        "from tests.test_oracle_labels import IDS, play; "
+        "from tests.core.test_oracle_labels import IDS, play; "
         "print(json.dumps({i: [r[-1]['state_key'] for r in play(i, 3, 3, True, oracle=True)] for i in IDS}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

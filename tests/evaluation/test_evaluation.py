@@ -281,7 +281,7 @@ def test_hf_policy_is_found_through_its_entry_point(monkeypatch):
     from vlm_envs.evaluation import registry
 
     setup = configparser.ConfigParser()
-    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
     declared = [EntryPoint(name.strip(), value.strip(), registry.ENTRY_POINT_GROUP) for name, value in
                 (line.split("=") for line in setup["options.entry_points"][registry.ENTRY_POINT_GROUP].split("\n") if line)]
     monkeypatch.setattr(registry, "_registered", {})
@@ -387,7 +387,7 @@ def test_resume_from_a_journal_written_before_the_labels(tmp_path):
 def test_a_journal_of_an_older_run_still_summarises():
     """An excerpt of the SmolLM2 run's journal: NumberLine records from before the labels existed,
     EZPoints records from before and after; a group missing any label reports null."""
-    lines = (Path(__file__).parent / "data" / "journal_before_labels.jsonl").read_text().splitlines()
+    lines = (Path(__file__).resolve().parents[1] / "data" / "journal_before_labels.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines[1:] if line.strip()]
     per_env = summarize(records)["per_env"]
     assert {e: s["episodes"] for e, s in per_env.items()} == {"gym_cards/NumberLine-v0": 6, "gym_cards/EZPoints-v0": 6}
@@ -461,7 +461,7 @@ def test_alfworld_manifests_have_the_official_sizes_and_verified_games(name):
 
 
 def test_the_committed_smollm2_card_is_complete_and_is_the_readme_row():
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     card = json.loads((root / "docs" / "results" / "smollm2-135m-cards-v0.json").read_text())
     manifest = load_manifest("cards-v0")
     assert card["complete"] and card["manifest"]["sha256"] == manifest.sha256

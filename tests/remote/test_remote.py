@@ -20,19 +20,17 @@ import urllib.request
 import gymnasium as gym
 import numpy as np
 import pytest
+import websockets.sync.client as websockets_sync
 from gymnasium.utils.env_checker import check_env, data_equivalence
 from gymnasium.vector import AutoresetMode
 
 import vlm_envs
 from tests.utils import AVAILABLE_SPECS, free_port, scripted_actions
 
-pytest.importorskip("openenv.core")
-from vlm_envs.running.agent_loop import run_agent  # noqa: E402
-from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, make_remote_vec  # noqa: E402
-from vlm_envs.remote.server import (MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, ServedEnv, create_app, serve_in_process,  # noqa: E402
+from vlm_envs.running.agent_loop import run_agent
+from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, make_remote_vec
+from vlm_envs.remote.server import (MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, ServedEnv, create_app, serve_in_process,
                                      serve_in_thread)
-
-websockets_sync = pytest.importorskip("websockets.sync.client")
 
 POINTS24 = "gym_cards/Points24-v0"
 ALFWORLD = "alfworld/ALFWorld-v0"

@@ -24,22 +24,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import websockets.sync.client as websockets_sync
 
-from tests.test_remote import _ask, _retry, assert_same_step, local_env
+from tests.remote.test_remote import _ask, _retry, assert_same_step, local_env
 from tests.utils import ALL_SPECS, free_port, write_card_art
 
-pytest.importorskip("openenv.core")
-from vlm_envs.cards.number_line import NumberLineEnv  # noqa: E402
-from vlm_envs.cards.points24 import Points24Env  # noqa: E402
-from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, TokenRefused  # noqa: E402
-from vlm_envs.core.registration import constructor_arguments, path_arguments  # noqa: E402
-from vlm_envs.remote import served_env  # noqa: E402
-from vlm_envs.remote.served_env import PathMask  # noqa: E402
-from vlm_envs.remote.server import (MAX_TEXT_CHARS, ServedEnv, check_env_kwargs, create_app, exposure_warning,  # noqa: E402
+from vlm_envs.cards.number_line import NumberLineEnv
+from vlm_envs.cards.points24 import Points24Env
+from vlm_envs.remote import RemoteEnv, ServerError, SessionRefused, TokenRefused
+from vlm_envs.core.registration import constructor_arguments, path_arguments
+from vlm_envs.remote import served_env
+from vlm_envs.remote.served_env import PathMask
+from vlm_envs.remote.server import (MAX_TEXT_CHARS, ServedEnv, check_env_kwargs, create_app, exposure_warning,
                                      serve_in_process, serve_in_thread)
-from vlm_envs.core.spaces import MAX_IMAGE_SIDE  # noqa: E402
-
-websockets_sync = pytest.importorskip("websockets.sync.client")
+from vlm_envs.core.spaces import MAX_IMAGE_SIDE
 
 NUMBER_LINE = "gym_cards/NumberLine-v0"
 POINTS24 = "gym_cards/Points24-v0"
@@ -698,7 +696,7 @@ def test_state_runs_on_the_thread_that_steps_a_serial_env(monkeypatch):
 
 # -- soak and memory ------------------------------------------------------------------------------
 def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -13,13 +13,13 @@ from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode
 
 import vlm_envs
-from tests.test_vector_envs import scripted_texts
+from tests.running.test_vector_envs import scripted_texts
 from tests.utils import AVAILABLE_SPECS
 from vlm_envs.running.ray_pool import RayVectorEnv, make_ray_vec
 
 # Every card game and one ALFWorld id: the pool does not care which task types an id samples, and
 # each ALFWorld actor imports the whole TextWorld stack (~15 s per id here); the per-id make_vec
-# battery (tests/test_vector_envs.py) covers every id.
+# battery (tests/running/test_vector_envs.py) covers every id.
 IDS = [s.id for s in AVAILABLE_SPECS if s.id.startswith("gym_cards/")]
 IDS += [s.id for s in AVAILABLE_SPECS if s.id.startswith("alfworld/")][:1]
 

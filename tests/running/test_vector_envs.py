@@ -1,6 +1,6 @@
 """``gym.make_vec`` for every registered id: batched spaces and autoreset semantics (docs/vector_envs.md).
 
-tests/test_env_battery.py already checks that async and sync vector envs return identical
+tests/core/test_env_battery.py already checks that async and sync vector envs return identical
 observations; here each sub-env of a vector env must replay exactly the standalone env with the
 same seed and actions, including the autoreset step, in both vectorization modes and both
 autoreset modes, through the text interface (``wrappers=[vlm_envs.TextActions]``).

@@ -21,7 +21,7 @@ REFERENCE_HASHES = {
     "points24": "9d74054f1e8f7d36",
     "alfworld": "28b23e784149463c",
 }
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "prompts_and_parsers.md"
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "prompts_and_parsers.md"
 
 
 @pytest.mark.parametrize("task", sorted(REFERENCE_HASHES))

@@ -13,7 +13,7 @@ from vlm_envs.__main__ import main
 from vlm_envs.tools.gallery import file_name
 from vlm_envs.core.registration import registered_ids
 
-COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "gallery"
+COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "gallery"
 
 
 def test_gallery_lists_every_registered_id():

@@ -9,18 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
-
-from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses, tis_weights  # noqa: E402
-from baselines.vlm_ppo.config import Config  # noqa: E402
-from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
-from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy  # noqa: E402
-from vlm_envs.core.registration import CARD_ENVS as REGISTERED_CARD_ENVS  # noqa: E402
-from tests.utils import checkpoint_copy  # noqa: E402
-from vlm_envs.text import build_prompt, conversation  # noqa: E402
+from baselines.vlm_ppo.algo import action_logprob, compute_gae, cosine_schedule, ppo_losses, tis_weights
+from baselines.vlm_ppo.config import Config
+from baselines.vlm_ppo.encoding import Encoder
+from baselines.vlm_ppo.policy import ActorCritic, action_boundary, load_policy
+from vlm_envs.core.registration import CARD_ENVS as REGISTERED_CARD_ENVS
+from tests.utils import checkpoint_copy
+from vlm_envs.text import build_prompt, conversation
 
 CARD_ENVS = list(REGISTERED_CARD_ENVS)
 

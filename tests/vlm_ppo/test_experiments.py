@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tyro")
-
-from baselines.vlm_ppo.config import parse_args  # noqa: E402
+from baselines.vlm_ppo.config import parse_args
 
 
 def _load_experiments():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments.py"
     spec = importlib.util.spec_from_file_location("benchmarks_experiments", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

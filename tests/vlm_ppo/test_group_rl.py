@@ -10,15 +10,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
-
-from baselines.vlm_ppo.algo import group_advantages, ppo_losses, returns_to_go, value_loss  # noqa: E402
-from baselines.vlm_ppo.config import CRITIC_FREE, Config, parse_args  # noqa: E402
-from tests.utils import checkpoint_copy  # noqa: E402
-from tests.utils import family_config as _config  # noqa: E402
+from baselines.vlm_ppo.algo import group_advantages, ppo_losses, returns_to_go, value_loss
+from baselines.vlm_ppo.config import CRITIC_FREE, Config, parse_args
+from tests.utils import checkpoint_copy
+from tests.utils import family_config as _config
 
 S2 = 1 / math.sqrt(2)  # |x - mean| / std of two different values
 

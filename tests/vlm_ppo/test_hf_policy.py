@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-import baselines.vlm_ppo.hf_policy  # noqa: E402,F401  (registers hf:, also where the install predates its entry point)
-from baselines.vlm_ppo.tiny import build_tiny_llava  # noqa: E402
-from vlm_envs.__main__ import main  # noqa: E402
-from vlm_envs.evaluation import Manifest, evaluate, load_manifest, make_policy  # noqa: E402
+import baselines.vlm_ppo.hf_policy  # noqa: F401  (registers hf:, also where the install predates its entry point)
+from baselines.vlm_ppo.tiny import build_tiny_llava
+from vlm_envs.__main__ import main
+from vlm_envs.evaluation import Manifest, evaluate, load_manifest, make_policy
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_cli_with_hf_policy(tiny_model, tmp_path, capsys):
 @pytest.mark.parametrize("family", ["qwen2_vl", "gemma3"])
 def test_hf_policy_with_a_chat_template_family(tmp_path, family):
     """Families other than LLaVA go through the processor's chat template, as the trainer encodes them."""
-    from baselines.vlm_ppo.tiny_families import build_tiny
+    from tests.tiny_families import build_tiny
 
     path = str(build_tiny(family, tmp_path / family))
     policy = make_policy(f"hf:{path}", max_new_tokens=8)

@@ -9,9 +9,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
 
 import vlm_envs  # noqa: F401  (registers the ids)
 from baselines.vlm_ppo import cot

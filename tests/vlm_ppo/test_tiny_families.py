@@ -1,4 +1,4 @@
-"""Tiny checkpoints of every image-text-to-text family (baselines/vlm_ppo/tiny_families.py), CPU only.
+"""Tiny checkpoints of every image-text-to-text family (tests/tiny_families.py), CPU only.
 
 Each family is built, reloaded through the Auto classes as a Hub checkpoint would be, and run on
 real env frames and prompts; the padding checks pin down what the trainer may rely on.
@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import gymnasium as gym
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-import vlm_envs  # noqa: E402,F401  (registers the gym_cards ids)
-from baselines.vlm_ppo.tiny_families import (  # noqa: E402
+import vlm_envs  # noqa: F401  (registers the gym_cards ids)
+from tests.tiny_families import (
     FAMILIES,
     LLAVA_NEXT_7B_GEOMETRY,
     build_metaspace_tokenizer,
     build_tiny,
 )
-from vlm_envs.text import build_prompt  # noqa: E402
+from vlm_envs.text import build_prompt
 
 # family -> (model class, image processor class, processor output keys, image tokens per frame)
 EXPECTED = {

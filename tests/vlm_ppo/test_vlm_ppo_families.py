@@ -16,30 +16,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
-
-from baselines.vlm_ppo.algo import ppo_losses  # noqa: E402
-from baselines.vlm_ppo.config import Config  # noqa: E402
-from baselines.vlm_ppo.encoding import Encoder  # noqa: E402
-from baselines.vlm_ppo.policy import (  # noqa: E402
+from baselines.vlm_ppo.algo import ppo_losses
+from baselines.vlm_ppo.config import Config
+from baselines.vlm_ppo.encoding import Encoder
+from baselines.vlm_ppo.policy import (
     ActorCritic,
     action_boundary,
     load_policy,
     trainable_vision_parameters,
 )
-from baselines.vlm_ppo.tiny_families import (  # noqa: E402
+from tests.tiny_families import (
     CONV_TEMPLATES,
     FAMILIES,
     LLAVA_NEXT_7B_GEOMETRY,
     build_metaspace_tokenizer,
     build_tiny,
 )
-from tests.utils import checkpoint_copy  # noqa: E402
-from tests.utils import family_config as _config  # noqa: E402
-from vlm_envs.text import build_prompt  # noqa: E402
+from tests.utils import checkpoint_copy
+from tests.utils import family_config as _config
+from vlm_envs.text import build_prompt
 
 TEMPLATE = {**CONV_TEMPLATES, "smollm2-vlm": "chat_template"}
 # fp32 rounding grows with width and depth: SmolLM2's 576-wide head and 30 layers move log-probs by up
@@ -532,7 +529,7 @@ def _launch(cfg: Config, *extra: str, processes: int = 2, deepspeed_config: dict
            "-m", "tests.instrumented_ppo", json.dumps(dataclasses.asdict(cfg)), str(out), *extra]
     # its own process group: processes stuck at a collective are killed with the launcher
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=Path(__file__).parents[1], start_new_session=True) as launcher:
+                          cwd=Path(__file__).resolve().parents[2], start_new_session=True) as launcher:
         try:
             stdout, stderr = launcher.communicate(timeout=240)
         except subprocess.TimeoutExpired:
@@ -671,7 +668,7 @@ def test_deepspeed_launch_stops_at_start(tmp_path):
 # --- the GPU check, at tiny widths on the CPU ------------------------------------------------------
 def run_gpu_check(names: set[str], *flags: str) -> dict[str, list[str]]:
     """``benchmarks/gpu_check.py --tiny FLAGS``: its table rows whose first cell is one of ``names``, by that cell."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tiny", *flags], capture_output=True,
                          text=True, timeout=600, env=env)

@@ -13,9 +13,7 @@ from PIL import Image
 
 from tests.utils import AVAILABLE_SPECS
 
-pytest.importorskip("pygame")
-
-from vlm_envs.tools.play import PlayApp, as_model_text, play  # noqa: E402
+from vlm_envs.tools.play import PlayApp, as_model_text, play
 
 
 def _oracle_name(env_id: str, seed: int) -> str:
