@@ -12,6 +12,7 @@ import pytest
 
 from vlm_envs.alfworld_wrap import TASK_TYPES, shipped_games_dir
 from vlm_envs.alfworld_wrap import generate as gen
+from vlm_envs.alfworld_wrap import scenes
 from vlm_envs.alfworld_wrap.engine import Engine, GameError, read_game_file
 from vlm_envs.alfworld_wrap.expert import expert_plan
 from vlm_envs.alfworld_wrap.games import find_games
@@ -85,7 +86,7 @@ def test_generated_receptacles_get_alfworlds_names(scene):
 
     from alfworld.agents.utils.misc import Demangler
 
-    receptacles = gen.load_scene(scene, np.random.default_rng(0)).receptacles
+    receptacles = scenes.load_scene(scene, np.random.default_rng(0)).receptacles
     ids = {r.type: r.id.lower() for r in receptacles}  # the engine sees PDDL names lowercased
     demangler = Demangler(game_infos={i: SimpleNamespace(id=i) for i in ids.values()})
     names = {rtype: demangler.demangle_alfred_name(i).rsplit(" ", 1)[0] for rtype, i in ids.items()}
@@ -154,14 +155,14 @@ def test_unsolvable_candidate_is_rejected():
     info = next(g for g in SHIPPED if g.task_type == "pick_and_place_simple")
     game = read_game_file(info.game_file)
     traj = json.loads((Path(info.game_file).parent / "traj_data.json").read_text())
-    assert gen.check_game(game, traj) == game["walkthrough"]
+    assert scenes.check_game(game, traj) == game["walkthrough"]
     # The goal receptacle type can no longer hold the object: the game cannot be won.
     target = traj["pddl_params"]
     line = f"(canContain {target['parent_target']}Type {target['object_target']}Type)"
     assert line in game["pddl_problem"]
     bad = _corrupt(game, pddl_problem=game["pddl_problem"].replace(line, ""))
-    with pytest.raises(gen.GameRejected):
-        gen.check_game(bad, traj)
+    with pytest.raises(scenes.GameRejected):
+        scenes.check_game(bad, traj)
 
 
 class _PlainTextWorld:
