@@ -53,3 +53,24 @@ def test_choice_sets_are_the_modules_own(capsys):
     config = pytest.importorskip("baselines.vlm_ppo.config")
     hints = typing.get_type_hints(config.Config)
     assert (hints["parse_mode"], hints["prompt_wording"], hints["on_parse_failure"]) == (ParseMode, Wording, OnParseFailure)
+
+
+def test_model_encoding_choice_sets_are_declared_once(capsys):
+    """``--conv-template`` and ``--image-mode`` (the hf: policy's) offer what vlm_envs.text.prompts declares,
+    and the trainer's config types its fields with the same Literals."""
+    import typing
+
+    import pytest
+
+    from vlm_envs.text.prompts import (CONV_TEMPLATES, CONVERSATION_TEMPLATES, IMAGE_MODES, LLAVA_TEMPLATES, ConvTemplate,
+                                       ImageMode)
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    usage = capsys.readouterr().out
+    assert f"--image-mode {{{','.join(IMAGE_MODES)}}}" in usage
+    assert f"--conv-template {{{','.join(('auto', *CONV_TEMPLATES))}}}" in usage
+    assert tuple(CONVERSATION_TEMPLATES) == LLAVA_TEMPLATES and CONV_TEMPLATES == (*LLAVA_TEMPLATES, "chat_template")
+    config = pytest.importorskip("baselines.vlm_ppo.config")
+    hints = typing.get_type_hints(config.Config)
+    assert (hints["conv_template"], hints["image_mode"]) == (ConvTemplate, ImageMode)
