@@ -172,6 +172,14 @@ def test_the_checks_see_function_level_and_relative_imports(tmp_path, files, exp
     assert cycles(internal_imports(source_modules(tmp_path, ["pkg"]))) == expected
 
 
+def test_every_package_is_in_the_readme_layout_and_the_architecture_page():
+    packages = sorted(f"{path.parent.relative_to(ROOT).as_posix()}/" for source in SOURCES
+                      for path in (ROOT / source).glob("*/__init__.py"))
+    for page in ("README.md", "docs/architecture.md"):
+        text = (ROOT / page).read_text()
+        assert [package for package in packages if f"`{package}`" not in text] == [], page
+
+
 def test_importing_vlm_envs_imports_no_trainer_and_no_heavy_library():
     code = "import sys, vlm_envs, vlm_envs.evaluation; print(sorted(m for m in ('baselines', 'torch', 'ray', 'openenv') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
