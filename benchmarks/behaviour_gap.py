@@ -2,7 +2,7 @@
 
 ``python benchmarks/behaviour_gap.py [--families llava qwen2_vl ...] [--dtype bfloat16] [--span 30]``
 
-Per family: the tiny random checkpoint (``baselines/vlm_ppo/tiny_families.py``) with its LM head
+Per family: the tiny random checkpoint (``tests/tiny_families.py``) with its LM head
 scaled so that its logits span ``--span`` units (``widen_logits``; a trained 7B model's span ~30),
 then one PPO update of the real trainer (``train_ppo``: LoRA r8, T 0.2, NumberLine, 8 envs x 2
 steps, up to 48 new tokens, the whole rollout in one mini-batch, one epoch, ``--tis-cap 2``).
@@ -23,8 +23,12 @@ an action key. In float32 (``--dtype float32``) the gap is ~1e-5 and TIS is off 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
+
+# the tiny checkpoints are test support (tests/tiny_families.py), not part of the installed trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(family: str, dtype: str, span: float, workdir: Path) -> dict:
@@ -32,7 +36,7 @@ def measure(family: str, dtype: str, span: float, workdir: Path) -> dict:
 
     from baselines.vlm_ppo import train
     from baselines.vlm_ppo.config import Config
-    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES, build_tiny
+    from tests.tiny_families import CONV_TEMPLATES, build_tiny
 
     path = build_tiny(family, workdir / family / "model", logit_span=span)
     first_call, rollouts = [], []
@@ -70,7 +74,7 @@ def measure(family: str, dtype: str, span: float, workdir: Path) -> dict:
 def main() -> None:
     import torch
 
-    from baselines.vlm_ppo.tiny_families import FAMILIES
+    from tests.tiny_families import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)

@@ -12,7 +12,7 @@ tiny widths on the CPU (CI runs it, so it cannot rot), with fewer new tokens and
 * ``qwen2_5_vl``: Qwen2.5-VL-7B's geometry (Qwen2 text, its windowed ViT and merger), native
   dynamic resolution (121 image tokens for a 300x300 frame), 8.29B parameters.
 
-The processors are the tiny families' (``baselines/vlm_ppo/tiny_families.py``: a byte-level BPE
+The processors are the tiny families' (``tests/tiny_families.py``: a byte-level BPE
 trained in code, the PIL image processors at the real image geometry); the models keep their real
 vocabularies (32,064 and 152,064), so the LM head costs what it costs, and sampled ids beyond the
 small tokenizer decode to nothing. Weights are built directly on the GPU in bf16, the LM head
@@ -54,6 +54,8 @@ from pathlib import Path
 
 RESULT = "GPU_CHECK_RESULT "
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny checkpoints are test support (tests/tiny_families.py), not part of the installed trainer
+sys.path.insert(0, str(ROOT))
 FAMILIES = ("llava_next", "qwen2_5_vl")
 BACKBONES = ("random", "smollm2")
 SMOLLM2_EXPERIMENTS = {"numberline": "numberline-smollm2", "alfworld": "alfworld-smollm2"}
@@ -97,7 +99,7 @@ SEVEN_B: dict[str, dict] = {
 def build(family: str, path: Path, tiny: bool, logit_span: float) -> None:
     import torch
 
-    from baselines.vlm_ppo.tiny_families import build_tiny
+    from tests.tiny_families import build_tiny
 
     if tiny:
         build_tiny(family, path, logit_span=logit_span)
@@ -109,7 +111,7 @@ def build(family: str, path: Path, tiny: bool, logit_span: float) -> None:
 def ppo_config(family: str, model: Path, output_dir: Path, args: argparse.Namespace):
     """The paper preset on NumberLine, 16 envs x 4 steps, one update, every answer in the policy loss."""
     from baselines.vlm_ppo.config import Config, preset_values
-    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES
+    from tests.tiny_families import CONV_TEMPLATES
 
     return Config(**{
         **preset_values("paper", "gym_cards/NumberLine-v0"), "preset": "paper",

@@ -18,6 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+# the tiny checkpoints are test support (tests/tiny_families.py), not part of the installed trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def measure(family: str, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -26,7 +30,7 @@ def measure(family: str, batch: int, new_tokens: int, repeats: int) -> dict:
 
     from baselines.vlm_ppo.encoding import Encoder
     from baselines.vlm_ppo.policy import ActorCritic, load_policy
-    from baselines.vlm_ppo.tiny_families import build_tiny
+    from tests.tiny_families import build_tiny
     from vlm_envs.text import build_prompt
 
     torch.set_num_threads(1)
@@ -57,7 +61,7 @@ def measure(family: str, batch: int, new_tokens: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    from baselines.vlm_ppo.tiny_families import FAMILIES
+    from tests.tiny_families import FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))

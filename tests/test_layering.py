@@ -29,11 +29,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("running", ("vlm_envs.running",)),
     ("evaluation", ("vlm_envs.evaluation",)),
     ("serving", ("vlm_envs.remote",)),
-    # the package's face: `import vlm_envs`, the command line, human play, the gallery, and the
-    # old module paths kept for one version
-    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.play", "vlm_envs.gallery",
+    # the package's face: `import vlm_envs`, the command line, the tools (human play, the gallery),
+    # and the old module paths kept for one version
+    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.tools",
                *(f"vlm_envs.{old}" for old in ("spaces", "rendering", "labels", "caching", "registration", "arguments",
-                                               "wrappers", "agent_loop", "ray_pool")))),
+                                               "wrappers", "agent_loop", "ray_pool", "play", "gallery")))),
     ("trainer", ("baselines",)),
 ]
 LEVEL = {prefix: level for level, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
@@ -170,6 +170,14 @@ def test_the_checks_see_function_level_and_relative_imports(tmp_path, files, exp
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cycles(internal_imports(source_modules(tmp_path, ["pkg"]))) == expected
+
+
+def test_every_package_is_in_the_readme_layout_and_the_architecture_page():
+    packages = sorted(f"{path.parent.relative_to(ROOT).as_posix()}/" for source in SOURCES
+                      for path in (ROOT / source).glob("*/__init__.py"))
+    for page in ("README.md", "docs/architecture.md"):
+        text = (ROOT / page).read_text()
+        assert [package for package in packages if f"`{package}`" not in text] == [], page
 
 
 def test_importing_vlm_envs_imports_no_trainer_and_no_heavy_library():

@@ -9,7 +9,8 @@ import pytest
 
 MOVED = {**{f"vlm_envs.{name}": f"vlm_envs.core.{name}"
             for name in ("spaces", "rendering", "labels", "registration", "arguments", "caching")},
-         **{f"vlm_envs.{name}": f"vlm_envs.running.{name}" for name in ("wrappers", "agent_loop", "ray_pool")}}
+         **{f"vlm_envs.{name}": f"vlm_envs.running.{name}" for name in ("wrappers", "agent_loop", "ray_pool")},
+         **{f"vlm_envs.{name}": f"vlm_envs.tools.{name}" for name in ("play", "gallery")}}
 
 
 @pytest.mark.parametrize("old, new", MOVED.items())

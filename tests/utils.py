@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, scripted actions, a free port, card art, checkpoint copies."""
+"""Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, scripted actions, a free port, card art,
+checkpoint copies, and the skip of a test folder whose optional extra is not installed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 import vlm_envs  # noqa: F401  (registers the ids)
 from vlm_envs.core.registration import registered_ids
@@ -16,6 +18,12 @@ from vlm_envs.core.registration import registered_ids
 def _needs(spec) -> str | None:
     """The module an id needs beyond the core, if any (ALFWorld ids need the alfworld extra)."""
     return "alfworld" if "alfworld" in str(spec.entry_point) else None
+
+
+def skip_unless_extra(extra: str, *modules: str) -> None:
+    """From a test folder's ``conftest.py``: skip the whole folder unless every module of ``extra`` imports."""
+    for module in modules:
+        pytest.importorskip(module, reason=f'needs the "{extra}" extra (pip install "vlm-envs[{extra}]")')
 
 
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
@@ -73,7 +81,7 @@ def checkpoint_copy(run_dir, new_dir, update: int = 0):
 def family_config(tmp_path, path, family: str = "llava", **overrides):
     """A trainer ``Config`` for a few seconds of PPO on ``family``'s tiny checkpoint at ``path``."""
     from baselines.vlm_ppo.config import Config
-    from baselines.vlm_ppo.tiny_families import CONV_TEMPLATES
+    from tests.tiny_families import CONV_TEMPLATES
 
     base = dict(output_dir=str(tmp_path), model=str(path), threads=1, num_envs=2, num_steps=2, num_updates=1,
                 ppo_epochs=2, minibatch_size=2, grad_accum_steps=2, lr=1e-3, end_lr=1e-4, max_grad_norm=1.0,

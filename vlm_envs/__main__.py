@@ -23,7 +23,7 @@ from vlm_envs.core import TEXT_MODES
 from vlm_envs.core.registration import CARD_ENVS
 from vlm_envs.evaluation.runner import VECTORIZATIONS
 from vlm_envs.text.parsing import PARSE_MODES
-from vlm_envs.text.prompts import WORDINGS
+from vlm_envs.text.prompts import CONV_TEMPLATES, IMAGE_MODES, WORDINGS
 from vlm_envs.running.wrappers import ON_PARSE_FAILURE
 
 
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--retries", type=int, default=3, help="openai: retries of a failed request (default: 3)")
     ev.add_argument("--device", default="cpu", help="hf: where the model runs, e.g. cuda (default: cpu)")
     ev.add_argument("--dtype", default="float32", help="hf: float32, bfloat16 or float16 (default: float32)")
-    ev.add_argument("--conv-template", default="auto",
+    ev.add_argument("--conv-template", choices=("auto", *CONV_TEMPLATES), default="auto",
                     help="hf: auto (llava_v1 for LLaVA, else the processor's chat template), chat_template or a "
-                         "conversation template name (default: auto)")
-    ev.add_argument("--image-mode", choices=("native", "reference"), default="native",
+                         "LLaVA conversation template (default: auto)")
+    ev.add_argument("--image-mode", choices=IMAGE_MODES, default="native",
                     help="hf: the trainer's image preprocessing (default: native)")
     ev.add_argument("--env", default=None, help="without --manifest: an env id, or 'all' for the four card games (default: all)")
     ev.add_argument("--episodes", type=int, default=100, help="without --manifest: episodes per env (default: 100)")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "play":
         return _play(parser, args)
     if args.command == "gallery":
-        from vlm_envs.gallery import make_gallery
+        from vlm_envs.tools.gallery import make_gallery
 
         for path in make_gallery(args.out, args.env, args.seed, args.steps):
             print(path)
@@ -209,7 +209,7 @@ def _server_token(args: argparse.Namespace) -> str | None:
 
 
 def _play(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from vlm_envs.play import play
+    from vlm_envs.tools.play import play
 
     if args.env not in gym.registry:
         parser.error(f"unknown env id {args.env!r}")

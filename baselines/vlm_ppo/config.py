@@ -24,7 +24,7 @@ from baselines.cli import parse_config
 from vlm_envs.evaluation.seeds import HELD_OUT_SEED
 from vlm_envs.running.wrappers import OnParseFailure
 from vlm_envs.text.parsing import ParseMode
-from vlm_envs.text.prompts import Wording
+from vlm_envs.text.prompts import ConvTemplate, ImageMode, Wording
 
 Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
 ALGOS: tuple[str, ...] = get_args(Algo)
@@ -55,9 +55,9 @@ class Config:
     """Use the chain-of-thought prompt (False: the action-only prompt of the no-CoT ablation)."""
     prompt_wording: Wording = "reference"
     """``reference`` (the RL4VLM templates byte for byte) or ``clean`` (typos and stray backslashes fixed)."""
-    conv_template: Literal["llava_v1", "vicuna_v1", "chat_template"] = "llava_v1"
+    conv_template: ConvTemplate = "llava_v1"
     """How the task prompt is wrapped: a LLaVA conversation (``llava_v1``, ``vicuna_v1``; LLaVA models only) or ``chat_template`` (the processor's own; Qwen-VL, Gemma 3, SmolVLM, ...). A wrong choice fails at start and names the right one."""
-    image_mode: Literal["native", "reference"] = "native"
+    image_mode: ImageMode = "native"
     """``native``: the checkpoint's own processor (AnyRes for LLaVA-NeXT, dynamic resolution for Qwen-VL); ``reference``: RL4VLM's resize + centre-crop to the tower's size and its plain image tokens, no tiles (LLaVA models; 576 tokens at 336 px)."""
     parse_mode: ParseMode = "lenient"
     """Text-to-action parser mode of ``vlm_envs.TextActions``: ``strict``, ``lenient`` or ``compat``."""

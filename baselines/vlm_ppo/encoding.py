@@ -29,16 +29,13 @@ import contextlib
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from vlm_envs.text import chat_messages, conversation
-
-ImageMode = Literal["native", "reference"]
-IMAGE_MODES: tuple[str, ...] = ("native", "reference")
-LLAVA_TEMPLATES: tuple[str, ...] = ("llava_v1", "vicuna_v1")
+from vlm_envs.text.prompts import CONV_TEMPLATES, IMAGE_MODES, LLAVA_TEMPLATES
 LLAVA_IMAGE_PLACEHOLDER = "<image>"
 _TOKEN_KEYS = ("input_ids", "attention_mask")
 
@@ -162,7 +159,7 @@ class Encoder:
                                  f"use conv_template='llava_v1'")
             return
         if self.conv_template not in LLAVA_TEMPLATES:
-            raise ValueError(f"conv_template must be one of {LLAVA_TEMPLATES + ('chat_template',)}, got {self.conv_template!r}")
+            raise ValueError(f"conv_template must be one of {CONV_TEMPLATES}, got {self.conv_template!r}")
         if placeholder != LLAVA_IMAGE_PLACEHOLDER or "llava" not in self.family:
             raise ValueError(
                 f"conv_template={self.conv_template!r} is LLaVA's conversation format with an '<image>' placeholder, "

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from vlm_envs.evaluation.policies import Reply, Request
 from vlm_envs.evaluation.registry import register_policy
 from vlm_envs.optional import require
-from vlm_envs.text.prompts import CONVERSATION_TEMPLATES
+from vlm_envs.text.prompts import CONV_TEMPLATES
 
 
 class HFPolicy:
@@ -33,7 +33,7 @@ class HFPolicy:
         temperature: 0 (default) decodes greedily; otherwise samples from ``softmax(logits / T)``.
         max_new_tokens: the answer length limit.
         conv_template: ``"auto"`` (``llava_v1`` for LLaVA models, else the processor's chat
-            template), ``"chat_template"``, or a name in ``vlm_envs.text.prompts.CONVERSATION_TEMPLATES``.
+            template), or one of ``vlm_envs.text.prompts.CONV_TEMPLATES``.
         image_mode: ``native`` or ``reference`` (the trainer's ``--image-mode``).
         dtype, device: where the model runs.
     """
@@ -48,8 +48,8 @@ class HFPolicy:
         from baselines.vlm_ppo.evaluation import TrainerPolicy
         from baselines.vlm_ppo.policy import ActorCritic, load_policy
 
-        if conv_template not in ("auto", "chat_template", *CONVERSATION_TEMPLATES):
-            raise ValueError(f"conv_template must be auto, chat_template or one of {sorted(CONVERSATION_TEMPLATES)}")
+        if conv_template not in ("auto", *CONV_TEMPLATES):
+            raise ValueError(f"conv_template must be auto or one of {CONV_TEMPLATES}, got {conv_template!r}")
         self.path = path
         self.dtype, self.device = dtype, device
         self.temperature = float(temperature)

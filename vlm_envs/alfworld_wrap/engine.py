@@ -62,7 +62,7 @@ class _FastTextgen:
     * contexts are copied one level deep: derivation adds keys to the copied dicts but never
       mutates their values, so this is equivalent.
 
-    Outside the block textworld is untouched. ``tests/test_alfworld_engine.py`` checks that
+    Outside the block textworld is untouched. ``tests/alfworld/test_alfworld_engine.py`` checks that
     feedback and admissible commands are the same with and without it.
     """
 

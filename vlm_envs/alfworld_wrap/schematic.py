@@ -13,7 +13,7 @@ schematic drawn **only from what the text has told the agent**:
 
 The game's facts contain hidden state (the contents of closed receptacles, object properties);
 :class:`Knowledge` lets them through only under the conditions above, and the renderer sees only
-the :class:`Knowledge`. ``tests/test_alfworld_env.py`` checks that games which differ only in
+the :class:`Knowledge`. ``tests/alfworld/test_alfworld_env.py`` checks that games which differ only in
 hidden state give identical images until the agent uncovers the difference.
 """
 

@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 Fact = tuple[str, tuple[str, ...]]
 
 # The text templates of alfworld/gen/goal_library.py (alfworld 0.4.2), so drawing a task text
-# needs no import of alfworld. tests/test_alfworld_engine.py checks they match the wheel's.
+# needs no import of alfworld. tests/alfworld/test_alfworld_engine.py checks they match the wheel's.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "pick_and_place_simple": ("put a {obj} in {recep}", "put some {obj} on {recep}"),
     "look_at_obj_in_light": ("look at {obj} under the {toggle}", "examine the {obj} with the {toggle}"),

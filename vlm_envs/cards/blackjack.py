@@ -144,7 +144,7 @@ class BlackjackEnv(CardEnv):
     | ``action_optimal`` | ``step`` only: the action just taken was basic strategy's |
 
     Basic strategy is the policy that maximises the expected return from what the player sees
-    (total, usable ace, dealer's up-card) with an infinite deck (``tests/test_oracles.py`` checks
+    (total, usable ace, dealer's up-card) with an infinite deck (``tests/cards/test_oracles.py`` checks
     it against an exact dynamic program); the hole card in the key makes states finer than what
     the player sees, so equal observations can carry different keys.
 

@@ -10,7 +10,7 @@
 
 Each :class:`RemoteEnv` is one session (one WebSocket) on the server, spoken to with OpenEnv's
 ``EnvClient``. Its answers are the local env's, type for type: the same seed and actions give the
-same pixels, text, rewards, flags and info (``tests/test_remote.py``).
+same pixels, text, rewards, flags and info (``tests/remote/test_remote.py``).
 
 Failures are never silent and never hang: a lost or silent server raises ``ConnectionError``
 naming the session after at most ``message_timeout_s``, and every later call says why; an error

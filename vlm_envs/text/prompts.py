@@ -193,7 +193,18 @@ def chat_messages(prompt: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
 
-CONVERSATION_TEMPLATES: dict[str, str] = {
+# How a task prompt is wrapped for a model: a LLaVA conversation (LLaVA models) or the processor's
+# own chat template. Declared here, once, for the trainer's config and the hf: policy's flags.
+LlavaTemplate = Literal["llava_v1", "vicuna_v1"]
+LLAVA_TEMPLATES: tuple[LlavaTemplate, ...] = get_args(LlavaTemplate)
+ConvTemplate = Literal[LlavaTemplate, "chat_template"]
+CONV_TEMPLATES: tuple[ConvTemplate, ...] = get_args(ConvTemplate)
+# How the frame reaches the model: ``native`` (the checkpoint's own processor) or ``reference``
+# (RL4VLM's resize and centre crop, LLaVA models).
+ImageMode = Literal["native", "reference"]
+IMAGE_MODES: tuple[ImageMode, ...] = get_args(ImageMode)
+
+CONVERSATION_TEMPLATES: dict[LlavaTemplate, str] = {
     # LLaVA's `llava_v1`, the RL4VLM default at RL time.
     "llava_v1": (
         "A chat between a curious human and an artificial intelligence assistant. The assistant "
