@@ -7,13 +7,10 @@ import sys
 
 import pytest
 
-MOVED = {**{f"vlm_envs.{name}": f"vlm_envs.core.{name}"
-            for name in ("spaces", "rendering", "labels", "registration", "arguments", "caching")},
-         **{f"vlm_envs.{name}": f"vlm_envs.running.{name}" for name in ("wrappers", "agent_loop", "ray_pool")},
-         **{f"vlm_envs.{name}": f"vlm_envs.tools.{name}" for name in ("play", "gallery")}}
+from tests.utils import MOVED_MODULES
 
 
-@pytest.mark.parametrize("old, new", MOVED.items())
+@pytest.mark.parametrize("old, new", MOVED_MODULES.items())
 def test_an_old_path_warns_and_serves_the_new_module(old, new, monkeypatch):
     monkeypatch.delitem(sys.modules, old, raising=False)
     with pytest.warns(DeprecationWarning, match=re.escape(f"{old} has moved to {new}")) as record:
