@@ -29,6 +29,7 @@ import torch.optim as optim
 from torch.distributions.categorical import Categorical
 
 import vlm_envs  # noqa: F401  (registers the ids)
+from vlm_envs.running.agent_loop import info_item, step_infos
 
 
 @dataclass
@@ -170,10 +171,10 @@ def main(args: Args) -> dict:
             next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32, device=device)
             rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
             next_obs = torch.as_tensor(next_obs_np["image"], device=device)
-            if "final_info" in infos:  # same-step autoreset: the finished episodes' infos
-                final = infos["final_info"]
-                for i in np.flatnonzero(final.get("_success", [])):
-                    successes.append(bool(final["success"][i]))
+            for i in np.flatnonzero(np.logical_or(terminations, truncations)):  # the finished episodes' own infos
+                success = info_item(step_infos(infos, True), "success", i)
+                if success is not None:
+                    successes.append(bool(success))
 
         # bootstrap value if not done
         with torch.no_grad():

@@ -1,22 +1,23 @@
 """Imports point one way: every module of vlm_envs and baselines sits in a layer and imports only its
-own layer or lower ones, read from the source (function-level imports included), with no cycle
-between modules or between the packages of vlm_envs.
+own layer or lower ones, read from the source (function-level imports and imports by a constant
+string included), with no cycle between modules or between the packages of vlm_envs.
 
 A new module is placed by adding its dotted name (or a package's) to ``LAYERS``; the most specific
-name wins.
+name wins. The roots ``vlm_envs`` and ``baselines`` name only themselves, so a new package of
+vlm_envs fails ``test_every_module_has_a_layer`` until it is placed.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
-import re
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.utils import MOVED_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("vlm_envs", "baselines")
@@ -25,18 +26,22 @@ SOURCES = ("vlm_envs", "baselines")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("vlm_envs._version", "vlm_envs._moved", "vlm_envs.optional")),
     ("text", ("vlm_envs.text",)),
-    ("envs", ("vlm_envs.core", "vlm_envs.cards", "vlm_envs.alfworld_wrap")),
+    # the env framework builds the prompt of each observation, so it sits above text; it imports no env
+    ("core", ("vlm_envs.core",)),
+    ("envs", ("vlm_envs.cards", "vlm_envs.alfworld_wrap")),
     ("running", ("vlm_envs.running",)),
     ("evaluation", ("vlm_envs.evaluation",)),
     ("serving", ("vlm_envs.remote",)),
     # the package's face: `import vlm_envs`, the command line, the tools (human play, the gallery),
     # and the old module paths kept for one version
-    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.tools",
-               *(f"vlm_envs.{old}" for old in ("spaces", "rendering", "labels", "caching", "registration", "arguments",
-                                               "wrappers", "agent_loop", "ray_pool", "play", "gallery")))),
-    ("trainer", ("baselines",)),
+    ("tools", ("vlm_envs", "vlm_envs.__main__", "vlm_envs.tools", *MOVED_MODULES)),
+    ("trainer", ("baselines", "baselines.cli", "baselines.cnn_ppo", "baselines.vlm_ppo")),
 ]
 LEVEL = {prefix: level for level, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
+# Names that are only a package's own module, never a prefix: what they hold must be placed one by one.
+ROOTS = set(SOURCES)
+# Calls that import the module named by a constant string argument: the function, and that argument's position.
+STRING_IMPORTS = {"import_module": 0, "__import__": 0, "require": 0, "moved_module": 1}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -52,16 +57,40 @@ def layer_of(module: str) -> int | None:
     """The level of the most specific prefix in LAYERS naming ``module`` (None: unplaced)."""
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
-        if ".".join(parts[:n]) in LEVEL:
-            return LEVEL[".".join(parts[:n])]
+        prefix = ".".join(parts[:n])
+        if prefix in LEVEL and (prefix not in ROOTS or prefix == module):
+            return LEVEL[prefix]
     return None
 
 
-def imported_names(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The names every import statement of the file imports, at any depth (``from p import m``: ``p.m`` when a module)."""
+def string_import(node: ast.Call) -> str | None:
+    """The module a call such as ``importlib.import_module("m")`` or ``require("m", ...)`` imports, if a constant."""
+    function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+    position = STRING_IMPORTS.get(function)
+    if position is None or len(node.args) <= position:
+        return None
+    argument = node.args[position]
+    return argument.value if isinstance(argument, ast.Constant) and isinstance(argument.value, str) else None
+
+
+def forwarded_names(node: ast.Call) -> set[str]:
+    """The modules that ``moved_names(old, {name: new module})`` forwards moved names to (every string in its table)."""
+    if getattr(node.func, "id", None) != "moved_names" or len(node.args) < 2:
+        return set()
+    return {n.value for n in ast.walk(node.args[1]) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def imported_names(module: str, path: Path, modules: dict[str, Path], forwards: bool = True) -> set[str]:
+    """The names every import statement of the file imports, at any depth (``from p import m``: ``p.m`` when a module),
+    the modules that calls of :data:`STRING_IMPORTS` name by a constant string, and (with ``forwards``) the new homes
+    of names moved out of the module (:func:`forwarded_names`)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and string_import(node):
+            names.add(string_import(node))
+        elif isinstance(node, ast.Call) and forwards:
+            names.update(forwarded_names(node))
+        elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module
@@ -72,12 +101,12 @@ def imported_names(module: str, path: Path, modules: dict[str, Path]) -> set[str
     return names
 
 
-def internal_imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+def internal_imports(modules: dict[str, Path], forwards: bool = True) -> dict[str, set[str]]:
     """``{module: the modules of the tree it imports}``; a name that is not a module counts as its closest module."""
     edges = {}
     for module, path in modules.items():
         targets = set()
-        for name in imported_names(module, path, modules):
+        for name in imported_names(module, path, modules, forwards):
             parts = name.split(".")
             while parts and ".".join(parts) not in modules:
                 parts.pop()
@@ -89,6 +118,9 @@ def internal_imports(modules: dict[str, Path]) -> dict[str, set[str]]:
 
 MODULES = source_modules(ROOT, SOURCES)
 EDGES = internal_imports(MODULES)
+# A forward of a moved name points back from the old home to the new one for one version; it runs on first use of
+# the name, after both modules are imported, so it counts for the direction of imports but makes no cycle.
+EDGES_WITHOUT_FORWARDS = internal_imports(MODULES, forwards=False)
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -146,12 +178,12 @@ def test_vlm_envs_never_imports_baselines():
 
 
 def test_no_import_cycle_between_modules():
-    assert cycles({m: t for m, t in EDGES.items() if m.startswith("vlm_envs")}) == []
+    assert cycles({m: t for m, t in EDGES_WITHOUT_FORWARDS.items() if m.startswith("vlm_envs")}) == []
 
 
 def test_no_import_cycle_between_packages():
     graph = defaultdict(set)
-    for module, targets in EDGES.items():
+    for module, targets in EDGES_WITHOUT_FORWARDS.items():
         if module.startswith("vlm_envs.") and module != "vlm_envs":
             graph[package_of(module)].update(package_of(t) for t in targets
                                              if t.startswith("vlm_envs.") and package_of(t) != package_of(module))
@@ -180,6 +212,68 @@ def test_every_package_is_in_the_readme_layout_and_the_architecture_page():
         assert [package for package in packages if f"`{package}`" not in text] == [], page
 
 
+@pytest.mark.parametrize("text", [
+    'import importlib\ndef f():\n    importlib.import_module("pkg.a")\n',
+    'def f():\n    __import__("pkg.a")\n',
+    'from vlm_envs.optional import require\nrequire("pkg.a", "extra", "what")\n',
+    'from vlm_envs._moved import moved_module\nmoved_module(__name__, "pkg.a")\n',
+])
+def test_the_checks_see_imports_by_a_constant_string(tmp_path, text):
+    (tmp_path / "pkg").mkdir()
+    for name, source in {"__init__.py": "", "a.py": "from pkg import b\n", "b.py": text}.items():
+        (tmp_path / "pkg" / name).write_text(source)
+    assert cycles(internal_imports(source_modules(tmp_path, ["pkg"]))) == [["pkg.a", "pkg.b"]]
+
+
+def test_a_forward_of_a_moved_name_is_an_import_but_no_cycle(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    files = {"__init__.py": "", "a.py": "from pkg import b\n",
+             "b.py": "__getattr__ = moved_names(__name__, {'f': 'pkg.a', **dict.fromkeys(('g',), 'baselines.x')})\n"}
+    for name, source in files.items():
+        (tmp_path / "pkg" / name).write_text(source)
+    modules = source_modules(tmp_path, ["pkg"])
+    assert internal_imports(modules)["pkg.b"] == {"pkg.a"} and cycles(internal_imports(modules, forwards=False)) == []
+    assert "baselines.x" in imported_names("pkg.b", modules["pkg.b"], modules)
+
+
+def test_a_new_package_must_be_placed():
+    assert (layer_of("vlm_envs"), layer_of("baselines.vlm_ppo.config")) == (LEVEL["vlm_envs"], LEVEL["baselines"])
+    assert layer_of("vlm_envs.new_package.module") is None
+
+
+def literal_copies(path: Path) -> list[str]:
+    """Module-level tuples of string literals whose values are those of a ``Literal`` declared in the same module
+    (a second home for the choice set: ``get_args`` of the ``Literal`` is the one)."""
+    tree = ast.parse(path.read_text(), str(path))
+    literals, tuples = {}, {}
+    for node in tree.body:
+        target, value = ((node.targets[0], node.value) if isinstance(node, ast.Assign) and len(node.targets) == 1
+                         else (node.target, node.value) if isinstance(node, ast.AnnAssign) else (None, None))
+        if not isinstance(target, ast.Name) or value is None:
+            continue
+        if isinstance(value, ast.Subscript) and getattr(value.value, "id", getattr(value.value, "attr", None)) == "Literal":
+            items = value.slice.elts if isinstance(value.slice, ast.Tuple) else [value.slice]
+            literals[target.id] = tuple(item.value for item in items if isinstance(item, ast.Constant))
+        elif isinstance(value, (ast.Tuple, ast.List)) and value.elts and all(
+                isinstance(item, ast.Constant) and isinstance(item.value, str) for item in value.elts):
+            tuples[target.id] = tuple(item.value for item in value.elts)
+    return [f"{name} restates {literal}" for name, values in tuples.items() for literal, choices in literals.items() if sorted(values) == sorted(choices)]
+
+
+def test_no_choice_set_restates_its_literal():
+    assert [f"{module}: {copy}" for module, path in MODULES.items() for copy in literal_copies(path)] == []
+
+
+def test_the_choice_set_check_sees_a_copy(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('from typing import Literal, get_args\nMode = Literal["a", "b"]\nMODES = ("b", "a")\nOK = get_args(Mode)\n')
+    assert literal_copies(path) == ["MODES restates Mode"]
+
+
 def test_importing_vlm_envs_imports_no_trainer_and_no_heavy_library():
-    code = "import sys, vlm_envs, vlm_envs.evaluation; print(sorted(m for m in ('baselines', 'torch', 'ray', 'openenv') if m in sys.modules))"
+    code = ("import sys, vlm_envs, vlm_envs.evaluation, vlm_envs.running, vlm_envs.tools, vlm_envs.__main__; "
+            "print(sorted(m for m in ('baselines', 'torch', 'ray', 'openenv') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    # the server needs the serve extra (openenv); it still imports no trainer
+    code = "import sys\ntry:\n    import vlm_envs.remote\nexcept ImportError:\n    pass\nprint('baselines' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -1,5 +1,5 @@
 """Helpers shared by the tests: the registry-parametrised list of every vlm_envs id, scripted actions, a free port, card art,
-checkpoint copies, and the skip of a test folder whose optional extra is not installed."""
+checkpoint copies, the table of moved modules, and the skip of a test folder whose optional extra is not installed."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def skip_unless_extra(extra: str, *modules: str) -> None:
     for module in modules:
         pytest.importorskip(module, reason=f'needs the "{extra}" extra (pip install "vlm-envs[{extra}]")')
 
+
+# Module paths from before a move, and where each module lives now (each old path is a shim kept for one version).
+MOVED_MODULES = {**{f"vlm_envs.{name}": f"vlm_envs.core.{name}"
+                    for name in ("spaces", "rendering", "labels", "registration", "arguments", "caching")},
+                 **{f"vlm_envs.{name}": f"vlm_envs.running.{name}" for name in ("wrappers", "agent_loop", "ray_pool", "branching")},
+                 **{f"vlm_envs.{name}": f"vlm_envs.tools.{name}" for name in ("play", "gallery")}}
 
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
 AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.find_spec(_needs(s)) is not None]

@@ -30,6 +30,8 @@ Algo = Literal["ppo", "grpo", "rloo", "gigpo"]
 ALGOS: tuple[str, ...] = get_args(Algo)
 CRITIC_FREE: tuple[str, ...] = tuple(a for a in ALGOS if a != "ppo")
 """The algorithms with no value head: they compare episodes of a group instead (docs/training.md, Algorithms)."""
+# "sync"/"async" are gymnasium's vectorization modes (gym.make_vec), not the evaluation runner's slots of the same
+# names, so they are not derived from vlm_envs.evaluation.runner.Vectorization.
 Vectorization = Literal["sync", "async", "ray", "remote"]
 
 @dataclass

@@ -284,10 +284,13 @@ def test_hf_policy_is_found_through_its_entry_point(monkeypatch):
     setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
     declared = [EntryPoint(name.strip(), value.strip(), registry.ENTRY_POINT_GROUP) for name, value in
                 (line.split("=") for line in setup["options.entry_points"][registry.ENTRY_POINT_GROUP].split("\n") if line)]
+    # light: the model code loads when a policy is made. Importing it registers hf:, so the registry is
+    # emptied after it: only the entry point can find hf: again.
+    from baselines.vlm_ppo.hf_policy import HFPolicy
+
     monkeypatch.setattr(registry, "_registered", {})
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in declared if ep.group == group])
-    from baselines.vlm_ppo.hf_policy import HFPolicy  # light: the model code loads when a policy is made
-
+    assert "hf" not in registry._registered
     assert registry.policy_factory("hf") is HFPolicy
 
 

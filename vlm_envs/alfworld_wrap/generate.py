@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from vlm_envs._moved import moved_names
 from vlm_envs.alfworld_wrap import SPLITS, TASK_TYPES, official_games_dir, shipped_games_dir
 from vlm_envs.alfworld_wrap.games import COMPLETE_MARKER, find_games, problem_digest
 from vlm_envs.alfworld_wrap.official import OFFICIAL_COUNTS, OFFICIAL_ORDER, check_official, discard_stale
@@ -163,6 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         (train_root / COMPLETE_MARKER).write_text(f"{len(list(train_root.rglob('game.tw-pddl')))}\n")
     return 0
 
+
+# Moved out by the split into scene building and the official-split checks: served from here until the
+# next version, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, {
+    **dict.fromkeys(("GameRejected", "layouts_dir", "room_type", "split_scenes", "mangle", "synthetic_receptacle_id",
+                     "Receptacle", "Obj", "Scene", "load_scene", "TaskParams", "choose_task", "place_objects",
+                     "pddl_problem", "task_description", "build_game", "check_game", "GENERATOR_VERSION",
+                     "MAX_ATTEMPTS", "MAX_WALKTHROUGH"), "vlm_envs.alfworld_wrap.scenes"),
+    **dict.fromkeys(("write_digests", "read_digests", "digest_mismatches", "shipped_reference", "written_digests",
+                     "OFFICIAL_TRAIN_DIGESTS"), "vlm_envs.alfworld_wrap.official")})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,8 +12,8 @@ module              owns
 ``caching``         caches bounded in bytes
 ==================  =============================================================================
 
-Of vlm_envs it imports only :mod:`vlm_envs.text` (prompts) and :mod:`vlm_envs.optional`, besides
-the environments that ``registration`` registers.
+Of vlm_envs it imports only :mod:`vlm_envs.text` (prompts) and :mod:`vlm_envs.optional`, and no
+environment: ``registration`` names the envs' constructors by string, and ``import vlm_envs`` registers them.
 """
 
 from vlm_envs.core.env import TEXT_MODES, TextMode, Transition, VLMEnv

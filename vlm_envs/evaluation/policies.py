@@ -18,6 +18,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from vlm_envs._moved import moved_names
+
 
 @dataclass(frozen=True)
 class Request:
@@ -102,3 +104,7 @@ def normalize_replies(replies: Sequence[Reply | str], n: int) -> list[Reply]:
     if len(replies) != n:
         raise ValueError(f"the policy returned {len(replies)} replies for {n} requests")
     return [r if isinstance(r, Reply) else Reply(str(r)) for r in replies]
+
+
+# Moved to the policy registry: served from here until the next version, with a DeprecationWarning.
+__getattr__ = moved_names(__name__, dict.fromkeys(("make_policy", "SCRIPTED_POLICIES"), "vlm_envs.evaluation.registry"))

@@ -10,8 +10,8 @@ Importing it imports only gymnasium, numpy and pillow.
 """
 
 from vlm_envs.running.actor_vector import ActorVectorEnv, EnvWorker, ThreadWorkers
-from vlm_envs.running.agent_loop import Turn, run_agent
+from vlm_envs.running.agent_loop import Turn, run_agent, step_infos
 from vlm_envs.running.ray_pool import RayVectorEnv, make_ray_vec
 from vlm_envs.running.wrappers import TextActions
 
-__all__ = ["ActorVectorEnv", "EnvWorker", "RayVectorEnv", "TextActions", "ThreadWorkers", "Turn", "make_ray_vec", "run_agent"]
+__all__ = ["ActorVectorEnv", "EnvWorker", "RayVectorEnv", "TextActions", "ThreadWorkers", "Turn", "make_ray_vec", "run_agent", "step_infos"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, SupportsFloat
+from typing import Any, Literal, SupportsFloat, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +14,7 @@ from vlm_envs.core.spaces import text_space
 from vlm_envs.text.parsing import PARSE_MODES, ParseMode, parse_action
 
 OnParseFailure = Literal["random", "penalty", "noop"]
-ON_PARSE_FAILURE: tuple[str, ...] = ("random", "penalty", "noop")
+ON_PARSE_FAILURE: tuple[OnParseFailure, ...] = get_args(OnParseFailure)
 _MAX_ACTION_TEXT = 4096
 
 
