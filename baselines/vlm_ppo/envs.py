@@ -166,13 +166,20 @@ class TrainingEnvs:
             if truncated[i] and not terminated[i]:
                 final_obs[i] = {"image": np.array(obs["image"][i]), "text": obs["text"][i]}
         self._observe(obs, infos, range(self.num_envs))
-        if done.any():
-            for i in np.flatnonzero(done):
-                self.episodes[i] += 1
-                self.records[i] = []
-            obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
+        for i in np.flatnonzero(done):
+            self.episodes[i] += 1
+        obs = self._reset_finished(obs, done)
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
                        _step_infos(infos, done), final_obs)
+
+    def _reset_finished(self, obs: dict, done: np.ndarray) -> dict:
+        """Reset the envs whose episode just ended, from their next episode seed (a finished env
+        cannot be stepped); returns the observations the envs now show."""
+        if not done.any():
+            return obs
+        for i in np.flatnonzero(done):
+            self.records[i] = []
+        return self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
 
     def start_groups(self, groups) -> dict:
         """Reset every member of ``groups`` to its group's current episode seed (the same for all)."""
@@ -204,10 +211,7 @@ class TrainingEnvs:
         for g in ended:
             for i in range(g * self.group_size, (g + 1) * self.group_size):
                 self.episodes[i] += 1
-        if done.any():
-            for i in np.flatnonzero(done):
-                self.records[i] = []
-            obs = self._reset_some([self._seed(i) if done[i] else None for i in range(self.num_envs)])
+        obs = self._reset_finished(obs, done)
         return EnvStep(obs, np.asarray(rewards, dtype=np.float64), np.asarray(terminated), np.asarray(truncated),
                        _step_infos(infos, done), [None] * self.num_envs), ended
 

@@ -96,6 +96,14 @@ class EpisodeStats:
     lengths: np.ndarray
     finished: list[tuple[bool, float, int]] = field(default_factory=list)
 
+    def add_step(self, env: int, reward: float, ended: bool, success: bool) -> None:
+        """Count one step of env ``env``; an ``ended`` episode moves to ``finished`` and its counters restart."""
+        self.returns[env] += reward
+        self.lengths[env] += 1
+        if ended:
+            self.finished.append((bool(success), float(self.returns[env]), int(self.lengths[env])))
+            self.returns[env], self.lengths[env] = 0.0, 0
+
 
 @torch.no_grad()
 def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeStats, num_steps: int,
@@ -127,13 +135,9 @@ def collect_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: EpisodeSt
         rollout.terminated[t] = torch.as_tensor(step.terminated)
         rollout.truncated[t] = torch.as_tensor(step.truncated)
         rollout.answer_tokens += sum(len(a) for a in answers)
-        episodes.returns += step.rewards
-        episodes.lengths += 1
         for i, info in enumerate(step.infos):
             rollout.parse_failures += not bool(info["parse_ok"])
-            if step.terminated[i] or step.truncated[i]:
-                episodes.finished.append((bool(info["success"]), float(episodes.returns[i]), int(episodes.lengths[i])))
-                episodes.returns[i], episodes.lengths[i] = 0.0, 0
+            episodes.add_step(i, step.rewards[i], step.terminated[i] or step.truncated[i], info["success"])
         obs = step.obs
     return rollout
 
@@ -206,12 +210,9 @@ def collect_group_rollout(policy: ActorCritic, envs: TrainingEnvs, episodes: Epi
             played.setdefault((g, rounds[g], i % size), []).append(_Transition(
                 prompts[k], answers[k], boundaries[k], float(sampled[k]), float(step.rewards[i]),
                 bool(step.terminated[i]), bool(step.truncated[i]), keys[i]))
-            episodes.returns[i] += step.rewards[i]
-            episodes.lengths[i] += 1
-            if step.terminated[i] or step.truncated[i]:
-                episodes.finished.append((bool(infos[k]["success"]), float(episodes.returns[i]), int(episodes.lengths[i])))
-                episodes.returns[i], episodes.lengths[i] = 0.0, 0
-                active[i] = False
+            over = bool(step.terminated[i] or step.truncated[i])
+            episodes.add_step(i, step.rewards[i], over, infos[k]["success"])
+            active[i] = not over
             parse_failures += not bool(infos[k]["parse_ok"])
         taken += len(idx)
         answer_tokens += sum(len(a) for a in answers)

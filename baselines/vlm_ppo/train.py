@@ -309,6 +309,9 @@ def train_ppo(cfg: Config) -> dict[str, float]:
         epochs = [minibatches(len(rollout.answers), cfg.minibatch_size, order) for _ in range(cfg.ppo_epochs)]
         if cfg.algo in CRITIC_FREE:
             epochs = as_many_batches_as_every_process(run.accelerator, epochs)
+        if not epochs[0]:
+            run.accelerator.print(f"update {update}: no full mini-batch of {cfg.minibatch_size} in this rollout "
+                                  f"(or in another process's), so it trains nothing; lower --minibatch-size")
         score_rollout(policy, rollout, epochs[0], with_reference=cfg.kl_coef > 0)
         advantages, returns = (critic_free_advantages(cfg, rollout), None) if cfg.algo in CRITIC_FREE else gae(run, rollout)
 
