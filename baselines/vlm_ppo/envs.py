@@ -38,15 +38,20 @@ def episode_seed(run_seed: int, process: int, group: int, episode: int) -> int:
     return train_seed(run_seed, process, group, episode)
 
 
+def with_env_kwargs(cfg, **extra):
+    """The config with ``extra`` laid over its ``env_kwargs``."""
+    return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), **extra}))
+
+
 def held_out(cfg):
     """The config the held-out evaluation plays: ``env_kwargs`` with ``eval_env_kwargs`` laid over it."""
     extra = json.loads(cfg.eval_env_kwargs)
-    return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), **extra})) if extra else cfg
+    return with_env_kwargs(cfg, **extra) if extra else cfg
 
 
 def with_oracle_labels(cfg):
     """The config whose envs add ``info["state_key"]`` (:mod:`vlm_envs.core.labels`): GiGPO groups steps by it."""
-    return dataclasses.replace(cfg, env_kwargs=json.dumps({**json.loads(cfg.env_kwargs), "oracle_labels": True}))
+    return with_env_kwargs(cfg, oracle_labels=True)
 
 
 def make_env(cfg) -> gym.Env:
