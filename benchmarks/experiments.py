@@ -159,6 +159,21 @@ EXPERIMENTS.update({
     # A round of whole episodes is 50 steps per env (the policy rarely finishes a game): 8 envs x 16
     # steps keeps PPO's 20 x 128 env steps in about 7 updates of 8 episodes (16 envs: 4 updates).
     "alfworld-gigpo": critic_free("alfworld", "gigpo", num_envs="8", num_steps="16"),
+    "numberline-rloo": critic_free("numberline", "rloo"),
+    "ezpoints-rloo": critic_free("ezpoints", "rloo"),
+})
+
+
+def unclipped_value(base: str, seeds: tuple[int, ...] = (1,)) -> Experiment:
+    """PPO as in ``base`` but with the value update unclipped (``--value-clip 0``), to choose the default."""
+    exp = EXPERIMENTS[base]
+    return dataclasses.replace(exp, flags=with_flags(exp.flags, value_clip="0"), seeds=seeds,
+                               notes=f"PPO as in {base}, value loss unclipped (--value-clip 0)")
+
+
+EXPERIMENTS.update({
+    "ezpoints-vclip0": unclipped_value("ezpoints", seeds=(1, 2, 3)),
+    "blackjack-vclip0": unclipped_value("blackjack"),
 })
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
 
