@@ -159,6 +159,13 @@ EXPERIMENTS.update({
     # A round of whole episodes is 50 steps per env (the policy rarely finishes a game): 8 envs x 16
     # steps keeps PPO's 20 x 128 env steps in about 7 updates of 8 episodes (16 envs: 4 updates).
     "alfworld-gigpo": critic_free("alfworld", "gigpo", num_envs="8", num_steps="16"),
+    # Format failures pushed down: in the runs above an unparsable answer plays a random move and
+    # leaves the policy loss, and the training parse-failure rate climbed (NumberLine GRPO 0.04 -> 0.83).
+    # Here it costs the turn (the game does not advance, reward -1) and stays in the policy loss.
+    "numberline-gigpo-penalty": critic_free("numberline", "gigpo", on_parse_failure="penalty",
+                                            keep_format_failures="True"),
+    "blackjack-gigpo-penalty": critic_free("blackjack", "gigpo", on_parse_failure="penalty",
+                                           keep_format_failures="True"),
     "numberline-rloo": critic_free("numberline", "rloo"),
     "ezpoints-rloo": critic_free("ezpoints", "rloo"),
 })

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from baselines.vlm_ppo.config import parse_args
+from baselines.vlm_ppo.config import CRITIC_FREE, parse_args
 
 
 def _load_experiments():
@@ -34,13 +34,25 @@ def test_every_experiment_parses_on_its_preset(name):
         assert (cfg.model, cfg.conv_template) == ("smollm2-vlm", "chat_template")
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(experiments.EXPERIMENTS) if n.endswith(("-grpo", "-gigpo"))])
-def test_critic_free_experiments_keep_their_ppo_start_and_budget(name):
-    """Each critic-free experiment trains from its PPO experiment's SFT recipe at its env-step budget."""
-    base = name.rsplit("-", 1)[0]
+def _variant_of(name):
+    """``(base, algo)`` of an experiment that reruns ``base`` with another algorithm or option
+    (``ezpoints-gigpo``, ``blackjack-gigpo-penalty``, ``ezpoints-vclip0``), else None."""
+    base, _, rest = name.partition("-")
+    if not rest or base not in experiments.EXPERIMENTS or rest.endswith(("nocot", "smollm2")):
+        return None
+    algo = rest.split("-")[0]
+    return base, algo if algo in CRITIC_FREE else "ppo"
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(experiments.EXPERIMENTS) if _variant_of(n)])
+def test_variants_keep_their_ppo_start_and_budget(name):
+    """Each variant of an env's PPO experiment trains from its SFT recipe at its env-step budget,
+    with the algorithm its name says (groups of ``GROUP_SIZE`` for the critic-free ones)."""
+    base, algo = _variant_of(name)
     _, cfg = parse_args(experiments.trainer_command(name, 1, Path("OUT"))[3:])
     _, ppo = parse_args(experiments.trainer_command(base, 1, Path("OUT"))[3:])
-    assert (cfg.algo, cfg.group_size, ppo.algo) == (name.rsplit("-", 1)[1], experiments.GROUP_SIZE, "ppo")
+    assert (cfg.algo, ppo.algo) == (algo, "ppo")
+    assert cfg.group_size == (experiments.GROUP_SIZE if algo in CRITIC_FREE else 1)
     assert cfg.num_updates * cfg.num_steps * cfg.num_envs == ppo.num_updates * ppo.num_steps * ppo.num_envs
     sft = [f.name for f in dataclasses.fields(cfg) if f.name.startswith(("sft_", "align_", "aux_"))]
     assert all(getattr(cfg, f) == getattr(ppo, f) for f in sft + ["env_id", "model", "seed", "cot", "env_kwargs"])
