@@ -166,6 +166,8 @@ EXPERIMENTS.update({
                                             keep_format_failures="True"),
     "blackjack-gigpo-penalty": critic_free("blackjack", "gigpo", on_parse_failure="penalty",
                                            keep_format_failures="True"),
+    "numberline-grpo-penalty": critic_free("numberline", "grpo", on_parse_failure="penalty",
+                                           keep_format_failures="True"),
     "numberline-rloo": critic_free("numberline", "rloo"),
     "ezpoints-rloo": critic_free("ezpoints", "rloo"),
 })
@@ -179,6 +181,10 @@ def unclipped_value(base: str, seeds: tuple[int, ...] = (1,)) -> Experiment:
 
 
 EXPERIMENTS.update({
+    # PPO's own runs with format failures penalised and kept in the policy loss, as the critic-free ones above.
+    "blackjack-penalty": dataclasses.replace(
+        EXPERIMENTS["blackjack"], notes="PPO as in blackjack, format failures penalised (-1) and kept in the policy loss",
+        flags=with_flags(EXPERIMENTS["blackjack"].flags, on_parse_failure="penalty", keep_format_failures="True")),
     "ezpoints-vclip0": unclipped_value("ezpoints", seeds=(1, 2, 3)),
     "blackjack-vclip0": unclipped_value("blackjack"),
 })
