@@ -140,18 +140,34 @@ def with_flags(flags: tuple[str, ...], **values: str) -> tuple[str, ...]:
 GROUP_SIZE = 4
 
 
+# Format failures pushed down: by default an unparsable answer plays a random move and leaves the
+# policy loss, and in the first critic-free runs the training parse-failure rate climbed (NumberLine
+# GRPO 0.04 -> 0.83). With these flags it costs the turn (the game does not advance, reward -1) and
+# stays in the policy loss.
+FORMAT_PENALTY = dict(on_parse_failure="penalty", keep_format_failures="True")
+
+
 def critic_free(base: str, algo: str, seeds: tuple[int, ...] = (1,), notes: str = "", **flags: str) -> Experiment:
+    """``base``'s experiment (SFT recipe, env-step budget, evaluation) trained with ``algo`` in groups of ``GROUP_SIZE``."""
     exp = EXPERIMENTS[base]
     return dataclasses.replace(exp, flags=with_flags(exp.flags, algo=algo, group_size=str(GROUP_SIZE), **flags),
                                seeds=seeds, notes=f"{algo} from the {base} experiment's SFT start and env-step budget"
                                                   + (f"; {notes}" if notes else ""))
 
 
+def ppo_variant(base: str, notes: str, seeds: tuple[int, ...] = (1,), **flags: str) -> Experiment:
+    """PPO as in ``base``'s experiment with ``flags`` changed."""
+    exp = EXPERIMENTS[base]
+    return dataclasses.replace(exp, flags=with_flags(exp.flags, **flags), seeds=seeds, notes=f"PPO as in {base}, {notes}")
+
+
 EXPERIMENTS.update({
     "numberline-grpo": critic_free("numberline", "grpo"),
     "numberline-gigpo": critic_free("numberline", "gigpo"),
+    "numberline-rloo": critic_free("numberline", "rloo"),
     "ezpoints-grpo": critic_free("ezpoints", "grpo", seeds=(1, 2, 3)),
     "ezpoints-gigpo": critic_free("ezpoints", "gigpo", seeds=(1, 2, 3)),
+    "ezpoints-rloo": critic_free("ezpoints", "rloo"),
     "blackjack-grpo": critic_free("blackjack", "grpo"),
     "blackjack-gigpo": critic_free("blackjack", "gigpo", notes="most hands are one step: close to GRPO"),
     # Evaluated every 20 updates, not 10: the PPO run took 48 min, most of it SFT and five evaluations.
@@ -159,37 +175,16 @@ EXPERIMENTS.update({
     # A round of whole episodes is 50 steps per env (the policy rarely finishes a game): 8 envs x 16
     # steps keeps PPO's 20 x 128 env steps in about 7 updates of 8 episodes (16 envs: 4 updates).
     "alfworld-gigpo": critic_free("alfworld", "gigpo", num_envs="8", num_steps="16"),
-    # Format failures pushed down: in the runs above an unparsable answer plays a random move and
-    # leaves the policy loss, and the training parse-failure rate climbed (NumberLine GRPO 0.04 -> 0.83).
-    # Here it costs the turn (the game does not advance, reward -1) and stays in the policy loss.
-    "numberline-gigpo-penalty": critic_free("numberline", "gigpo", on_parse_failure="penalty",
-                                            keep_format_failures="True"),
-    "blackjack-gigpo-penalty": critic_free("blackjack", "gigpo", on_parse_failure="penalty",
-                                           keep_format_failures="True"),
-    "numberline-grpo-penalty": critic_free("numberline", "grpo", on_parse_failure="penalty",
-                                           keep_format_failures="True"),
-    "numberline-rloo": critic_free("numberline", "rloo"),
-    "ezpoints-rloo": critic_free("ezpoints", "rloo"),
+    "numberline-grpo-penalty": critic_free("numberline", "grpo", **FORMAT_PENALTY),
+    "numberline-gigpo-penalty": critic_free("numberline", "gigpo", **FORMAT_PENALTY),
+    "blackjack-gigpo-penalty": critic_free("blackjack", "gigpo", **FORMAT_PENALTY),
+    # The value loss unclipped (--value-clip 0), which chose that option's default (docs/training.md).
+    "ezpoints-vclip0": ppo_variant("ezpoints", "value loss unclipped", seeds=(1, 2, 3), value_clip="0"),
+    "blackjack-vclip0": ppo_variant("blackjack", "value loss unclipped", value_clip="0"),
+    # At the end of `blackjack` 7.8% of greedy answers did not parse and played a random move.
+    "blackjack-vclip0-penalty": ppo_variant("blackjack", "value loss unclipped, format failures penalised",
+                                            value_clip="0", **FORMAT_PENALTY),
 })
-
-
-def unclipped_value(base: str, seeds: tuple[int, ...] = (1,)) -> Experiment:
-    """PPO as in ``base`` but with the value update unclipped (``--value-clip 0``), to choose the default."""
-    exp = EXPERIMENTS[base]
-    return dataclasses.replace(exp, flags=with_flags(exp.flags, value_clip="0"), seeds=seeds,
-                               notes=f"PPO as in {base}, value loss unclipped (--value-clip 0)")
-
-
-EXPERIMENTS.update({
-    "ezpoints-vclip0": unclipped_value("ezpoints", seeds=(1, 2, 3)),
-    "blackjack-vclip0": unclipped_value("blackjack"),
-})
-# PPO with the value loss unclipped and format failures penalised (-1) and kept in the policy loss,
-# as in the critic-free *-penalty runs: at the end of `blackjack` 7.8% of greedy answers did not
-# parse and played a random move.
-EXPERIMENTS["blackjack-vclip0-penalty"] = dataclasses.replace(
-    EXPERIMENTS["blackjack-vclip0"], notes="PPO as in blackjack-vclip0, format failures penalised and kept in the policy loss",
-    flags=with_flags(EXPERIMENTS["blackjack-vclip0"].flags, on_parse_failure="penalty", keep_format_failures="True"))
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
 
 
