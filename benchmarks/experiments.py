@@ -178,7 +178,7 @@ EXPERIMENTS.update({
     "numberline-grpo-penalty": critic_free("numberline", "grpo", **FORMAT_PENALTY),
     "numberline-gigpo-penalty": critic_free("numberline", "gigpo", **FORMAT_PENALTY),
     "blackjack-gigpo-penalty": critic_free("blackjack", "gigpo", **FORMAT_PENALTY),
-    # The value loss unclipped (--value-clip 0), which chose that option's default (docs/training.md).
+    # The value loss unclipped (--value-clip 0): the comparison that kept its default at 0.1 (docs/training.md).
     "ezpoints-vclip0": ppo_variant("ezpoints", "value loss unclipped", seeds=(1, 2, 3), value_clip="0"),
     "blackjack-vclip0": ppo_variant("blackjack", "value loss unclipped", value_clip="0"),
     # At the end of `blackjack` 7.8% of greedy answers did not parse and played a random move.
