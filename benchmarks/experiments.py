@@ -183,7 +183,7 @@ EXPERIMENTS.update({
     "blackjack-vclip0": ppo_variant("blackjack", "value loss unclipped", value_clip="0"),
     # At the end of `blackjack` 7.8% of greedy answers did not parse and played a random move.
     "blackjack-vclip0-penalty": ppo_variant("blackjack", "value loss unclipped, format failures penalised",
-                                            value_clip="0", **FORMAT_PENALTY),
+                                            seeds=(1, 2, 3), value_clip="0", **FORMAT_PENALTY),
 })
 ABLATION_PAIRS = (("numberline", "numberline-nocot"), ("ezpoints", "ezpoints-nocot"))
 
