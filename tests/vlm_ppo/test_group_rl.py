@@ -313,14 +313,19 @@ def test_critic_free_resume_is_bit_identical(tmp_path, family_path, algo, vector
 
 @pytest.mark.parametrize("vectorization", ["ray", "remote"])
 def test_gigpo_through_actor_envs_is_the_sync_run_and_resumes(tmp_path, family_path, vectorization,
-                                                              moves_that_parse):
+                                                              moves_that_parse, monkeypatch):
     """Group rollouts reset members to shared seeds and idle finished ones through the vector env's
     own API, so GiGPO over Ray actors or an env server plays exactly the sync run (same metrics,
     same weights) and resumes from its checkpoint bit-identically."""
     import contextlib
 
+    from baselines.vlm_ppo import envs
     from baselines.vlm_ppo.train import train_ppo
+    from vlm_envs.running.actor_vector import ActorVectorEnv
 
+    built = []
+    make_vec_env = envs.make_vec_env
+    monkeypatch.setattr(envs, "make_vec_env", lambda *a, **k: built.append(make_vec_env(*a, **k)) or built[-1])
     server = contextlib.nullcontext("")
     if vectorization == "ray":
         pytest.importorskip("ray")
@@ -337,6 +342,7 @@ def test_gigpo_through_actor_envs_is_the_sync_run_and_resumes(tmp_path, family_p
         train_ppo(cfg)
         checkpoint_copy(tmp_path / "a", tmp_path / "b")
         train_ppo(dataclasses.replace(cfg, output_dir=str(tmp_path / "b"), resume=True))
+    assert [isinstance(v, ActorVectorEnv) for v in built] == [False, True, True]  # sync, then the actors twice
     rows = [_metric_rows(tmp_path / d / "metrics.csv") for d in ("sync", "a", "b")]
     assert rows[0] == rows[1] == rows[2]
     final = [_weights(tmp_path / d / "checkpoints" / "update_00002" / "model") for d in ("sync", "a", "b")]
