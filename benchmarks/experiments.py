@@ -147,18 +147,21 @@ GROUP_SIZE = 4
 FORMAT_PENALTY = dict(on_parse_failure="penalty", keep_format_failures="True")
 
 
-def critic_free(base: str, algo: str, seeds: tuple[int, ...] = (1,), notes: str = "", **flags: str) -> Experiment:
-    """``base``'s experiment (SFT recipe, env-step budget, evaluation) trained with ``algo`` in groups of ``GROUP_SIZE``."""
+def variant(base: str, notes: str, seeds: tuple[int, ...] = (1,), **flags: str) -> Experiment:
+    """``base``'s experiment (SFT recipe, env-step budget, evaluation) with ``flags`` changed."""
     exp = EXPERIMENTS[base]
-    return dataclasses.replace(exp, flags=with_flags(exp.flags, algo=algo, group_size=str(GROUP_SIZE), **flags),
-                               seeds=seeds, notes=f"{algo} from the {base} experiment's SFT start and env-step budget"
-                                                  + (f"; {notes}" if notes else ""))
+    return dataclasses.replace(exp, flags=with_flags(exp.flags, **flags), seeds=seeds, notes=notes)
+
+
+def critic_free(base: str, algo: str, seeds: tuple[int, ...] = (1,), notes: str = "", **flags: str) -> Experiment:
+    """``base``'s experiment trained with ``algo`` in groups of ``GROUP_SIZE``."""
+    return variant(base, f"{algo} from the {base} experiment's SFT start and env-step budget" + (f"; {notes}" if notes else ""),
+                   seeds, algo=algo, group_size=str(GROUP_SIZE), **flags)
 
 
 def ppo_variant(base: str, notes: str, seeds: tuple[int, ...] = (1,), **flags: str) -> Experiment:
     """PPO as in ``base``'s experiment with ``flags`` changed."""
-    exp = EXPERIMENTS[base]
-    return dataclasses.replace(exp, flags=with_flags(exp.flags, **flags), seeds=seeds, notes=f"PPO as in {base}, {notes}")
+    return variant(base, f"PPO as in {base}, {notes}", seeds, **flags)
 
 
 EXPERIMENTS.update({

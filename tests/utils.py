@@ -3,6 +3,7 @@ checkpoint copies, the table of moved modules, and the skip of a test folder who
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import socket
@@ -35,6 +36,20 @@ MOVED_MODULES = {**{f"vlm_envs.{name}": f"vlm_envs.core.{name}"
 ALL_SPECS = [gym.spec(env_id) for env_id in registered_ids()]
 AVAILABLE_SPECS = [s for s in ALL_SPECS if _needs(s) is None or importlib.util.find_spec(_needs(s)) is not None]
 CARD_SPECS = [s for s in ALL_SPECS if s.id.startswith("gym_cards/")]
+
+
+def vectorization_server(vectorization: str, env_id: str, max_sessions: int = 16):
+    """The context a trainer run with ``--vectorization VECTORIZATION`` needs: an env server of
+    ``env_id`` for ``remote`` (it yields the ``--env-url``), nothing otherwise (it yields ``""``).
+    Skips the test when the mode's extra is not installed."""
+    if vectorization == "ray":
+        pytest.importorskip("ray")
+    if vectorization != "remote":
+        return contextlib.nullcontext("")
+    pytest.importorskip("openenv.core")
+    from vlm_envs.remote.server import create_app, serve_in_thread
+
+    return serve_in_thread(create_app(env_id, max_sessions=max_sessions))
 
 
 def scripted_actions(env: gym.Env, rng: np.random.Generator) -> str:

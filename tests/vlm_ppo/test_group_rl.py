@@ -15,7 +15,7 @@ import torch
 
 from baselines.vlm_ppo.algo import group_advantages, ppo_losses, returns_to_go, value_loss
 from baselines.vlm_ppo.config import CRITIC_FREE, Config, parse_args
-from tests.utils import checkpoint_copy
+from tests.utils import checkpoint_copy, vectorization_server
 from tests.utils import family_config as _config
 
 S2 = 1 / math.sqrt(2)  # |x - mean| / std of two different values
@@ -317,8 +317,6 @@ def test_gigpo_through_actor_envs_is_the_sync_run_and_resumes(tmp_path, family_p
     """Group rollouts reset members to shared seeds and idle finished ones through the vector env's
     own API, so GiGPO over Ray actors or an env server plays exactly the sync run (same metrics,
     same weights) and resumes from its checkpoint bit-identically."""
-    import contextlib
-
     from baselines.vlm_ppo import envs
     from baselines.vlm_ppo.train import train_ppo
     from vlm_envs.running.actor_vector import ActorVectorEnv
@@ -326,14 +324,7 @@ def test_gigpo_through_actor_envs_is_the_sync_run_and_resumes(tmp_path, family_p
     built = []
     make_vec_env = envs.make_vec_env
     monkeypatch.setattr(envs, "make_vec_env", lambda *a, **k: built.append(make_vec_env(*a, **k)) or built[-1])
-    server = contextlib.nullcontext("")
-    if vectorization == "ray":
-        pytest.importorskip("ray")
-    else:
-        pytest.importorskip("openenv.core")
-        from vlm_envs.remote.server import create_app, serve_in_thread
-
-        server = serve_in_thread(create_app("gym_cards/Blackjack-v0", max_sessions=16))
+    server = vectorization_server(vectorization, "gym_cards/Blackjack-v0")
     settings = dict(env_id="gym_cards/Blackjack-v0", algo="gigpo", num_envs=4, group_size=2, num_updates=3,
                     num_steps=3)
     train_ppo(_config(tmp_path / "sync", family_path("llava"), **settings))

@@ -4,7 +4,6 @@ sampling config, λ boundary, SFT targets, checkpoints, vectorization modes, mul
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +33,7 @@ from tests.tiny_families import (
     build_metaspace_tokenizer,
     build_tiny,
 )
-from tests.utils import checkpoint_copy
+from tests.utils import checkpoint_copy, vectorization_server
 from tests.utils import family_config as _config
 from vlm_envs.text import build_prompt
 
@@ -359,14 +358,7 @@ def sync_blackjack_metrics(tmp_path_factory, family_path):
 
 @pytest.mark.parametrize("vectorization", ["sync", "async", "ray", "remote"])
 def test_resume_is_bit_identical_in_every_vectorization(tmp_path, family_path, vectorization, sync_blackjack_metrics):
-    if vectorization == "ray":
-        pytest.importorskip("ray")
-    server = contextlib.nullcontext("")
-    if vectorization == "remote":
-        pytest.importorskip("openenv.core")
-        from vlm_envs.remote.server import create_app, serve_in_thread
-
-        server = serve_in_thread(create_app("gym_cards/Blackjack-v0", max_sessions=16))
+    server = vectorization_server(vectorization, "gym_cards/Blackjack-v0")
     from baselines.vlm_ppo.train import train_ppo
 
     with server as url:
