@@ -15,7 +15,7 @@ GGUF. :func:`build_smollm2_vlm` puts the two together, with no download:
   (``User:<image>...<end_of_utterance>\\nAssistant:``) and ``<end_of_utterance>`` (a new, untrained row)
   as the stop, a complete NumberLine answer's stop had log-prob -14.8, still -10.4 after 30 SFT steps,
   and every answer ran to the token cap; with that template and ``<|im_end|>`` as the stop, the
-  model ended its turn at once (empty answers);
+  model often ended its turn at once (empty answers to every CoT and chat prompt tried);
 * vision: a small random Idefics3 tower (:class:`SmolLM2VLMSpec`: 4 layers, width 192, 96 px,
   patch 16, pixel shuffle 2, so 9 image tokens per frame, no image splitting) whose patch
   embedding gets the embedded model's larger init (std 0.2: at the default 0.02 rendered digits all

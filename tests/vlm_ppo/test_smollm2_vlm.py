@@ -76,10 +76,13 @@ def test_a_complete_answer_ends_at_the_stop_token(smollm2_vlm):
     env = gym.make("gym_cards/NumberLine-v0", render_mode="rgb_array")
     env.reset(seed=0)
     prompt = env.unwrapped.prompt(cot=True)
-    answer = ('{"current number": "0", "target number": "4", "thoughts": "The current number is 0 and the target '
-              'number is 4. I should add one to the current number.", "action": "+"}')
+    current, target = env.unwrapped.current, env.unwrapped.target
+    move, sign = ("add one to", "+") if target > current else ("subtract one from", "-")
+    answer = (f'{{"current number": "{current}", "target number": "{target}", "thoughts": "The current number is '
+              f'{current} and the target number is {target}. I should {move} the current number.", '
+              f'"action": "{sign}"}}')
     answer_ids = encoder.answer_ids(encoder.render(prompt), answer)
-    assert answer_ids[-1] == policy.stop_ids[0] == processor.tokenizer.convert_tokens_to_ids(smollm2.ANSWER_END)
+    assert policy.stop_ids == [processor.tokenizer.convert_tokens_to_ids(smollm2.ANSWER_END)] == answer_ids[-1:]
     with torch.no_grad():
         out = policy(encoder.encode([prompt], [env.render()]), [answer_ids], [None])
     stop_logprob = out.token_logprobs[0, len(answer_ids) - 1].item()
