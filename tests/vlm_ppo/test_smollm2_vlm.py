@@ -67,6 +67,7 @@ def test_a_complete_answer_ends_at_the_stop_token(smollm2_vlm):
     numberline-smollm2's 30 SFT steps, so every answer ran to the token cap."""
     import gymnasium as gym
 
+    from baselines.vlm_ppo import cot
     from baselines.vlm_ppo.encoding import Encoder
     from baselines.vlm_ppo.policy import ActorCritic, load_policy
 
@@ -74,13 +75,9 @@ def test_a_complete_answer_ends_at_the_stop_token(smollm2_vlm):
     encoder = Encoder(processor, vlm.config, "chat_template")
     policy = ActorCritic(vlm, encoder, temperature=1.0, thought_coef=0.5)
     env = gym.make("gym_cards/NumberLine-v0", render_mode="rgb_array")
-    env.reset(seed=0)
+    _, info = env.reset(seed=0)
     prompt = env.unwrapped.prompt(cot=True)
-    current, target = env.unwrapped.current, env.unwrapped.target
-    move, sign = ("add one to", "+") if target > current else ("subtract one from", "-")
-    answer = (f'{{"current number": "{current}", "target number": "{target}", "thoughts": "The current number is '
-              f'{current} and the target number is {target}. I should {move} the current number.", '
-              f'"action": "{sign}"}}')
+    answer = cot.answer("numberline", info, cot.oracle_name(env.unwrapped))  # the SFT data's answer for this state
     answer_ids = encoder.answer_ids(encoder.render(prompt), answer)
     assert policy.stop_ids == [processor.tokenizer.convert_tokens_to_ids(smollm2.ANSWER_END)] == answer_ids[-1:]
     with torch.no_grad():
