@@ -205,6 +205,10 @@ class Config:
     """Vision alignment steps before SFT (LLaVA stage-1 style): only the vision tower, projector and a linear reading head train, on the reading objective (predict the numbers the CoT states about the image from the flattened image tokens: NumberLine's target and current number, Blackjack's player total and dealer card, the point games' card values). 0: off."""
     align_lr: float = 1e-3
     """Learning rate of the vision alignment stage (constant)."""
+    align_caption_steps: int = 0
+    """Caption alignment steps after the vision alignment (LLaVA stage 1's captioning objective): only the vision tower and projector train, at ``align_lr``, so that the frozen language model, shown one frame and asked which numbers it shows, answers them (``target number: 4, current number: 0``). For a pretrained LM, which does not learn to read the probe-aligned features in a short SFT. Needs a task with numbers to read (not ALFWorld). 0: off."""
+    align_caption_batch_size: int = 8
+    """Frames per caption alignment step."""
     aux_reading_coef: float = 0.0
     """Weight of the auxiliary reading loss added to the SFT loss (0: off). Needs CoT answers that state the image's numbers (every card env; not ALFWorld or action-only data)."""
 

@@ -10,6 +10,9 @@ Two tools, the ones a CPU learning probe of the embedded model showed it needs:
   states about the image (:data:`READING_TASKS`: NumberLine's target and current number,
   Blackjack's player total and dealer card, the point games' card values) as a class. Used alone
   in a short vision alignment stage (tower + projector, like LLaVA's stage 1) and added to the SFT loss.
+* **Caption alignment** (:func:`caption`): the same numbers as a short answer the *frozen* language
+  model must give about the image alone (LLaVA stage 1's captioning objective). A probe can read
+  features the language model cannot: this stage puts the numbers where a pretrained LM reads them.
 * **Reading gate** (:func:`reading_accuracy`): greedy answers on every distinct held-out state
   (oracle episodes from the evaluation seeds), with the CoT's number fields compared to the truth.
 """
@@ -62,6 +65,15 @@ _COMPILED = {task: [re.compile(p) for p in spec.patterns] for task, spec in READ
 def reading_task(task: str) -> ReadingTask:
     """The :class:`ReadingTask` of a prompt task (:data:`NO_READING` where nothing is read)."""
     return READING_TASKS.get(task, NO_READING)
+
+
+CAPTION_QUESTION = "Which numbers does the image show?"
+"""The question of the caption alignment: the image alone, asked for the numbers of :func:`caption`."""
+
+
+def caption(task: str, values: Sequence[int]) -> str:
+    """The numbers of ``task``'s image as one line, e.g. ``target number: 4, current number: 0``."""
+    return ", ".join(f"{field}: {value}" for field, value in zip(reading_task(task).fields, values))
 
 
 def read_fields(text: str, task: str = "numberline") -> list[int]:

@@ -31,7 +31,9 @@ from baselines.vlm_ppo.encoding import Encoder, release_tower_outputs, stack_ima
 from baselines.vlm_ppo.envs import make_env
 from baselines.vlm_ppo.policy import ActorCritic, hidden_size_of, load_policy
 from baselines.vlm_ppo.reading import (
+    CAPTION_QUESTION,
     ReadingHead,
+    caption,
     image_tokens,
     read_fields,
     reading_accuracy,
@@ -273,6 +275,46 @@ def align_vision(cfg: Config, policy: ActorCritic, head: ReadingHead, samples: l
     return acc
 
 
+def caption_samples(encoder: Encoder, samples: list[dict], task: str) -> list[dict]:
+    """One caption sample per distinct frame whose numbers are all known: the frame with
+    :data:`CAPTION_QUESTION`, answered by :func:`caption` of its numbers."""
+    prompt = encoder.render(CAPTION_QUESTION)
+    frames: dict[bytes, dict] = {}
+    for s in samples:
+        if min(s["fields"], default=-1) >= 0 and s["image"].tobytes() not in frames:
+            frames[s["image"].tobytes()] = {"prompt": encoder.encode([CAPTION_QUESTION], [s["image"]])[0],
+                                            "answer_ids": encoder.answer_ids(prompt, caption(task, s["fields"]))}
+    return list(frames.values())
+
+
+def align_captions(cfg: Config, policy: ActorCritic, samples: list[dict], rng: random.Random, log) -> float:
+    """Stage 1 on the captioning objective: train only the vision tower and the projector for
+    ``align_caption_steps`` steps so that the frozen language model states the frame's numbers.
+    Returns the last step's loss (mean per answer token)."""
+    from tqdm.auto import tqdm
+
+    vision = vision_path_parameters(policy.vlm)
+    vision_ids = {id(p) for p in vision}
+    frozen = [p for p in policy.vlm.parameters() if p.requires_grad and id(p) not in vision_ids]
+    for p in frozen:  # no weight gradients for the LM: its activations still pass them to the image tokens
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(vision, lr=cfg.align_lr, weight_decay=0.0)
+    policy.vlm.train()
+    loss = torch.full((), float("nan"))
+    t0 = time.time()
+    bar = tqdm(range(cfg.align_caption_steps), desc="caption")
+    for step in bar:
+        loss = sft_loss(policy, rng.sample(samples, min(cfg.align_caption_batch_size, len(samples))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        log.write(f"caption{step},{loss.item():.6f},{cfg.align_lr:.3e},{time.time() - t0:.1f},{loss.item():.6f},,\n")
+    for p in frozen:
+        p.requires_grad_(True)
+    return loss.item()
+
+
 def train_sft(cfg: Config, model_path: str) -> Path:
     """Vision alignment (``align_steps``), then fine-tuning of ``model_path`` on the SFT data (mean token
     cross-entropy on the answer, plus ``aux_reading_coef`` x the reading loss); reading gate; save."""
@@ -311,6 +353,12 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     if use_reading and cfg.align_steps > 0:
         acc = align_vision(cfg, ac, head, samples, rng, log)
         print(f"vision alignment: {cfg.align_steps} steps in {time.time() - t0:.0f}s, reading-head accuracy {acc:.2f}")
+    if has_fields and cfg.align_caption_steps > 0:
+        t1 = time.time()
+        captions = caption_samples(encoder, samples, prompt_task_of(cfg))
+        loss = align_captions(cfg, ac, captions, rng, log)
+        print(f"caption alignment: {cfg.align_caption_steps} steps on {len(captions)} frames in "
+              f"{time.time() - t1:.0f}s, last loss {loss:.3f} per token")
     params = [p for p in vlm.parameters() if p.requires_grad] + (list(head.parameters()) if use_reading else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0)
     warmup = max(1, int(0.03 * cfg.sft_steps))
