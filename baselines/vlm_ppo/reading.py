@@ -3,7 +3,7 @@
 A policy that cannot read the digits of NumberLine plays a state-independent policy (at most ~50%
 greedy success), and one that cannot read Blackjack's cards learns to stand on every hand (37.9%),
 so PPO can only reach high success if the image features carry the numbers to the language model.
-Two tools, the ones a CPU learning probe of the embedded model showed it needs:
+Three tools, the ones a CPU learning probe of the embedded model showed it needs:
 
 * **Auxiliary reading objective** (:class:`ReadingHead`, :func:`reading_loss`): a linear probe on the
   *projected image tokens* (what the language model sees) predicts each number the CoT answer
