@@ -3,7 +3,8 @@
 A policy that cannot read the digits of NumberLine plays a state-independent policy (at most ~50%
 greedy success), and one that cannot read Blackjack's cards learns to stand on every hand (37.9%),
 so PPO can only reach high success if the image features carry the numbers to the language model.
-Three tools, the ones a CPU learning probe of the embedded model showed it needs:
+Three tools: what CPU learning probes showed the embedded model (the first and the last) and the
+pretrained SmolLM2 VLM (caption alignment) need:
 
 * **Auxiliary reading objective** (:class:`ReadingHead`, :func:`reading_loss`): a linear probe on the
   *projected image tokens* (what the language model sees) predicts each number the CoT answer
