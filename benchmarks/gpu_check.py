@@ -60,8 +60,8 @@ FAMILIES = ("llava_next", "qwen2_5_vl")
 BACKBONES = ("random", "smollm2")
 SMOLLM2_EXPERIMENTS = {"numberline": "numberline-smollm2", "alfworld": "alfworld-smollm2"}
 """``--envs`` -> the experiment of ``benchmarks/experiments.py`` whose budget ``--backbone smollm2`` runs."""
-SMOKE_BUDGET = ("--align-steps", "1", "--align-caption-steps", "1", "--sft-samples", "4", "--sft-steps", "1", "--sft-batch-size", "2",
-                "--num-envs", "1", "--num-steps", "2", "--num-updates", "1", "--minibatch-size", "1",
+SMOKE_BUDGET = ("--align-steps", "1", "--align-caption-steps", "1", "--sft-samples", "4", "--sft-steps", "1",
+                "--sft-batch-size", "2", "--num-envs", "1", "--num-steps", "2", "--num-updates", "1", "--minibatch-size", "1",
                 "--grad-accum-steps", "2", "--max-new-tokens", "4", "--eval-greedy-episodes", "1",
                 "--eval-batch-size", "1", "--eval-every", "1", "--eval-max-steps", "1")
 """``--backbone smollm2 --tiny``: laid over each experiment's flags, the same pipeline in under a minute of CPU time per env."""

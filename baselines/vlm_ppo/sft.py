@@ -281,9 +281,10 @@ def caption_samples(encoder: Encoder, samples: list[dict], task: str) -> list[di
     prompt = encoder.render(CAPTION_QUESTION)
     frames: dict[bytes, dict] = {}
     for s in samples:
-        if min(s["fields"], default=-1) >= 0 and s["image"].tobytes() not in frames:
-            frames[s["image"].tobytes()] = {"prompt": encoder.encode([CAPTION_QUESTION], [s["image"]])[0],
-                                            "answer_ids": encoder.answer_ids(prompt, caption(task, s["fields"]))}
+        frame = s["image"].tobytes()
+        if min(s["fields"], default=-1) >= 0 and frame not in frames:
+            frames[frame] = {"prompt": encoder.encode([CAPTION_QUESTION], [s["image"]])[0],
+                             "answer_ids": encoder.answer_ids(prompt, caption(task, s["fields"]))}
     return list(frames.values())
 
 
@@ -340,13 +341,14 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     rng = random.Random(cfg.seed)
     held_out = rng.sample(samples, min(64, len(samples)))
     ac = ActorCritic(vlm, encoder, temperature=1.0, thought_coef=1.0)
+    task = prompt_task_of(cfg)
     has_fields = any(f >= 0 for s in samples for f in s["fields"])
     use_reading = has_fields and (cfg.align_steps > 0 or cfg.aux_reading_coef > 0)
     head = None
     if use_reading:  # sized by the model's own image tokens for one frame, and by the task's numbers
         with torch.no_grad():
             tokens = image_tokens(ac, _reading_batch(samples[:1])[0]).shape[1]
-        reading = reading_task(prompt_task_of(cfg))
+        reading = reading_task(task)
         head = ReadingHead(tokens, hidden_size_of(vlm.config), len(reading.fields), reading.classes).to(ac.device)
     out = Path(cfg.output_dir) / "sft" if not cfg.sft_output else Path(cfg.sft_output)
     log = open(Path(cfg.output_dir) / "sft_log.csv", "w")
@@ -355,7 +357,7 @@ def train_sft(cfg: Config, model_path: str) -> Path:
     if use_reading and cfg.align_steps > 0:
         acc = align_vision(cfg, ac, head, samples, rng, log)
         print(f"vision alignment: {cfg.align_steps} steps in {time.time() - t0:.0f}s, reading-head accuracy {acc:.2f}")
-    captions = caption_samples(encoder, samples, prompt_task_of(cfg)) if cfg.align_caption_steps > 0 else []
+    captions = caption_samples(encoder, samples, task) if cfg.align_caption_steps > 0 else []
     if cfg.align_caption_steps > 0 and not captions:
         print("caption alignment skipped: no SFT answer states all of the image's numbers (ALFWorld, --cot False)")
     if captions:
